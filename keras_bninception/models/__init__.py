@@ -1,0 +1,10 @@
+"""BN-Inception (Figure 5 of Ioffe & Szegedy 2015) as a Keras application model."""
+
+from keras_bninception.models.bninception import (
+    BNInception,
+    bninception_end_points,
+    feature_extractor,
+)
+from keras_bninception.models.figure5 import END_POINTS
+
+__all__ = ["BNInception", "END_POINTS", "bninception_end_points", "feature_extractor"]

@@ -1,0 +1,63 @@
+"""Keras layer names <-> tf_slim ``inception_v2`` scopes, variable names and end points."""
+
+from __future__ import annotations
+
+import re
+
+from keras_bninception.models.blocks import ACTIVATION_SUFFIX
+from keras_bninception.models.figure5 import STEM
+
+TF_SLIM_SCOPE = "InceptionV2"
+
+# One scope component of tf_slim's inception_v2, e.g. Mixed_3b, Branch_1, Conv2d_0b_3x3, BatchNorm.
+_COMPONENT = re.compile(
+    r"Mixed_\d[a-z]|Branch_\d|(?:Conv2d|MaxPool|AvgPool)_\d[a-z]_\d+x\d+|Logits|BatchNorm"
+)
+
+# Keras weight name -> tf_slim variable name.
+_WEIGHT_NAMES = {
+    "kernel": "weights",
+    "bias": "biases",
+    "depthwise_kernel": "depthwise_weights",
+    "pointwise_kernel": "pointwise_weights",
+    "gamma": "gamma",
+    "beta": "beta",
+    "moving_mean": "moving_mean",
+    "moving_variance": "moving_variance",
+}
+
+# Layers that are an end point through their non-linearity (tf_slim's end point is the Relu op).
+_CONV_END_POINTS = frozenset(r.scope for r in STEM if r.kind != "max_pool")
+
+
+def tf_slim_variable_name(layer_name: str, weight_name: str) -> str | None:
+    """The tf_slim variable that holds Keras weight `weight_name` of layer `layer_name`.
+
+    The layer name is tf_slim's scope with "/" replaced by "_"; the BN of a convolution is
+    "<conv>_BatchNorm". Examples::
+
+        ("Mixed_3b_Branch_1_Conv2d_0b_3x3", "kernel")
+            -> "InceptionV2/Mixed_3b/Branch_1/Conv2d_0b_3x3/weights"
+        ("Conv2d_2b_1x1_BatchNorm", "moving_mean")
+            -> "InceptionV2/Conv2d_2b_1x1/BatchNorm/moving_mean"
+        ("Conv2d_1a_7x7", "depthwise_kernel") -> "InceptionV2/Conv2d_1a_7x7/depthwise_weights"
+        ("Logits_Conv2d_1c_1x1", "bias") -> "InceptionV2/Logits/Conv2d_1c_1x1/biases"
+
+    Returns:
+        The variable name, or None when the layer name is not made of tf_slim scope components or
+        the weight has no tf_slim counterpart.
+    """
+    parts = _COMPONENT.findall(layer_name)
+    if not parts or "_".join(parts) != layer_name or weight_name not in _WEIGHT_NAMES:
+        return None
+    return "/".join([TF_SLIM_SCOPE, *parts, _WEIGHT_NAMES[weight_name]])
+
+
+def end_point_layer_name(end_point: str) -> str:
+    """The Keras layer whose output is tf_slim's end point `end_point`.
+
+    The modules and pools are the layers named exactly like the end point ("Mixed_4e",
+    "MaxPool_3a_3x3"); the three stem convolutions are end points after their non-linearity, so
+    their end point is the layer "<end point>_Activation" (tf_slim's ".../Relu" op).
+    """
+    return end_point + ACTIVATION_SUFFIX if end_point in _CONV_END_POINTS else end_point

@@ -1,0 +1,134 @@
+"""Loading a TF-slim ``inception_v2`` checkpoint into a Keras BNInception, variable by variable.
+
+The published checkpoint is ``inception_v2_2016_08_28.tar.gz`` from the TF-slim model zoo
+(https://github.com/tensorflow/models/tree/master/research/slim#pre-trained-models, file
+http://download.tensorflow.org/models/inception_v2_2016_08_28.tar.gz; it unpacks to
+``inception_v2.ckpt.index`` / ``.data-00000-of-00001``, whose prefix is ``inception_v2.ckpt``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_bninception.models.naming import TF_SLIM_SCOPE, tf_slim_variable_name
+
+LOGITS_BIASES = f"{TF_SLIM_SCOPE}/Logits/Conv2d_1c_1x1/biases"
+
+# Leaf names of tf_slim model variables; anything else under InceptionV2/ (optimizer slots such as
+# ".../weights/RMSProp", ".../ExponentialMovingAverage" shadows) and anything outside it
+# (global_step) is not a model variable and is ignored.
+_MODEL_VARIABLE_LEAVES = frozenset(
+    {
+        "weights",
+        "biases",
+        "depthwise_weights",
+        "pointwise_weights",
+        "gamma",
+        "beta",
+        "moving_mean",
+        "moving_variance",
+    }
+)
+
+
+def checkpoint_prefix(path: str | os.PathLike[str]) -> str | None:
+    """The TF checkpoint prefix `path` designates, or None when it is not a TF checkpoint.
+
+    Accepts the prefix itself (``.../inception_v2.ckpt``, detected by its ``.index`` file), the
+    ``.index`` file, or a directory holding a checkpoint (its latest one).
+    """
+    path = os.fspath(path)
+    if path.endswith(".index"):
+        path = path[: -len(".index")]
+    if os.path.isdir(path):
+        return tf.train.latest_checkpoint(path)
+    if os.path.isfile(path + ".index"):
+        return path
+    return None
+
+
+def _model_variables(prefix: str) -> dict[str, tuple[int, ...]]:
+    return {
+        name: tuple(shape)
+        for name, shape in tf.train.list_variables(prefix)
+        if name.startswith(TF_SLIM_SCOPE + "/")
+        and name.rsplit("/", 1)[-1] in _MODEL_VARIABLE_LEAVES
+    }
+
+
+def checkpoint_num_classes(prefix: str) -> int | None:
+    """Number of classes of the checkpoint's logits layer (1001 for the published one), or None."""
+    shape = _model_variables(prefix).get(LOGITS_BIASES)
+    return None if shape is None else int(shape[0])
+
+
+def _fits(checkpoint_shape: tuple[int, ...], keras_shape: tuple[int, ...]) -> bool:
+    # The logits are a 1x1 conv in tf_slim, (1, 1, 1024, C), and a Dense in Keras, (1024, C).
+    return checkpoint_shape == keras_shape or checkpoint_shape == (1, 1, *keras_shape)
+
+
+def _listing(title: str, items: list[str], limit: int = 20) -> str:
+    shown = "\n".join(f"  {item}" for item in items[:limit])
+    more = f"\n  ... and {len(items) - limit} more" if len(items) > limit else ""
+    return f"{title} ({len(items)}):\n{shown}{more}"
+
+
+def load_tf_slim_checkpoint(model: keras.Model, prefix: str) -> None:
+    """Assigns every weight of `model` from the tf_slim ``inception_v2`` checkpoint at `prefix`.
+
+    The variable of each Keras weight is ``naming.tf_slim_variable_name(layer.name, weight.name)``.
+    Every tf_slim model variable of the checkpoint must be used, except the logits when the model
+    has no classifier (``include_top=False``).
+
+    Raises:
+        ValueError: listing the checkpoint variables that are missing, unused or of the wrong shape
+            (nothing is assigned then).
+    """
+    available = _model_variables(prefix)
+    reader = tf.train.load_checkpoint(prefix)
+    assignments = []
+    missing, wrong_shape, used = [], [], set()
+    has_top = False
+    for layer in model.layers:
+        for weight in layer.weights:
+            name = tf_slim_variable_name(layer.name, weight.name)
+            if name is None:
+                continue
+            has_top = has_top or name.startswith(f"{TF_SLIM_SCOPE}/Logits/")
+            keras_shape = tuple(weight.shape)
+            if name not in available:
+                missing.append(f"{name} {keras_shape} (for {weight.path})")
+                continue
+            used.add(name)
+            if not _fits(available[name], keras_shape):
+                wrong_shape.append(
+                    f"{name}: checkpoint {available[name]}, model {keras_shape} (for {weight.path})"
+                )
+                continue
+            assignments.append((weight, name))
+    unused = sorted(
+        name
+        for name in available
+        if name not in used and (has_top or not name.startswith(f"{TF_SLIM_SCOPE}/Logits/"))
+    )
+    if missing or unused or wrong_shape:
+        problems = [
+            _listing(title, items)
+            for title, items in (
+                ("missing from the checkpoint", missing),
+                ("unused checkpoint variables", unused),
+                ("wrong shape", wrong_shape),
+            )
+            if items
+        ]
+        raise ValueError(
+            f"The TF-slim checkpoint {prefix!r} does not match the model {model.name!r}. It must "
+            "be a tf_slim inception_v2 checkpoint built with the same depth_multiplier, min_depth "
+            "and (with include_top=True) the same number of classes.\n" + "\n".join(problems)
+        )
+    for weight, name in assignments:
+        weight.assign(np.reshape(reader.get_tensor(name), weight.shape))
