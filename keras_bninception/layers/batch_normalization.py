@@ -40,7 +40,7 @@ def _checked(kind: str, getter, name: str, value: Any) -> Any:
 
 
 _EXAMPLES = {
-    "initializers": ("zeros", "ones", "glorot_uniform", "constant"),
+    "initializers": ("zeros", "ones", "random_normal", "glorot_uniform"),
     "regularizers": ("l1", "l2", "l1_l2"),
     "constraints": ("non_neg", "unit_norm", "max_norm"),
 }

@@ -1,0 +1,380 @@
+"""The hand-written Batch Normalization layer against Keras', autodiff, numerics and the paper."""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_bninception.layers import BatchNormalization, batch_norm_transform
+
+# (input shape, feature axis): dense, channels-last conv, channels-first conv.
+LAYOUTS = [((16, 5), -1), ((4, 6, 5, 3), -1), ((4, 3, 6, 5), 1)]
+
+
+def _random(shape, *, mean=0.0, std=1.0, seed=0, dtype="float32"):
+    return tf.constant(np.random.default_rng(seed).normal(mean, std, size=shape).astype(dtype))
+
+
+def _paired_layers(shape, axis, **kwargs):
+    """Ours and Keras' layer with the same random weights (non-trivial γ, β, moving statistics)."""
+    ours = BatchNormalization(axis=axis, **kwargs)
+    ref = keras.layers.BatchNormalization(axis=axis, **kwargs)
+    ours.build(shape)
+    ref.build(shape)
+    rng = np.random.default_rng(1)
+    weights = [rng.normal(1.0, 0.3, size=w.shape).astype("float32") for w in ours.weights]
+    weights[-1] = np.abs(weights[-1])  # moving variance > 0
+    ours.set_weights(weights)
+    ref.set_weights(weights)
+    return ours, ref
+
+
+def _loss(y):
+    # A loss whose ∂ℓ/∂y varies per element, so every term of the backward is exercised.
+    return tf.reduce_sum(tf.sin(y) * y)
+
+
+def _textbook(x, gamma, beta, axis, epsilon):
+    """Algorithm 1 written directly with TensorFlow ops; its gradient comes from autodiff."""
+    axes = [a for a in range(x.shape.rank) if a != axis % x.shape.rank]
+    shape = [1] * x.shape.rank
+    shape[axis] = -1
+    mu = tf.reduce_mean(x, axes, keepdims=True)
+    var = tf.reduce_mean(tf.square(x - mu), axes, keepdims=True)
+    x_hat = (x - mu) / tf.sqrt(var + epsilon)
+    return tf.reshape(gamma, shape) * x_hat + tf.reshape(beta, shape)
+
+
+def _paper_chain(x, gamma, dy, epsilon):
+    """The backward chain of section 3, literally, in float64 NumPy on a [m, C] batch."""
+    m = x.shape[0]
+    mu = x.mean(0)
+    var = ((x - mu) ** 2).mean(0)
+    x_hat = (x - mu) / np.sqrt(var + epsilon)
+    dx_hat = dy * gamma
+    dvar = (dx_hat * (x - mu) * -0.5 * (var + epsilon) ** -1.5).sum(0)
+    dmu = (dx_hat * -1 / np.sqrt(var + epsilon)).sum(0) + dvar * (-2 * (x - mu)).sum(0) / m
+    dx = dx_hat / np.sqrt(var + epsilon) + dvar * 2 * (x - mu) / m + dmu / m
+    return dx, (dy * x_hat).sum(0), dy.sum(0)
+
+
+@pytest.mark.parametrize("shape,axis", LAYOUTS)
+@pytest.mark.parametrize("training", [True, False])
+def test_forward_and_gradients_equal_keras(shape, axis, training):
+    ours, ref = _paired_layers(shape, axis, momentum=0.7)
+    x = _random(shape, mean=2.0, std=3.0)
+    results = []
+    for layer in (ours, ref):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=training)
+            loss = _loss(y)
+        results.append((y, tape.gradient(loss, [x, *layer.trainable_weights])))
+    (y_ours, g_ours), (y_ref, g_ref) = results
+    np.testing.assert_allclose(y_ours, y_ref, atol=1e-5, rtol=1e-5)
+    for a, b in zip(g_ours, g_ref, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+    for a, b in zip(ours.non_trainable_weights, ref.non_trainable_weights, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape,axis", LAYOUTS)
+def test_gradient_equals_autodiff_of_textbook_formula(shape, axis):
+    x = _random(shape, mean=-1.0, std=2.0, seed=3)
+    channels = shape[axis]
+    gamma = _random([channels], mean=1.0, std=0.5, seed=4)
+    beta = _random([channels], seed=5)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([x, gamma, beta])
+        y_hand = batch_norm_transform.batch_norm_train(
+            x, gamma, beta, axis=axis % len(shape), epsilon=1e-3)[0]
+        y_auto = _textbook(x, gamma, beta, axis, 1e-3)
+        loss_hand, loss_auto = _loss(y_hand), _loss(y_auto)
+    np.testing.assert_allclose(y_hand, y_auto, atol=1e-5)
+    for a, b in zip(tape.gradient(loss_hand, [x, gamma, beta]),
+                    tape.gradient(loss_auto, [x, gamma, beta]), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_gradient_equals_the_papers_chain_in_float64():
+    x = _random([12, 4], mean=3.0, std=2.0, seed=6, dtype="float64")
+    gamma = _random([4], mean=1.0, std=0.5, seed=7, dtype="float64")
+    beta = _random([4], seed=8, dtype="float64")
+    dy = _random([12, 4], seed=9, dtype="float64")
+    with tf.GradientTape() as tape:
+        tape.watch([x, gamma, beta])
+        y = batch_norm_transform.batch_norm_train(x, gamma, beta, axis=1, epsilon=1e-3)[0]
+    dx, dgamma, dbeta = tape.gradient(y, [x, gamma, beta], output_gradients=dy)
+    ref = _paper_chain(x.numpy(), gamma.numpy(), dy.numpy(), 1e-3)
+    for a, b in zip((dx, dgamma, dbeta), ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape,axis", [((6, 3), 1), ((3, 3, 2, 2), 3), ((2, 2, 3, 3), 1)])
+def test_gradient_equals_float64_numerical_gradient(shape, axis):
+    x = _random(shape, mean=0.5, std=1.5, seed=10, dtype="float64")
+    gamma = _random([shape[axis]], mean=1.0, std=0.5, seed=11, dtype="float64")
+    beta = _random([shape[axis]], seed=12, dtype="float64")
+
+    def f(x, gamma, beta):
+        y = batch_norm_transform.batch_norm_train(x, gamma, beta, axis=axis, epsilon=1e-3)[0]
+        return tf.sin(y) * y  # a non-linear head, so ∂ℓ/∂y is not constant
+
+    theoretical, numerical = tf.test.compute_gradient(f, [x, gamma, beta], delta=1e-6)
+    for t, n in zip(theoretical, numerical, strict=True):
+        np.testing.assert_allclose(t, n, atol=1e-6, rtol=1e-5)
+
+
+def test_spec_identities_and_identity_recovery():
+    x = _random([64, 3], mean=5.0, std=2.0, seed=13)
+    eps = 1e-3
+    y, mean, var, count = batch_norm_transform.batch_norm_train(
+        x, tf.ones([3]), tf.zeros([3]), axis=1, epsilon=eps)
+    assert float(count) == 64
+    x_hat = y.numpy().astype("float64")
+    np.testing.assert_allclose(x_hat.sum(0), 0.0, atol=1e-4)  # Σ x̂_i = 0
+    # 1/m Σ x̂² = σ²_B / (σ²_B + ε)
+    np.testing.assert_allclose((x_hat**2).mean(0), var / (var + eps), rtol=1e-5)
+    np.testing.assert_allclose(mean, x.numpy().mean(0), rtol=1e-5)
+    np.testing.assert_allclose(var, x.numpy().astype("float64").var(0), rtol=1e-5)
+    # γ = sqrt(σ²_B + ε), β = μ_B recovers the identity y = x.
+    y_id = batch_norm_transform.batch_norm_train(
+        x, tf.sqrt(var + eps), mean, axis=1, epsilon=eps)[0]
+    np.testing.assert_allclose(y_id, x, rtol=1e-5, atol=1e-5)
+
+
+def test_large_mean_keeps_variance_precision():
+    # Mean 1e4, std 1: E[x²] − E[x]² would lose every digit of σ² in float32 (ulp(1e8) = 8).
+    x = _random([4, 8, 8, 2], mean=1e4, std=1.0, seed=14)
+    _, mean, var, _ = batch_norm_transform.batch_norm_train(
+        x, tf.ones([2]), tf.zeros([2]), axis=3, epsilon=1e-3)
+    x64 = x.numpy().astype("float64").reshape(-1, 2)
+    np.testing.assert_allclose(mean, x64.mean(0), rtol=1e-7)
+    np.testing.assert_allclose(var, x64.var(0), rtol=1e-4)
+
+
+def test_constant_channel_and_batch_of_one_are_finite():
+    layer = BatchNormalization()
+    for x in (tf.fill([5, 3], 7.0), _random([1, 3], seed=15)):  # σ²_B = 0 both ways
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = _loss(y + 0.5)
+        grads = tape.gradient(loss, [x, *layer.trainable_weights])
+        assert np.all(np.isfinite(y)), y
+        np.testing.assert_allclose(y, 0.0, atol=1e-6)  # x̂ = 0, y = β = 0
+        for g in grads:
+            assert np.all(np.isfinite(g)), g
+
+
+def test_trainable_false_means_inference_and_no_updates():
+    layer = BatchNormalization(momentum=0.5)
+    x = _random([32, 4], mean=3.0, seed=16)
+    layer.build(x.shape)
+    layer.trainable = False
+    before = [w.numpy().copy() for w in layer.weights]
+    y = layer(x, training=True)
+    np.testing.assert_allclose(y, layer(x, training=False))
+    model = keras.Sequential([keras.Input((4,)), layer, keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    model.fit(x, tf.ones([32, 1]), epochs=2, batch_size=8, verbose=0)
+    for b, w in zip(before, layer.weights, strict=True):
+        np.testing.assert_array_equal(b, w.numpy())
+
+
+def test_momentum_zero_moving_statistics_equal_last_batch():
+    for population_variance in (False, True):
+        layer = BatchNormalization(momentum=0.0, population_variance=population_variance)
+        for seed in (17, 18):
+            x = _random([10, 3], mean=2.0, std=3.0, seed=seed)
+            layer(x, training=True)
+        x64 = x.numpy().astype("float64")
+        np.testing.assert_allclose(layer.moving_mean, x64.mean(0), rtol=1e-5)
+        ddof = 1 if population_variance else 0  # Algorithm 2: m/(m−1) · σ²_B
+        np.testing.assert_allclose(layer.moving_variance, x64.var(0, ddof=ddof), rtol=1e-5)
+
+
+def test_moving_statistics_follow_momentum():
+    layer = BatchNormalization(momentum=0.9)
+    x = _random([20, 2], mean=4.0, std=2.0, seed=19)
+    layer(x, training=True)
+    x64 = x.numpy().astype("float64")
+    np.testing.assert_allclose(layer.moving_mean, 0.1 * x64.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(layer.moving_variance, 0.9 + 0.1 * x64.var(0), rtol=1e-5)
+
+
+def test_mask_statistics_and_gradient():
+    x = _random([3, 7, 4], mean=1.0, std=2.0, seed=20)
+    mask = tf.constant(np.random.default_rng(21).random([3, 7]) > 0.4)
+    ours, ref = _paired_layers(x.shape, -1, momentum=0.0)
+    np.testing.assert_allclose(ours(x, training=True, mask=mask),
+                               ref(x, training=True, mask=mask), atol=1e-4, rtol=1e-4)
+    kept = x.numpy()[mask.numpy()].astype("float64")
+    np.testing.assert_allclose(ours.moving_mean, kept.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(ours.moving_variance, kept.var(0), rtol=1e-4)
+
+    x64 = tf.cast(x, "float64")
+    gamma = _random([4], mean=1.0, std=0.5, seed=22, dtype="float64")
+    beta = _random([4], seed=23, dtype="float64")
+
+    def f(x, gamma, beta):
+        y = batch_norm_transform.batch_norm_train(x, gamma, beta, axis=2, epsilon=1e-3,
+                                                  mask=mask)[0]
+        return tf.sin(y) * y
+
+    theoretical, numerical = tf.test.compute_gradient(f, [x64, gamma, beta], delta=1e-6)
+    for t, n in zip(theoretical, numerical, strict=True):
+        np.testing.assert_allclose(t, n, atol=1e-6, rtol=1e-5)
+
+
+def test_regularizers_constraints_and_initializers():
+    layer = BatchNormalization(gamma_regularizer=keras.regularizers.L2(0.5),
+                               beta_regularizer="l1", gamma_initializer="random_uniform",
+                               beta_constraint="non_neg")
+    layer.build((None, 3))
+    assert len(layer.losses) == 2
+    expected = 0.5 * np.sum(layer.gamma.numpy() ** 2) + 0.01 * np.sum(np.abs(layer.beta.numpy()))
+    np.testing.assert_allclose(sum(float(v) for v in layer.losses), expected, rtol=1e-6)
+    assert expected > 0
+    assert isinstance(layer.beta.constraint, keras.constraints.NonNeg)
+
+
+def test_keras_model_round_trip_without_custom_objects(tmp_path):
+    inputs = keras.Input((6, 6, 3))
+    h = keras.layers.Conv2D(4, 3, use_bias=False)(inputs)
+    h = BatchNormalization(momentum=0.8, population_variance=True)(h)
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(h))
+    x = _random([4, 6, 6, 3], seed=24)
+    model(x, training=True)  # move the statistics off their initial values
+    path = os.path.join(tmp_path, "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    bn = loaded.layers[2]
+    assert type(bn) is BatchNormalization and bn.population_variance and bn.momentum == 0.8
+    np.testing.assert_array_equal(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
+    assert BatchNormalization.from_config(bn.get_config()).get_config() == bn.get_config()
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_dtypes(policy):
+    half = policy.split("_")[1]
+    layer = BatchNormalization(dtype=policy)
+    x = tf.cast(_random([8, 4, 4, 3], mean=2.0, seed=25), half)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x, training=True)
+        loss = tf.reduce_sum(tf.cast(y, "float32") ** 2)
+    dx, dgamma, dbeta = tape.gradient(loss, [x, *layer.trainable_weights])
+    assert y.dtype == half and dx.dtype == half
+    assert dgamma.dtype == dbeta.dtype == layer.moving_mean.dtype == "float32"
+    ref = _textbook(tf.cast(x, "float32"), tf.ones([3]), tf.zeros([3]), -1, 1e-3)
+    np.testing.assert_allclose(tf.cast(y, "float32"), ref, atol=0.05)
+    assert np.all(np.isfinite(tf.cast(dx, "float32")))
+
+
+def test_xla_and_op_by_op_kernels_agree():
+    x = _random([4, 5, 5, 6], mean=1.0, seed=26)
+    gamma, beta = _random([6], mean=1.0, seed=27), _random([6], seed=28)
+    outputs = []
+    for enabled in (True, False):
+        with batch_norm_transform.use_xla(enabled), tf.GradientTape() as tape:
+            tape.watch([x, gamma, beta])
+            y = batch_norm_transform.batch_norm_train(x, gamma, beta, axis=3, epsilon=1e-3)[0]
+            loss = _loss(y)
+        outputs.append([y, *tape.gradient(loss, [x, gamma, beta])])
+    for a, b in zip(*outputs, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_runs_under_tf_function_and_xla(jit_compile):
+    ours, ref = _paired_layers((8, 4, 4, 3), -1)
+    x = _random([8, 4, 4, 3], seed=29)
+
+    def step(layer):
+        @tf.function(jit_compile=jit_compile)
+        def run(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = _loss(layer(x, training=True))
+            return loss, tape.gradient(loss, [x, *layer.trainable_weights])
+        return run(x)
+
+    (loss_a, grads_a), (loss_b, grads_b) = step(ours), step(ref)
+    np.testing.assert_allclose(loss_a, loss_b, rtol=1e-5)
+    for a, b in zip(grads_a, grads_b, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(ours.moving_mean, ref.moving_mean, atol=1e-6)
+
+
+def test_synchronized_mirrored_strategy_equals_one_device_on_global_batch(logical_cpus):
+    shape, global_batch = (3, 3, 4), 8
+    x = _random([global_batch, *shape], mean=1.5, std=2.0, seed=30)
+
+    single = BatchNormalization(momentum=0.5, gamma_initializer="random_normal")
+    single.build((None, *shape))
+    initial_weights = single.get_weights()
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y_single = single(x, training=True)
+        loss = _loss(y_single)
+    dx_single, *dparams_single = tape.gradient(loss, [x, *single.trainable_weights])
+
+    strategy = tf.distribute.MirroredStrategy(logical_cpus)
+    with strategy.scope():
+        synced = BatchNormalization(momentum=0.5, synchronized=True)
+        synced.build((None, *shape))
+    synced.set_weights(initial_weights)
+    half = global_batch // 2
+    shards = strategy.experimental_distribute_values_from_function(
+        lambda ctx: x[ctx.replica_id_in_sync_group * half:][:half])
+
+    @tf.function
+    def replica_step(x_local):
+        with tf.GradientTape() as tape:
+            tape.watch(x_local)
+            y = synced(x_local, training=True)
+            loss = _loss(y)
+        return (y, *tape.gradient(loss, [x_local, *synced.trainable_weights]))
+
+    y, dx, dgamma, dbeta = strategy.run(replica_step, args=(shards,))
+    local = strategy.experimental_local_results
+    np.testing.assert_allclose(tf.concat(local(y), 0), y_single, atol=1e-5)
+    np.testing.assert_allclose(tf.concat(local(dx), 0), dx_single, atol=1e-5)
+    # Per-replica ∂ℓ/∂γ, ∂ℓ/∂β add up (the optimizer's all-reduce) to the one-device gradient.
+    np.testing.assert_allclose(tf.add_n(local(dgamma)), dparams_single[0], atol=1e-4)
+    np.testing.assert_allclose(tf.add_n(local(dbeta)), dparams_single[1], atol=1e-4)
+    for variable, expected in ((synced.moving_mean, single.moving_mean),
+                               (synced.moving_variance, single.moving_variance)):
+        replicas = [v.numpy() for v in strategy.experimental_local_results(variable.value)]
+        assert len(replicas) == 2
+        np.testing.assert_allclose(replicas[0], expected, atol=1e-5)
+        np.testing.assert_array_equal(replicas[0], replicas[1])
+
+
+@pytest.mark.parametrize(
+    "kwargs,words",
+    [
+        ({"momentum": 1.5}, ["momentum", "[0, 1]"]),
+        ({"momentum": -0.1}, ["momentum", "[0, 1]"]),
+        ({"epsilon": -1e-3}, ["epsilon", "> 0"]),
+        ({"gamma_initializer": "no_such_init"}, ["gamma_initializer", "'ones'"]),
+        ({"beta_regularizer": "l3"}, ["beta_regularizer", "'l2'"]),
+        ({"gamma_constraint": "bogus"}, ["gamma_constraint", "'non_neg'"]),
+        ({"renorm": True}, ["renorm", "renorm=False"]),
+    ],
+)
+def test_bad_arguments_raise_value_error_naming_accepted_values(kwargs, words):
+    with pytest.raises(ValueError) as error:
+        BatchNormalization(**kwargs)
+    for word in words:
+        assert word in str(error.value)
+
+
+def test_axis_out_of_range_names_accepted_range():
+    with pytest.raises(ValueError, match=r"axis=3 .*\[-3, 2\]"):
+        BatchNormalization(axis=3).build((None, 4, 5))
