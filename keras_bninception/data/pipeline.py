@@ -1,0 +1,238 @@
+"""`build_dataset`: the tf.data input pipeline of training and evaluation.
+
+The stream is a deterministic function of (seed, element index):
+
+- In-memory splits (digits, small image folders, small TFDS datasets) are indexed directly. Global
+  element g of the training stream is example `index_shuffle(g mod N, seed, epoch = g div N)`: a
+  fresh full permutation of the split every epoch (the paper shuffles "more thoroughly"), computed
+  per element, so starting at step k costs nothing.
+- Large splits are streamed from disk: files in a seeded order, then a seeded shuffle buffer; the
+  skip to step k happens before decoding (the records are read, not decoded).
+
+Each element is then decoded and augmented with stateless random ops keyed by (seed, g), so its
+pixels do not depend on the parallelism or on where the pipeline started. With
+`input_context`, pipeline p of n takes global elements g = j * n + p (j = 0, 1, ...): the n
+per-replica batches of step k together hold exactly the elements of step k of a single pipeline with
+the global batch (for in-memory splits).
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+
+import numpy as np
+import tensorflow as tf
+
+from keras_bninception.data import preprocessing, sources
+from keras_bninception.data.errors import DataError
+
+MIN_IMAGE_SIZE = 32  # BN-Inception's five stride-2 stages need at least 32x32 (SPEC section 2)
+MAX_IMAGE_SIZE = 2048
+MAX_BATCH_SIZE = 65536
+SHUFFLE_BUFFER = 10_000  # streamed splits: the TF official ImageNet input pipelines use 10,000
+# Cache the preprocessed evaluation images of an in-memory split up to this size.
+EVAL_CACHE_MAX_BYTES = 256 * 2**20
+
+_PNG = b"\x89PNG\r\n\x1a\n"
+_GIF = b"GIF8"
+_BMP = b"BM"
+
+
+def get_info(
+    dataset: str, data_dir: str | None = None, manual_dir: str | None = None
+) -> sources.DatasetInfo:
+    """Describes a dataset: classes, split names and sizes, whether flips change labels.
+
+    Args:
+        dataset: `digits`, `image_folder` or a TFDS image-classification dataset name.
+        data_dir: TFDS data directory, or the root of an `image_folder`.
+        manual_dir: where manually downloaded files are (default `<data_dir>/downloads/manual`).
+
+    Returns:
+        A frozen `DatasetInfo`.
+
+    Raises:
+        DataError: unknown dataset, missing manual files, empty or unreadable folder.
+    """
+    return sources.resolve(dataset, data_dir, manual_dir).info
+
+
+def _check_int(name: str, value: object, low: int, high: int | None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise DataError(f"{name} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        accepted = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise DataError(f"{name} must be in {accepted}, got {value}")
+    return int(value)
+
+
+def _element_seeds(seed: int, num_pipelines: int, pipeline_id: int, local_index):
+    """(global element index g, its augmentation seed [seed, g])."""
+    g = local_index * num_pipelines + pipeline_id
+    return g, tf.stack([tf.constant(seed, tf.int64), g])
+
+
+def _header_ok(contents: tf.Tensor) -> tf.Tensor:
+    head = tf.strings.substr(contents, 0, 8)
+    return tf.reduce_any(
+        tf.stack(
+            [
+                tf.io.is_jpeg(contents),
+                tf.equal(head, _PNG),
+                tf.equal(tf.strings.substr(head, 0, 4), _GIF),
+                tf.equal(tf.strings.substr(head, 0, 2), _BMP),
+            ]
+        )
+    )
+
+
+def _decode(contents: tf.Tensor, filename: tf.Tensor, check: bool) -> tf.Tensor:
+    """Decodes an encoded image to uint8 [H, W, 3].
+
+    With `check`, a file that is not a JPEG/PNG/GIF/BMP stops the pipeline with an error naming it
+    (the in-memory splits were checked with PIL when they were read).
+    """
+    if check:
+        assertion = tf.debugging.Assert(
+            _header_ok(contents), ["corrupt image file (not a JPEG or PNG):", filename]
+        )
+        with tf.control_dependencies([assertion]):
+            contents = tf.identity(contents)
+    image = tf.io.decode_image(contents, channels=3, expand_animations=False, dtype=tf.uint8)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def build_dataset(
+    dataset: str,
+    split: str,
+    *,
+    image_size: int,
+    batch_size: int,
+    training: bool,
+    seed: int | None = None,
+    deterministic: bool = False,
+    data_dir: str | None = None,
+    manual_dir: str | None = None,
+    input_context: tf.distribute.InputContext | None = None,
+    repeat: bool | None = None,
+    drop_remainder: bool | None = None,
+    start_step: int = 0,
+) -> tf.data.Dataset:
+    """Builds the input pipeline of one split.
+
+    Args:
+        dataset: `digits`, `image_folder` or a TFDS image-classification dataset name.
+        split: split name (see `get_info(...).train_split` / `.eval_split`).
+        image_size: side of the square images, in [32, 2048].
+        batch_size: batch of THIS pipeline (per replica under `input_context`: pass
+            `input_context.get_per_replica_batch_size(global_batch_size)`), in [1, 65536].
+        training: shuffle, augment (distorted crop, flip, colour) and, by default, repeat forever
+            and drop the last partial batch; otherwise one pass with a central crop, keeping the
+            remainder.
+        seed: seeds shuffling and augmentation. None: 0 if `deterministic`, else a random seed.
+        deterministic: the same seed gives the same batches, in the same order, on every build
+            (tf.data's `options.deterministic`); False lets parallel stages reorder elements.
+        data_dir: TFDS data directory, or the root of an `image_folder`.
+        manual_dir: where manually downloaded files are (default `<data_dir>/downloads/manual`).
+        input_context: from `strategy.distribute_datasets_from_function`; this pipeline then
+            reads only its shard (elements g with g mod num_input_pipelines == input_pipeline_id).
+        repeat: repeat the split forever (default: `training`).
+        drop_remainder: drop the last partial batch (default: `training`).
+        start_step: begin at batch `start_step` of the stream, e.g. the step a resumed training
+            run restarts from. With `deterministic=True` and a seed, the result equals
+            `build_dataset(..., start_step=0).skip(start_step)`; the skip happens before any
+            image is decoded (in-memory splits: at no cost at all).
+
+    Returns:
+        A `tf.data.Dataset` of (images float32 [B, image_size, image_size, 3] in [-1, 1],
+        labels int32 [B]).
+
+    Raises:
+        DataError: unknown dataset or split, missing manual files, empty or unreadable folder,
+            corrupt image file (named), out-of-range argument.
+    """
+    image_size = _check_int("image_size", image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
+    batch_size = _check_int("batch_size", batch_size, 1, MAX_BATCH_SIZE)
+    start_step = _check_int("start_step", start_step, 0, None)
+    if seed is not None:
+        seed = _check_int("seed", seed, 0, 2**63 - 1)
+    else:
+        seed = 0 if deterministic else secrets.randbits(31)
+    repeat = training if repeat is None else bool(repeat)
+    drop_remainder = training if drop_remainder is None else bool(drop_remainder)
+    num_pipelines, pipeline_id = 1, 0
+    if input_context is not None:
+        num_pipelines = input_context.num_input_pipelines
+        pipeline_id = input_context.input_pipeline_id
+
+    source = sources.resolve(dataset, data_dir, manual_dir)
+    data = source.load(source.check_split(split))
+    config = source.preprocess
+    start = start_step * batch_size  # first local element
+
+    def preprocess(image, key_seed):
+        if training:
+            return preprocessing.preprocess_for_train(image, image_size, key_seed, config)
+        return preprocessing.preprocess_for_eval(image, image_size, config)
+
+    if isinstance(data, sources.InMemorySplit):
+        n = data.num_examples
+        if n == 0:
+            raise DataError(f"split {split!r} of dataset {dataset!r} has no examples")
+        images = tf.constant(data.images if not data.encoded else data.images.astype(bytes))
+        labels = tf.constant(data.labels, tf.int32)
+        filenames = tf.constant(
+            data.filenames.astype(bytes) if data.filenames is not None else [b""] * n
+        )
+        if repeat:
+            stop = np.iinfo(np.int64).max
+        else:
+            stop = max(math.ceil((n - pipeline_id) / num_pipelines), 0)
+        elements = tf.data.Dataset.range(start, stop)
+
+        def load(local_index):
+            g, key_seed = _element_seeds(seed, num_pipelines, pipeline_id, local_index)
+            position = g % n
+            if training:
+                epoch = g // n
+                index = tf.random.experimental.index_shuffle(
+                    position,
+                    seed=tf.stack([tf.constant(seed, tf.int64), -1 - epoch]),
+                    max_index=tf.constant(n - 1, tf.int64),
+                )
+            else:
+                index = position
+            image = tf.gather(images, index)
+            if data.encoded:
+                image = _decode(image, tf.gather(filenames, index), check=False)
+            return preprocess(image, key_seed), tf.gather(labels, index)
+
+        ds = elements.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+        eval_bytes = n * image_size * image_size * 3 * 4
+        if not training and not repeat and eval_bytes <= EVAL_CACHE_MAX_BYTES:
+            ds = ds.cache()  # deterministic eval images: decode and resize only once
+    else:
+        ds = data.make(training, seed, num_pipelines, pipeline_id)
+        if training:
+            ds = ds.shuffle(min(SHUFFLE_BUFFER, max(data.num_examples, 1)), seed=seed)
+        if repeat:
+            ds = ds.repeat()
+        ds = ds.enumerate().skip(start)
+
+        def decode(local_index, element):
+            contents, label, filename = element
+            _, key_seed = _element_seeds(seed, num_pipelines, pipeline_id, local_index)
+            image = _decode(contents, filename, check=True)
+            return preprocess(image, key_seed), label
+
+        ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = bool(deterministic)
+    # The pipeline shards itself (input_context); stop tf.distribute from sharding it again.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return ds.with_options(options)

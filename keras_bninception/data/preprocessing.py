@@ -1,0 +1,137 @@
+"""Inception preprocessing (tf_slim's `inception_preprocessing`), stateless and seeded.
+
+Training: a distorted bounding-box crop (`tf.image.stateless_sample_distorted_bounding_box`), a
+resize to the model's input size, a random horizontal flip and a light colour distortion.
+Evaluation: a central crop (87.5 % of each side by default) and a resize. Both map the pixels to
+[-1, 1].
+
+Every random op is a stateless one keyed by a per-example seed, so an example's augmentation depends
+only on (pipeline seed, element index): two pipelines built with the same seed produce the same
+images, whatever the parallelism, and a pipeline can start in the middle of the stream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessConfig:
+    """Augmentation parameters of one dataset.
+
+    The defaults are tf_slim's `distorted_bounding_box_crop` ranges. The colour distortion is
+    half of tf_slim's fast mode (brightness ±32/255, saturation [0.5, 1.5]): the paper trains
+    BN-Inception with "reduced photometric distortions" (section 4.2.1).
+    """
+
+    area_range: tuple[float, float] = (0.05, 1.0)
+    aspect_ratio_range: tuple[float, float] = (0.75, 1.33)
+    min_object_covered: float = 0.1
+    central_fraction: float = 0.875
+    flip: bool = True
+    color: bool = True
+    brightness_max_delta: float = 16.0 / 255.0
+    saturation_range: tuple[float, float] = (0.75, 1.25)
+    # Resize the raw image to the output size before cropping (for tiny images such as the 8x8
+    # digits, so that crops are sub-pixel fractions of the source instead of whole source pixels).
+    upsample_first: bool = False
+
+
+DEFAULT_CONFIG = PreprocessConfig()
+
+
+def to_float(image: tf.Tensor) -> tf.Tensor:
+    """Converts an image to float32 in [0, 1] (uint8 is divided by 255; floats are kept)."""
+    return tf.image.convert_image_dtype(image, tf.float32)
+
+
+def _rgb(image: tf.Tensor) -> tf.Tensor:
+    """Gives a [H, W, 1] or [H, W, 3] image three channels."""
+    channels = tf.shape(image)[-1]
+    return tf.cond(tf.equal(channels, 1), lambda: tf.image.grayscale_to_rgb(image), lambda: image)
+
+
+def _resize(image: tf.Tensor, image_size: int) -> tf.Tensor:
+    return tf.image.resize(image, [image_size, image_size], method="bilinear")
+
+
+def _to_signed(image: tf.Tensor) -> tf.Tensor:
+    """Maps [0, 1] to [-1, 1] (tf_slim: `(image - 0.5) * 2`)."""
+    return tf.clip_by_value((image - 0.5) * 2.0, -1.0, 1.0)
+
+
+def preprocess_for_train(
+    image: tf.Tensor,
+    image_size: int,
+    seed: tf.Tensor,
+    config: PreprocessConfig = DEFAULT_CONFIG,
+) -> tf.Tensor:
+    """Random crop, resize, flip and colour distortion of one image.
+
+    Args:
+        image: [H, W, C] image, C in {1, 3}, uint8 or float in [0, 1].
+        image_size: side of the square output.
+        seed: shape [2] int32/int64 stateless seed of this example.
+        config: augmentation parameters.
+
+    Returns:
+        float32 [image_size, image_size, 3] in [-1, 1].
+    """
+    image = _rgb(to_float(image))
+    if config.upsample_first:
+        image = _resize(image, image_size)
+    crop_seed, flip_seed, brightness_seed, saturation_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, num=4)
+    )
+    bbox = tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, shape=[1, 1, 4])
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image),
+        bounding_boxes=bbox,
+        seed=crop_seed,
+        min_object_covered=config.min_object_covered,
+        aspect_ratio_range=config.aspect_ratio_range,
+        area_range=config.area_range,
+        max_attempts=100,
+        use_image_if_no_bounding_boxes=True,
+    )
+    image = tf.slice(image, begin, size)
+    image = _resize(image, image_size)
+    if config.flip:
+        image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+    if config.color:
+        image = tf.image.stateless_random_brightness(
+            image, config.brightness_max_delta, seed=brightness_seed
+        )
+        image = tf.image.stateless_random_saturation(
+            image, *config.saturation_range, seed=saturation_seed
+        )
+        image = tf.clip_by_value(image, 0.0, 1.0)
+    image = _to_signed(image)
+    image.set_shape([image_size, image_size, 3])
+    return image
+
+
+def preprocess_for_eval(
+    image: tf.Tensor, image_size: int, config: PreprocessConfig = DEFAULT_CONFIG
+) -> tf.Tensor:
+    """Central crop (`config.central_fraction` of each side) and resize of one image.
+
+    Args:
+        image: [H, W, C] image, C in {1, 3}, uint8 or float in [0, 1].
+        image_size: side of the square output.
+        config: its `central_fraction` and `upsample_first` are used.
+
+    Returns:
+        float32 [image_size, image_size, 3] in [-1, 1].
+    """
+    image = _rgb(to_float(image))
+    if config.upsample_first:
+        image = _resize(image, image_size)
+    if config.central_fraction < 1.0:
+        image = tf.image.central_crop(image, central_fraction=config.central_fraction)
+    image = _resize(image, image_size)
+    image = _to_signed(image)
+    image.set_shape([image_size, image_size, 3])
+    return image

@@ -1,0 +1,451 @@
+"""Where the examples come from: dataset names resolved to in-memory arrays or on-disk streams.
+
+Three kinds of dataset, all by name:
+- `digits`: scikit-learn's bundled 8x8 digits (`keras_bninception.data.digits`), no download.
+- `image_folder`: `data_dir/<split>/<label>/*.jpg|*.jpeg|*.png`, read through `tfds.ImageFolder`.
+- any TFDS image-classification dataset (`imagenet2012`, `imagenette`, `tf_flowers`, `cifar10`,
+  ...), prepared in `data_dir` by `tfds` (manual downloads, such as
+  imagenet2012's, from `manual_dir`).
+
+A split whose encoded images take at most `IN_MEMORY_MAX_BYTES` is read once into memory
+(the "cache" of the pipeline: it is then shuffled over the whole split and indexed directly); a
+larger one is streamed from disk through a shuffle buffer.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import io
+import os
+from collections.abc import Callable
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from keras_bninception.data import digits
+from keras_bninception.data.errors import DataError
+from keras_bninception.data.preprocessing import DEFAULT_CONFIG, PreprocessConfig
+
+DIGITS = digits.NAME
+IMAGE_FOLDER = "image_folder"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")  # the ones tfds.ImageFolder lists
+FOLDER_LAYOUT = "<root>/<split>/<label>/*.jpg|*.jpeg|*.png"
+# Encoded splits up to this size are held in memory (2 CPU / 24 GiB machines, several pipelines).
+IN_MEMORY_MAX_BYTES = 256 * 2**20
+# TFDS datasets whose label changes when the image is mirrored (digits, characters).
+FLIP_CHANGES_LABEL = frozenset(
+    {DIGITS, "mnist", "emnist", "kmnist", "svhn_cropped", "omniglot", "mnist_corrupted"}
+)
+EVAL_SPLIT_CANDIDATES = ("validation", "val", "test", "eval")
+
+# imagenet2012 (TFDS 4.9 builder): which tar file makes which split, and where to get them.
+IMAGENET_MANUAL_FILES = {
+    "train": "ILSVRC2012_img_train.tar",
+    "validation": "ILSVRC2012_img_val.tar",
+}
+IMAGENET_URL = "https://image-net.org/download-images"
+
+# The digits keep their whole frame at evaluation and are cropped mildly in training: an 8x8 digit
+# fills its frame, so tf_slim's crops (down to 5 % of the area, aspect 3:4..4:3) would often cut off
+# the strokes that tell a 1 from a 7. Crops of at least 75 % of the area (sides >= ~87 %) and a
+# near-square aspect shift and scale the digit by about one source pixel. Cropping happens after the
+# upsampling, so these are sub-pixel crops of the source rather than whole-pixel ones. No flip (a
+# mirrored 2 or 5 is not a 2 or 5) and no colour distortion (grey images: saturation does nothing,
+# and the paper reduced photometric distortions anyway).
+DIGITS_CONFIG = PreprocessConfig(
+    area_range=(0.75, 1.0),
+    aspect_ratio_range=(0.9, 1.11),
+    min_object_covered=0.75,
+    central_fraction=1.0,
+    flip=False,
+    color=False,
+    upsample_first=True,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What the trainer needs to know about a dataset before building its pipelines."""
+
+    name: str
+    num_classes: int
+    train_split: str
+    eval_split: str
+    num_train_examples: int
+    num_eval_examples: int
+    flip_changes_label: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class InMemorySplit:
+    """All examples of a split, held in memory.
+
+    `images` is either decoded pixels ([N, H, W, C], `encoded=False`) or encoded image files (an
+    object array of N bytes, `encoded=True`); `labels` is int32 [N]; `filenames` names each example
+    (used in error messages).
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    encoded: bool
+    filenames: np.ndarray | None = None
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamingSplit:
+    """A split read from disk.
+
+    `make(shuffle_files, seed, num_pipelines, pipeline_id)` returns this pipeline's shard as a
+    `tf.data.Dataset` of (encoded image: string, label: int32, file name: string) in a fixed order
+    (shuffled by `seed` when `shuffle_files`).
+    """
+
+    make: Callable[[bool, int, int, int], tf.data.Dataset]
+    num_examples: int
+
+
+Split = InMemorySplit | StreamingSplit
+
+
+def _choices() -> str:
+    return (
+        f"'{DIGITS}' (built in, no download), '{IMAGE_FOLDER}' (data_dir laid out as "
+        f"{FOLDER_LAYOUT}) or any TFDS image classification dataset name, e.g. imagenet2012, "
+        "imagenette, tf_flowers, cifar10"
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _fits_in_memory(num_bytes: int) -> bool:
+    """Whether an encoded split of `num_bytes` (0 = unknown) is held in memory."""
+    return 0 < num_bytes <= IN_MEMORY_MAX_BYTES
+
+
+def check_image_bytes(images: list[bytes], filenames: list[str]) -> None:
+    """Decodes every image with PIL; raises `DataError` naming the first file that fails."""
+    from PIL import Image
+
+    def check(item: tuple[bytes, str]) -> str | None:
+        data, name = item
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                image.draft("RGB", (1, 1))  # JPEG: decode at 1/8 scale, still reads every block
+                image.load()
+        except Exception as error:  # noqa: BLE001 - any failure means the file is unusable
+            return f"corrupt image file {name}: {_first_line(error)}"
+        return None
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for problem in pool.map(check, zip(images, filenames, strict=True)):
+            if problem is not None:
+                raise DataError(problem)
+
+
+class Source:
+    """A dataset resolved by name."""
+
+    info: DatasetInfo
+    preprocess: PreprocessConfig = DEFAULT_CONFIG
+
+    def splits(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def check_split(self, split: str) -> str:
+        names = self.splits()
+        if not isinstance(split, str) or (names and split not in names):
+            raise DataError(
+                f"dataset {self.info.name!r} has no split {split!r}; its splits are "
+                f"{', '.join(names)}"
+            )
+        return split
+
+    def load(self, split: str) -> Split:
+        raise NotImplementedError
+
+
+class DigitsSource(Source):
+    """scikit-learn's 8x8 digits: `train` (1,437 images) and the held-out `test` (360)."""
+
+    preprocess = DIGITS_CONFIG
+
+    def __init__(self) -> None:
+        train = digits.load_split(digits.TRAIN_SPLIT)[1]
+        test = digits.load_split(digits.EVAL_SPLIT)[1]
+        self.info = DatasetInfo(
+            name=DIGITS,
+            num_classes=digits.NUM_CLASSES,
+            train_split=digits.TRAIN_SPLIT,
+            eval_split=digits.EVAL_SPLIT,
+            num_train_examples=int(train.shape[0]),
+            num_eval_examples=int(test.shape[0]),
+            flip_changes_label=True,
+        )
+
+    def splits(self) -> tuple[str, ...]:
+        return digits.SPLITS
+
+    def load(self, split: str) -> Split:
+        images, labels = digits.load_split(self.check_split(split))
+        return InMemorySplit(images=images, labels=labels, encoded=False)
+
+
+def _folder_bytes(directory: str) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(directory):
+        for name in files:
+            if name.lower().endswith(IMAGE_EXTENSIONS):
+                total += os.path.getsize(os.path.join(dirpath, name))
+    return total
+
+
+class FolderSource(Source):
+    """`root/<split>/<label>/*.jpg|*.jpeg|*.png` through `tfds.ImageFolder`."""
+
+    def __init__(self, root: str | None) -> None:
+        if not root:
+            raise DataError(
+                f"dataset '{IMAGE_FOLDER}' reads the folder given as data_dir (--data_dir), laid "
+                f"out as {FOLDER_LAYOUT}; no data_dir was given"
+            )
+        root = os.path.abspath(os.path.expanduser(root))
+        layout = FOLDER_LAYOUT.replace("<root>", root)
+        if not os.path.isdir(root) or not os.access(root, os.R_OK | os.X_OK):
+            raise DataError(f"image folder {root} is missing or unreadable; expected {layout}")
+        try:
+            self._builder = tfds.ImageFolder(root)
+        except (OSError, tf.errors.OpError) as error:
+            raise DataError(
+                f"image folder {root} is unreadable ({_first_line(error)}); expected {layout}"
+            ) from error
+        self._root = root
+        self._counts = {
+            name: split.num_examples
+            for name, split in self._builder.info.splits.items()
+            if split.num_examples > 0
+        }
+        if not self._counts:
+            raise DataError(f"image folder {root} has no images; expected {layout}")
+        if "train" not in self._counts:
+            raise DataError(
+                f"image folder {root} has no train split (found: {', '.join(self._counts)}); "
+                f"expected {layout} with <split> = train (and validation, val or test)"
+            )
+        eval_split = next((s for s in EVAL_SPLIT_CANDIDATES if s in self._counts), "train")
+        self.info = DatasetInfo(
+            name=IMAGE_FOLDER,
+            num_classes=len(self._builder.info.features["label"].names),
+            train_split="train",
+            eval_split=eval_split,
+            num_train_examples=self._counts["train"],
+            num_eval_examples=self._counts[eval_split],
+            flip_changes_label=False,
+        )
+
+    def splits(self) -> tuple[str, ...]:
+        return tuple(self._counts)
+
+    def _read(self, split: str) -> tf.data.Dataset:
+        ds = self._builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+        return ds.map(
+            lambda ex: (ex["image"], tf.cast(ex["label"], tf.int32), ex["image/filename"]),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+
+    def load(self, split: str) -> Split:
+        self.check_split(split)
+        if _fits_in_memory(_folder_bytes(os.path.join(self._root, split))):
+            images, labels, names = [], [], []
+            try:
+                for image, label, name in self._read(split).batch(256).as_numpy_iterator():
+                    images.extend(image)
+                    labels.extend(label)
+                    names.extend(n.decode() for n in name)
+            except tf.errors.OpError as error:
+                raise DataError(
+                    f"image folder {self._root} is unreadable: {_first_line(error)}"
+                ) from error
+            check_image_bytes(images, names)
+            return InMemorySplit(
+                images=np.array(images, dtype=object),
+                labels=np.array(labels, dtype=np.int32),
+                encoded=True,
+                filenames=np.array(names, dtype=object),
+            )
+
+        def make(shuffle_files: bool, seed: int, num_pipelines: int, pipeline_id: int):
+            del shuffle_files, seed  # the pipeline shuffles with a seeded buffer
+            return self._read(split).shard(num_pipelines, pipeline_id)
+
+        return StreamingSplit(make=make, num_examples=self._counts[split])
+
+
+class TfdsSource(Source):
+    """A TFDS image-classification dataset, prepared on first use."""
+
+    def __init__(self, name: str, data_dir: str | None, manual_dir: str | None) -> None:
+        base = name.split("/")[0].split(":")[0]
+        if base not in tfds.list_builders(with_community_datasets=False):
+            raise DataError(f"unknown dataset {name!r}; choose {_choices()}")
+        try:
+            builder = tfds.builder(name, data_dir=data_dir)
+        except Exception as error:  # noqa: BLE001 - tfds raises several types for bad names
+            raise DataError(
+                f"dataset {name!r}: {_first_line(error)}; choose {_choices()}"
+            ) from error
+        keys = builder.info.supervised_keys
+        features = builder.info.features
+        if not (
+            isinstance(keys, tuple)
+            and len(keys) == 2
+            and all(isinstance(k, str) for k in keys)
+            and isinstance(features[keys[0]], tfds.features.Image)
+            and isinstance(features[keys[1]], tfds.features.ClassLabel)
+        ):
+            raise DataError(
+                f"dataset {name!r} is not an image classification dataset (its supervised keys "
+                f"are {keys}, not an Image and a ClassLabel); choose {_choices()}"
+            )
+        self._builder = builder
+        self._image_key, self._label_key = keys
+        self._filename_key = next(
+            (k for k in ("file_name", "image/filename", "filename") if k in features), None
+        )
+        self._prepare(base, manual_dir)
+        known = builder.info.splits
+        self._counts = {s: known[s].num_examples for s in known}
+        if "train" in self._counts:
+            train_split = "train"
+        else:
+            train_split = next(iter(self._counts), "train")
+        eval_split = next((s for s in EVAL_SPLIT_CANDIDATES if s in self._counts), None)
+        if eval_split is None:  # splits unknown (tfds.testing.mock_data): the usual name
+            eval_split = "validation" if base.startswith("imagenet") else "test"
+        self.info = DatasetInfo(
+            name=name,
+            num_classes=int(features[self._label_key].num_classes),
+            train_split=train_split,
+            eval_split=eval_split,
+            num_train_examples=self._num_examples(train_split),
+            num_eval_examples=self._num_examples(eval_split),
+            flip_changes_label=base in FLIP_CHANGES_LABEL,
+        )
+
+    def _manual_error(self, base: str, manual_dir: str, missing: list[str]) -> DataError:
+        if base.startswith("imagenet2012"):
+            files = " and ".join(IMAGENET_MANUAL_FILES.values())
+            return DataError(
+                f"dataset {self._builder.name!r} needs the manual download of ImageNet: put "
+                f"{files} (from {IMAGENET_URL}) in {manual_dir} (set --manual_dir; default "
+                f"<data_dir>/downloads/manual); missing: {', '.join(missing)}"
+            )
+        instructions = " ".join(str(self._builder.MANUAL_DOWNLOAD_INSTRUCTIONS).split())
+        return DataError(
+            f"dataset {self._builder.name!r} needs a manual download into {manual_dir} "
+            f"(--manual_dir): {instructions}"
+        )
+
+    def _prepare(self, base: str, manual_dir: str | None) -> None:
+        builder = self._builder
+        if builder.is_prepared():
+            return
+        manual_dir = os.path.abspath(
+            os.path.expanduser(
+                manual_dir or os.path.join(builder.data_dir_root, "downloads", "manual")
+            )
+        )
+        needs_manual = bool(getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None))
+        if needs_manual and base.startswith("imagenet2012") and os.path.isdir(manual_dir):
+            # TFDS would quietly prepare only the splits whose tar is present (hours of work) and
+            # fail later on the other one: check both files first.
+            missing = [
+                f
+                for f in IMAGENET_MANUAL_FILES.values()
+                if not os.path.isfile(os.path.join(manual_dir, f))
+            ]
+            if missing:
+                raise self._manual_error(base, manual_dir, missing)
+        try:
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
+            )
+        except AssertionError as error:  # tfds: manual_dir missing or empty
+            if not needs_manual:
+                raise
+            missing = [
+                f
+                for f in IMAGENET_MANUAL_FILES.values()
+                if not os.path.isfile(os.path.join(manual_dir, f))
+            ]
+            raise self._manual_error(base, manual_dir, missing) from error
+
+    def _num_examples(self, split: str) -> int:
+        if split in self._counts:
+            return int(self._counts[split])
+        # Split sizes are unknown under tfds.testing.mock_data: count the stream instead.
+        cardinality = int(self._builder.as_dataset(split=split).cardinality())
+        return max(cardinality, 0)
+
+    def splits(self) -> tuple[str, ...]:
+        return tuple(self._counts)  # empty when unknown: any split is accepted
+
+    def _read(self, split, shuffle_files: bool, seed: int) -> tf.data.Dataset:
+        ds = self._builder.as_dataset(
+            split=split,
+            shuffle_files=shuffle_files,
+            decoders={self._image_key: tfds.decode.SkipDecoding()},
+            read_config=tfds.ReadConfig(shuffle_seed=seed, try_autocache=False),
+        )
+        image_key, label_key, filename_key = self._image_key, self._label_key, self._filename_key
+
+        def unpack(ex):
+            name = ex[filename_key] if filename_key else tf.constant("", tf.string)
+            return ex[image_key], tf.cast(ex[label_key], tf.int32), name
+
+        return ds.map(unpack, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def load(self, split: str) -> Split:
+        self.check_split(split)
+        known = self._builder.info.splits
+        num_bytes = int(known[split].num_bytes) if split in known else 0
+        if _fits_in_memory(num_bytes):
+            images, labels, names = [], [], []
+            for image, label, name in self._read(split, False, 0).batch(1024).as_numpy_iterator():
+                images.extend(image)
+                labels.extend(label)
+                names.extend(n.decode() for n in name)
+            return InMemorySplit(
+                images=np.array(images, dtype=object),
+                labels=np.array(labels, dtype=np.int32),
+                encoded=True,
+                filenames=np.array(names, dtype=object),
+            )
+
+        def make(shuffle_files: bool, seed: int, num_pipelines: int, pipeline_id: int):
+            subsplit = split
+            if num_pipelines > 1:
+                subsplit = tfds.even_splits(split, n=num_pipelines)[pipeline_id]
+            return self._read(subsplit, shuffle_files, seed)
+
+        return StreamingSplit(make=make, num_examples=self._num_examples(split))
+
+
+def resolve(dataset: str, data_dir: str | None = None, manual_dir: str | None = None) -> Source:
+    """Resolves a dataset name to its `Source`; raises `DataError` naming the accepted names."""
+    if not isinstance(dataset, str) or not dataset.strip():
+        raise DataError(f"unknown dataset {dataset!r}; choose {_choices()}")
+    name = dataset.strip()
+    if name == DIGITS:
+        return DigitsSource()
+    if name == IMAGE_FOLDER:
+        return FolderSource(data_dir)
+    return TfdsSource(name, data_dir, manual_dir)
