@@ -1,0 +1,76 @@
+"""Repository-wide pytest set-up, loaded before any test module (by ``pytest`` and by Bazel).
+
+At import time, i.e. before any test touches TensorFlow:
+
+- The repository root goes first on ``sys.path``, so ``import keras_bninception`` (and
+  ``trainers``, ``tests.*`` helpers) work from a checkout without ``pip install``. The path is not
+  resolved through symlinks, so under Bazel the runfiles tree (what ``BUILD`` declares) is what
+  gets imported.
+- ``TF_CPP_MIN_LOG_LEVEL=2`` hides TensorFlow's C++ INFO and WARNING logs (errors still show) and
+  ``KERAS_BACKEND`` defaults to ``tensorflow`` (this package is TensorFlow-only).
+- The host CPU is split into ``NUM_LOGICAL_CPUS`` (2) logical devices, so ``tf.distribute`` tests
+  can run ``MirroredStrategy(LOGICAL_CPUS)`` with two replicas on a CPU-only machine. This must
+  happen before TensorFlow initializes its devices (later it raises ``RuntimeError``), hence here.
+  It is harmless to single-device tests: ops without a device scope, Keras and the default strategy
+  all place work on ``/device:CPU:0``, and ``MirroredStrategy()`` without devices uses only that
+  one on a machine without GPUs. The two logical devices share the same cores and thread pools.
+
+Before each test, the autouse fixture ``seed`` calls ``keras.utils.set_random_seed(SEED)``
+(Python's ``random``, NumPy and TensorFlow), so every test is deterministic on its own, whatever
+ran before it. A test that needs the value asks for the ``seed`` fixture. Tests that need the two
+replicas ask for the ``logical_cpus`` fixture, which fails (not skips) if the split did not happen.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras  # noqa: E402  (after the environment variables above)
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+SEED = 1337
+NUM_LOGICAL_CPUS = 2
+LOGICAL_CPUS = [f"/device:CPU:{i}" for i in range(NUM_LOGICAL_CPUS)]
+
+
+def _split_cpu(num_devices: int) -> str | None:
+    """Splits the first physical CPU into ``num_devices`` logical ones; returns an error or None."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(num_devices)]
+        )
+    except RuntimeError as error:  # TensorFlow's devices were initialized before this conftest.
+        return str(error)
+    return None
+
+
+_SPLIT_ERROR = _split_cpu(NUM_LOGICAL_CPUS)
+
+
+@pytest.fixture(autouse=True)
+def seed() -> int:
+    """Seeds Python, NumPy and TensorFlow with ``SEED`` before every test; returns the seed."""
+    keras.utils.set_random_seed(SEED)
+    return SEED
+
+
+@pytest.fixture
+def logical_cpus() -> list[str]:
+    """The ``NUM_LOGICAL_CPUS`` logical CPU device names, for ``tf.distribute.MirroredStrategy``."""
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+    if len(devices) < NUM_LOGICAL_CPUS:
+        pytest.fail(
+            f"expected {NUM_LOGICAL_CPUS} logical CPU devices, found {devices}; "
+            f"tests/conftest.py could not split the CPU: {_SPLIT_ERROR}"
+        )
+    return LOGICAL_CPUS
