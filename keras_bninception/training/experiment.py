@@ -1,0 +1,197 @@
+"""One run of the trainer: data + BN-Inception + strategy + loop, from a `TrainConfig`.
+
+`run(config)` is what `python -m trainers.train` and `make demo` call. It
+
+1. validates the configuration and seeds / makes deterministic what was asked,
+2. sets the Keras mixed-precision policy (`mixed_bfloat16` / `mixed_float16`),
+3. describes the dataset (`keras_bninception.data.get_info`) and creates the strategy,
+4. builds BN-Inception and the optimizer inside the strategy scope, restores the newest checkpoint
+   of `model_dir` (so rerunning the same command resumes),
+5. trains (`mode=train|train_and_eval`), evaluates top-1 / top-5 (`mode=eval|train_and_eval`),
+6. writes `model_dir/metrics.json` (chief only) and returns the same dictionary.
+
+Layout of `model_dir`: `checkpoints/` (tf.train checkpoints), `logs/train`, `logs/eval`
+(TensorBoard), `metrics.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from keras_bninception.training.config import TrainConfig
+from keras_bninception.training.errors import TrainingError
+from keras_bninception.training.optimizer import build_optimizer, learning_rate_schedule
+from keras_bninception.training.strategy import get_strategy
+from keras_bninception.training.trainer import Trainer, steps_for_epochs
+
+_POLICIES = {None: "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+
+
+def build_model(config: TrainConfig, num_classes: int) -> keras.Model:
+    """BN-Inception producing logits, configured by `config` (call inside the strategy scope)."""
+    from keras_bninception.models import BNInception
+
+    return BNInception(
+        include_top=True,
+        weights=None,
+        input_shape=(config.image_size, config.image_size, 3),
+        classes=num_classes,
+        classifier_activation=None,
+        depth_multiplier=config.depth_multiplier,
+        dropout_rate=config.dropout_rate,
+        batch_norm=config.batch_norm,
+        activation=config.activation,
+        momentum=config.bn_momentum,
+        epsilon=config.bn_epsilon,
+        synchronized=config.sync_batch_norm,
+    )
+
+
+def run(config: TrainConfig) -> dict:
+    """Trains and/or evaluates as `config` says; returns the metrics written to metrics.json.
+
+    Raises:
+        ValueError: a bad option or dataset (`keras_bninception.data.DataError` is one).
+        TrainingError: training cannot go on (e.g. `DivergenceError`), or `mode=eval` without a
+            checkpoint. In every case the checkpoints already in `model_dir` are left untouched.
+    """
+    from keras_bninception import data
+
+    config.validate()
+    if config.seed is not None:
+        keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    info = data.get_info(config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir)
+    strategy = get_strategy(config.distribution_strategy, config.num_gpus, config.tpu)
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise ValueError(
+            f"The global batch size ({config.batch_size}) must be divisible by the number of "
+            f"replicas ({replicas}). Received: batch_size={config.batch_size}"
+        )
+    steps_per_epoch = info.num_train_examples / config.batch_size
+    train_steps = config.train_steps or steps_for_epochs(
+        config.epochs, info.num_train_examples, config.batch_size
+    )
+    logging.info(
+        "Dataset %s: %d classes, %d training / %d evaluation examples (%s / %s); %d replica(s).",
+        info.name,
+        info.num_classes,
+        info.num_train_examples,
+        info.num_eval_examples,
+        info.train_split,
+        info.eval_split,
+        replicas,
+    )
+
+    def train_dataset(context: tf.distribute.InputContext, start_step: int) -> tf.data.Dataset:
+        # A pipeline feeds num_replicas / num_pipelines replicas, one per-replica batch each per
+        # step: the data position of step `start_step` is that many batches per step further.
+        batches_per_step = context.num_replicas_in_sync // context.num_input_pipelines
+        return data.build_dataset(
+            config.dataset,
+            info.train_split,
+            image_size=config.image_size,
+            batch_size=context.get_per_replica_batch_size(config.batch_size),
+            training=True,
+            seed=config.seed,
+            deterministic=config.deterministic,
+            data_dir=config.data_dir,
+            manual_dir=config.manual_dir,
+            input_context=context,
+            start_step=start_step * batches_per_step,
+        )
+
+    def eval_dataset(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        return data.build_dataset(
+            config.dataset,
+            info.eval_split,
+            image_size=config.image_size,
+            batch_size=context.get_per_replica_batch_size(config.batch_size),
+            training=False,
+            seed=config.seed,
+            deterministic=config.deterministic,
+            data_dir=config.data_dir,
+            manual_dir=config.manual_dir,
+            input_context=context,
+        )
+
+    def optimizer_fn() -> keras.optimizers.Optimizer:
+        schedule = learning_rate_schedule(
+            config.learning_rate,
+            config.learning_rate_decay_factor,
+            config.num_epochs_per_decay,
+            steps_per_epoch,
+        )
+        return build_optimizer(config.optimizer, schedule, config.momentum, config.mixed_precision)
+
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(_POLICIES[config.mixed_precision])
+    try:
+        trainer = Trainer(
+            strategy,
+            lambda: build_model(config, info.num_classes),
+            optimizer_fn,
+            model_dir=config.model_dir,
+            global_batch_size=config.batch_size,
+            weight_decay=config.weight_decay,
+            label_smoothing=config.label_smoothing,
+            checkpoint_every=config.checkpoint_every,
+            keep_checkpoints=config.keep_checkpoints,
+            log_every=config.log_every,
+        )
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+    try:
+        restored = trainer.checkpoints.restore()
+        if restored:
+            logging.info("Resuming from %s (step %d).", restored, int(trainer.step.numpy()))
+        results: dict = {
+            "dataset": info.name,
+            "config": dataclasses.asdict(config),
+            "train_steps": train_steps,
+            "num_replicas": replicas,
+        }
+        began = time.perf_counter()
+        if config.mode in ("train", "train_and_eval"):
+            results["train"] = trainer.train(train_dataset, train_steps)
+        elif restored is None:
+            raise TrainingError(
+                f"mode=eval needs a checkpoint, but {trainer.checkpoints.directory} has none; "
+                "train first (--mode=train or train_and_eval)."
+            )
+        if config.mode in ("eval", "train_and_eval"):
+            results["eval"] = trainer.evaluate(eval_dataset, config.eval_steps)
+            results["eval"]["split"] = info.eval_split
+        results["step"] = int(trainer.step.numpy())
+        results["seconds"] = time.perf_counter() - began
+        results["weights_sha256"] = trainer.weights_digest()
+        logging.info(
+            "Final weights sha256 %s (step %d).", results["weights_sha256"], results["step"]
+        )
+        if trainer.chief:
+            write_metrics(config.model_dir, results)
+        return results
+    finally:
+        trainer.close()
+
+
+def write_metrics(model_dir: str, results: dict) -> str:
+    """Writes `results` to `model_dir/metrics.json` atomically; returns the path."""
+    os.makedirs(model_dir, exist_ok=True)
+    path = os.path.join(model_dir, "metrics.json")
+    temp = path + ".tmp"
+    with open(temp, "w") as f:
+        json.dump(results, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(temp, path)
+    logging.info("Wrote %s.", path)
+    return path

@@ -1,0 +1,116 @@
+"""Building the `tf.distribute.Strategy` of a run, and asking it who is the chief.
+
+Names follow the TF Model Garden (`official/common/distribute_utils.py`):
+
+- `default`: `multi_worker_mirrored` when `TF_CONFIG` describes more than one task, else
+  `mirrored` over the GPUs when there are several, else `one_device`.
+- `one_device`: `OneDeviceStrategy` on the first GPU, or on the CPU when there is none.
+- `mirrored`: `MirroredStrategy` over `num_gpus` GPUs (all visible ones by default); with no GPU,
+  over every logical CPU device (one, unless the process split its CPU).
+- `multi_worker_mirrored`: `MultiWorkerMirroredStrategy` configured by the `TF_CONFIG` environment
+  variable, all-reducing with NCCL on GPUs and ring collectives on CPUs.
+- `tpu`: `TPUStrategy` on the TPU named by `tpu` (a name, a `grpc://` address, or `local`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import tensorflow as tf
+
+
+def _num_tasks_in_tf_config() -> int:
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return 0
+    try:
+        cluster = json.loads(raw).get("cluster", {})
+    except (ValueError, AttributeError) as e:
+        raise ValueError(f"The TF_CONFIG environment variable is not valid JSON: {e}") from e
+    return sum(len(tasks) for tasks in cluster.values())
+
+
+def get_strategy(
+    distribution_strategy: str = "default", num_gpus: int = -1, tpu: str | None = None
+) -> tf.distribute.Strategy:
+    """Creates the strategy named `distribution_strategy` (see the module docstring).
+
+    Args:
+        distribution_strategy: `default`, `one_device`, `mirrored`, `multi_worker_mirrored` or
+            `tpu`.
+        num_gpus: how many GPUs to use; -1 for all visible ones.
+        tpu: the TPU to connect to, for `tpu`.
+
+    Raises:
+        ValueError: for an unknown name, or more GPUs than are visible.
+    """
+    gpus = tf.config.list_logical_devices("GPU")
+    if num_gpus < 0:
+        num_gpus = len(gpus)
+    if num_gpus > len(gpus):
+        raise ValueError(
+            f"`num_gpus={num_gpus}` but only {len(gpus)} GPU(s) are visible to TensorFlow."
+        )
+    name = distribution_strategy
+    if name == "default":
+        if tpu:
+            name = "tpu"
+        elif _num_tasks_in_tf_config() > 1:
+            name = "multi_worker_mirrored"
+        elif num_gpus > 1:
+            name = "mirrored"
+        else:
+            name = "one_device"
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy("/gpu:0" if num_gpus > 0 else "/cpu:0")
+    if name == "mirrored":
+        if num_gpus > 0:
+            devices = [f"/gpu:{i}" for i in range(num_gpus)]
+        else:
+            devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices)
+    if name == "multi_worker_mirrored":
+        implementation = (
+            tf.distribute.experimental.CommunicationImplementation.NCCL
+            if num_gpus > 0
+            else tf.distribute.experimental.CommunicationImplementation.RING
+        )
+        return tf.distribute.MultiWorkerMirroredStrategy(
+            communication_options=tf.distribute.experimental.CommunicationOptions(
+                implementation=implementation
+            )
+        )
+    if name == "tpu":
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "")
+        if tpu not in (None, "", "local"):
+            tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    raise ValueError(
+        "The `distribution_strategy` argument should be one of ['default', 'one_device', "
+        f"'mirrored', 'multi_worker_mirrored', 'tpu']. Received: {distribution_strategy!r}"
+    )
+
+
+def task_info(strategy: tf.distribute.Strategy) -> tuple[str | None, int | None]:
+    """The (task_type, task_id) of this process, or (None, None) on a single machine."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return None, None
+    return resolver.task_type, resolver.task_id
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the real checkpoints, summaries and metrics.
+
+    The chief is the `chief` task, or `worker` 0 when the cluster has no `chief` task (the rule of
+    the TensorFlow multi-worker tutorial); a single-machine run is always its own chief.
+    """
+    task_type, task_id = task_info(strategy)
+    if task_type is None or task_type == "chief":
+        return True
+    if task_type != "worker" or task_id != 0:
+        return False
+    cluster = strategy.cluster_resolver.cluster_spec().as_dict()
+    return "chief" not in cluster

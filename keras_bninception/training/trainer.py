@@ -1,0 +1,354 @@
+"""The custom training loop: one code path for every `tf.distribute` strategy.
+
+Keras 3's `model.fit` fails under `MultiWorkerMirroredStrategy` (keras-team/keras#20585), so the
+trainer drives the model itself:
+
+- the input comes from `strategy.distribute_datasets_from_function`, each input pipeline batched to
+  the per-replica batch (`input_context.get_per_replica_batch_size(global_batch_size)`);
+- one training step is `strategy.run(step_fn)`: forward, the loss of `losses.py` (averaged over the
+  GLOBAL batch, regularization scaled by 1 / num_replicas), gradients, and the Keras optimizer,
+  which all-reduces (SUM) the gradients before updating the mirrored weights;
+- metrics are per-replica sums (loss, correct predictions, examples) reduced with
+  `strategy.reduce(SUM)`, hence exact global values on every worker;
+- several steps run inside one `tf.function` (`tf.range` loop) between two log / checkpoint
+  points, so Python is not on the per-step hot path on GPUs;
+- a non-finite loss stops training at once (`DivergenceError` names the step); no checkpoint is
+  written after it, so the last good one stays the newest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from keras_bninception.training import losses
+from keras_bninception.training.checkpointing import CheckpointHandler
+from keras_bninception.training.errors import DivergenceError, TrainingError
+from keras_bninception.training.optimizer import current_learning_rate
+from keras_bninception.training.progress import Progress
+from keras_bninception.training.strategy import is_chief
+from keras_bninception.training.summaries import SummaryWriter
+
+# (input_context, start_step) -> dataset of (images, labels) batched per replica.
+TrainDatasetFn = Callable[[tf.distribute.InputContext, int], tf.data.Dataset]
+EvalDatasetFn = Callable[[tf.distribute.InputContext], tf.data.Dataset]
+
+
+class Trainer:
+    """Builds the model and optimizer under `strategy` and trains / evaluates them.
+
+    Args:
+        strategy: the `tf.distribute.Strategy` of the run.
+        model_fn: returns a new `keras.Model` mapping images to logits (called in the scope).
+        optimizer_fn: returns a new Keras optimizer (called in the scope).
+        model_dir: where checkpoints (`checkpoints/`) and summaries (`logs/`) go.
+        global_batch_size: images per step over all replicas; must divide evenly.
+        weight_decay: L2 coefficient (TF-slim convention, see `losses.py`).
+        label_smoothing: label smoothing of the cross-entropy.
+        checkpoint_every: save every this many steps (and at the end).
+        keep_checkpoints: how many checkpoints to keep.
+        log_every: print a progress line and write summaries every this many steps.
+    """
+
+    def __init__(
+        self,
+        strategy: tf.distribute.Strategy,
+        model_fn: Callable[[], keras.Model],
+        optimizer_fn: Callable[[], keras.optimizers.Optimizer],
+        *,
+        model_dir: str,
+        global_batch_size: int,
+        weight_decay: float = 0.0,
+        label_smoothing: float = 0.0,
+        checkpoint_every: int = 1000,
+        keep_checkpoints: int = 3,
+        log_every: int = 100,
+    ):
+        replicas = strategy.num_replicas_in_sync
+        if global_batch_size % replicas:
+            raise ValueError(
+                f"The global batch size ({global_batch_size}) must be divisible by the number of "
+                f"replicas ({replicas}). Received: batch_size={global_batch_size}"
+            )
+        self.strategy = strategy
+        self.model_dir = model_dir
+        self.global_batch_size = global_batch_size
+        self.weight_decay = weight_decay
+        self.label_smoothing = label_smoothing
+        self.checkpoint_every = checkpoint_every
+        self.log_every = log_every
+        self.chief = is_chief(strategy)
+        with strategy.scope():
+            self.model = model_fn()
+            self.optimizer = optimizer_fn()
+            # Create the slots now: restoring then is immediate and exact.
+            self.optimizer.build(self.model.trainable_variables)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        self.checkpoints = CheckpointHandler(
+            model_dir,
+            self.chief,
+            keep_checkpoints,
+            model=self.model,
+            optimizer=self.optimizer,
+            step=self.step,
+        )
+        self._train_loop = None
+        self._eval_step = None
+
+    # ----------------------------------------------------------------------------------------
+    # Training.
+
+    def _build_train_loop(self):
+        model, optimizer, strategy = self.model, self.optimizer, self.strategy
+
+        def replica_step(images, labels):
+            with tf.GradientTape() as tape:
+                logits = model(images, training=True)
+                per_example = losses.cross_entropy(labels, logits, self.label_smoothing)
+                data_loss = tf.nn.compute_average_loss(
+                    per_example, global_batch_size=self.global_batch_size
+                )
+                loss = data_loss + losses.regularization(model, self.weight_decay)
+                scaled_loss = optimizer.scale_loss(loss)
+            variables = model.trainable_variables
+            grads = tape.gradient(scaled_loss, variables)
+            optimizer.apply_gradients(zip(grads, variables, strict=True))
+            predictions = tf.argmax(logits, axis=-1, output_type=labels.dtype)
+            correct = tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.float32))
+            count = tf.cast(tf.shape(labels)[0], tf.float32)
+            return loss, correct, count
+
+        def reduce_sum(value):
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+
+        @tf.function
+        def train_loop(iterator, num_steps):
+            loss_sum = tf.constant(0.0)
+            correct_sum = tf.constant(0.0)
+            count_sum = tf.constant(0.0)
+            done = tf.constant(0, tf.int64)
+            finite = tf.constant(True)
+            for _ in tf.range(num_steps):
+                loss, correct, count = strategy.run(replica_step, args=next(iterator))
+                loss = reduce_sum(loss)
+                self.step.assign_add(1)
+                done += 1
+                if not tf.math.is_finite(loss):
+                    finite = tf.constant(False)
+                    break
+                loss_sum += loss
+                correct_sum += reduce_sum(correct)
+                count_sum += reduce_sum(count)
+            return loss_sum, correct_sum, count_sum, done, finite
+
+        return train_loop
+
+    @tf.function
+    def _weights_finite(self):
+        return tf.reduce_all(
+            [tf.reduce_all(tf.math.is_finite(v)) for v in self.model.trainable_variables]
+        )
+
+    def restore(self) -> int:
+        """Restores the newest checkpoint of `model_dir`, if any; returns the step reached."""
+        path = self.checkpoints.restore()
+        step = int(self.step.numpy())
+        if path:
+            logging.info("Restored checkpoint %s (step %d).", path, step)
+        return step
+
+    def train(self, dataset_fn: TrainDatasetFn, train_steps: int) -> dict:
+        """Trains from the current step up to `train_steps` (resuming where a checkpoint left).
+
+        Args:
+            dataset_fn: builds the training stream of one input pipeline, starting at the batch
+                of the given step (the data position of a resumed run).
+            train_steps: the total number of steps of the run.
+
+        Returns:
+            The metrics of the last logging window: `loss`, `accuracy`, `learning_rate`,
+            `images_per_second`, plus `step` and `train_seconds` (this invocation's wall time).
+
+        Raises:
+            DivergenceError: the loss became NaN or infinite (no checkpoint written after it).
+        """
+        start = int(self.step.numpy())
+        if start >= train_steps:
+            logging.info("Already trained %d/%d steps; nothing to do.", start, train_steps)
+            return {"step": start, "train_seconds": 0.0}
+        if self._train_loop is None:
+            self._train_loop = self._build_train_loop()
+        dataset = self.strategy.distribute_datasets_from_function(
+            lambda context: dataset_fn(context, start)
+        )
+        iterator = iter(dataset)
+        writer = SummaryWriter(self.model_dir, "train", self.chief)
+        progress = Progress(train_steps, self.global_batch_size, start)
+        logging.info(
+            "Training steps %d..%d, global batch %d over %d replica(s).",
+            start + 1,
+            train_steps,
+            self.global_batch_size,
+            self.strategy.num_replicas_in_sync,
+        )
+        began = time.perf_counter()
+        window = {"loss": 0.0, "correct": 0.0, "count": 0.0, "steps": 0}
+        result: dict = {}
+        step = start
+        try:
+            while step < train_steps:
+                boundary = min(
+                    train_steps,
+                    _next_multiple(step, self.log_every),
+                    _next_multiple(step, self.checkpoint_every),
+                )
+                loss_sum, correct, count, done, finite = self._train_loop(
+                    iterator, tf.constant(boundary - step, tf.int64)
+                )
+                step += int(done)
+                if not bool(finite):
+                    raise DivergenceError(
+                        step, self.checkpoints.latest, current_learning_rate(self.optimizer)
+                    )
+                window["loss"] += float(loss_sum)
+                window["correct"] += float(correct)
+                window["count"] += float(count)
+                window["steps"] += int(done)
+                if step % self.log_every == 0 or step == train_steps:
+                    result = self._log(step, window, progress, writer)
+                    window = {"loss": 0.0, "correct": 0.0, "count": 0.0, "steps": 0}
+                if step % self.checkpoint_every == 0 or step == train_steps:
+                    self.save(step)
+                    progress.restart_clock(step)
+        finally:
+            writer.close()
+        result.update(step=step, train_seconds=time.perf_counter() - began)
+        return result
+
+    def _log(self, step: int, window: dict, progress: Progress, writer: SummaryWriter) -> dict:
+        steps = max(window["steps"], 1)
+        metrics = {
+            "loss": window["loss"] / steps,
+            "accuracy": window["correct"] / max(window["count"], 1.0),
+            "learning_rate": current_learning_rate(self.optimizer),
+            "images_per_second": progress.update(step),
+        }
+        logging.info(
+            progress.line(
+                step,
+                metrics["loss"],
+                metrics["accuracy"],
+                metrics["learning_rate"],
+                metrics["images_per_second"],
+            )
+        )
+        writer.scalars(step, metrics)
+        return metrics
+
+    def save(self, step: int) -> None:
+        """Writes a checkpoint of `step`, after checking that the weights are finite."""
+        if not bool(self._weights_finite()):
+            raise DivergenceError(
+                step, self.checkpoints.latest, current_learning_rate(self.optimizer)
+            )
+        path = self.checkpoints.save(step)
+        if path:
+            logging.info("Saved checkpoint %s (step %d).", path, step)
+
+    # ----------------------------------------------------------------------------------------
+    # Evaluation.
+
+    def _build_eval_step(self):
+        model, strategy = self.model, self.strategy
+
+        def replica_step(images, labels):
+            logits = tf.cast(model(images, training=False), tf.float32)
+            num_classes = logits.shape[-1]
+            loss = tf.reduce_sum(losses.cross_entropy(labels, logits))
+            top1 = tf.math.in_top_k(labels, logits, 1)
+            top5 = tf.math.in_top_k(labels, logits, min(5, num_classes))
+            return (
+                loss,
+                tf.reduce_sum(tf.cast(top1, tf.float32)),
+                tf.reduce_sum(tf.cast(top5, tf.float32)),
+                tf.cast(tf.shape(labels)[0], tf.float32),
+            )
+
+        @tf.function
+        def eval_step(batch):
+            values = strategy.run(replica_step, args=batch)
+            return [strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for v in values]
+
+        return eval_step
+
+    def evaluate(self, dataset_fn: EvalDatasetFn, steps: int = 0) -> dict:
+        """Evaluates the current weights on every batch of `dataset_fn` (or its first `steps`).
+
+        Returns:
+            `top_1_accuracy`, `top_5_accuracy`, `loss` (mean cross-entropy), `num_examples` and
+            `step` (the training step evaluated); the values are exact sums over all replicas.
+        """
+        if self._eval_step is None:
+            self._eval_step = self._build_eval_step()
+        dataset = self.strategy.distribute_datasets_from_function(dataset_fn)
+        totals = np.zeros(4, np.float64)
+        began = time.perf_counter()
+        for i, batch in enumerate(dataset):
+            if steps and i >= steps:
+                break
+            totals += [float(v) for v in self._eval_step(batch)]
+        loss, top1, top5, count = totals
+        if count == 0:
+            raise TrainingError("The evaluation split yielded no examples.")
+        step = int(self.step.numpy())
+        metrics = {
+            "top_1_accuracy": top1 / count,
+            "top_5_accuracy": top5 / count,
+            "loss": loss / count,
+            "num_examples": int(count),
+            "step": step,
+        }
+        logging.info(
+            "Evaluation at step %d on %d examples: top-1 %.2f%%, top-5 %.2f%%, loss %.4f (%.1f s).",
+            step,
+            int(count),
+            100 * metrics["top_1_accuracy"],
+            100 * metrics["top_5_accuracy"],
+            metrics["loss"],
+            time.perf_counter() - began,
+        )
+        writer = SummaryWriter(self.model_dir, "eval", self.chief)
+        writer.scalars(
+            step,
+            {k: metrics[k] for k in ("top_1_accuracy", "top_5_accuracy", "loss")},
+        )
+        writer.close()
+        return metrics
+
+    # ----------------------------------------------------------------------------------------
+
+    def weights_digest(self) -> str:
+        """SHA-256 of every model weight (incl. BN moving statistics), to compare runs/workers."""
+        digest = hashlib.sha256()
+        for variable in self.model.weights:
+            digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(variable)).tobytes())
+        return digest.hexdigest()
+
+    def close(self) -> None:
+        self.checkpoints.close()
+
+
+def _next_multiple(step: int, every: int) -> int:
+    return (step // every + 1) * every
+
+
+def steps_for_epochs(epochs: float, num_examples: int, global_batch_size: int) -> int:
+    """Number of steps of `epochs` passes over `num_examples` (at least one)."""
+    return max(1, math.ceil(epochs * num_examples / global_batch_size))

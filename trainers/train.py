@@ -1,0 +1,184 @@
+r"""Trains and evaluates BN-Inception: `python -m trainers.train` (or `bninception-train`).
+
+A thin absl-flags front end of `keras_bninception.training.run`; flag names follow TF-slim's
+`train_image_classifier.py` and the TF Model Garden. Rerunning the same command resumes from the
+newest checkpoint in `--model_dir`. Problems a user can fix (an unknown dataset, missing files, a
+flag out of range, a diverging loss, ...) end with one `error:` line on stderr and exit status 1
+(2 for a malformed flag); checkpoints already written are never touched.
+
+Examples:
+
+  # The embedded digits, on the CPU, as `make demo` does (see trainers/demo.py):
+  python -m trainers.train --dataset=digits --image_size=32 --model_dir=/tmp/digits
+
+  # ImageNet as in the paper's BN-x30 network, on all the GPUs of one machine
+  # (MirroredStrategy, NCCL all-reduce), bfloat16 on A100/H100 or float16 with loss scaling:
+  python -m trainers.train --recipe=bn_x30 --dataset=imagenet2012 \
+      --manual_dir=/data/imagenet --data_dir=/data/tfds --model_dir=/ckpt/bn_x30 \
+      --distribution_strategy=mirrored --batch_size=256 --epochs=30 \
+      --mixed_precision=float16 --sync_batch_norm
+
+  # Several machines (MultiWorkerMirroredStrategy): run the SAME command on every machine, each
+  # with its own TF_CONFIG (same cluster, its own task index); `--model_dir` must be on a shared
+  # file system (GCS, NFS). Worker 0 is the chief: it alone writes checkpoints, logs and metrics.
+  TF_CONFIG='{"cluster": {"worker": ["host1:12345", "host2:12345"]},
+              "task": {"type": "worker", "index": 0}}' \
+  python -m trainers.train --distribution_strategy=multi_worker_mirrored --recipe=bn_x5 \
+      --dataset=imagenet2012 --manual_dir=/data/imagenet --data_dir=/data/tfds \
+      --model_dir=gs://bucket/bn_x5 --batch_size=512 --num_gpus=8 --epochs=30
+  # ...and on host2 the same with "index": 1. `--batch_size` is the global batch over all
+  # replicas of all workers; it must be divisible by their number.
+
+  # Evaluate the newest checkpoint (top-1 / top-5, written to <model_dir>/metrics.json):
+  python -m trainers.train --mode=eval --dataset=imagenet2012 --manual_dir=/data/imagenet \
+      --model_dir=/ckpt/bn_x30
+
+TensorBoard: `tensorboard --logdir <model_dir>/logs`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from absl import app, flags, logging  # noqa: E402
+
+from keras_bninception.training import config as config_lib  # noqa: E402
+from keras_bninception.training import recipes  # noqa: E402
+
+_D = config_lib.TrainConfig()
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("dataset", _D.dataset, "'digits' (embedded), 'image_folder' or a TFDS name.")
+flags.DEFINE_string(
+    "data_dir", None, "TFDS data directory, or the root/<split>/<label>/ image folder."
+)
+flags.DEFINE_string("manual_dir", None, "Where manually downloaded files are (imagenet2012).")
+flags.DEFINE_string("model_dir", _D.model_dir, "Checkpoints, TensorBoard logs and metrics.json.")
+flags.DEFINE_enum("mode", _D.mode, config_lib.MODES, "What to do.")
+flags.DEFINE_enum(
+    "distribution_strategy", _D.distribution_strategy, config_lib.STRATEGIES, "tf.distribute."
+)
+flags.DEFINE_integer("num_gpus", _D.num_gpus, "GPUs per worker to use; -1 = all visible.")
+flags.DEFINE_string("tpu", None, "TPU name or grpc:// address, for --distribution_strategy=tpu.")
+flags.DEFINE_integer("batch_size", _D.batch_size, "Global batch size (all replicas).")
+flags.DEFINE_integer("image_size", _D.image_size, "Input height and width (>= 32).")
+flags.DEFINE_integer("train_steps", _D.train_steps, "Training steps; 0 = use --epochs.")
+flags.DEFINE_float("epochs", _D.epochs, "Passes over the training split when --train_steps=0.")
+flags.DEFINE_enum("optimizer", _D.optimizer, config_lib.OPTIMIZERS, "Keras optimizer.")
+flags.DEFINE_float("momentum", _D.momentum, "Momentum of 'momentum' and 'rmsprop'.")
+flags.DEFINE_float("learning_rate", _D.learning_rate, "Initial learning rate.")
+flags.DEFINE_float(
+    "learning_rate_decay_factor", _D.learning_rate_decay_factor, "Exponential decay factor."
+)
+flags.DEFINE_float(
+    "num_epochs_per_decay", _D.num_epochs_per_decay, "Epochs between two decays (staircase)."
+)
+flags.DEFINE_float("weight_decay", _D.weight_decay, "L2 coefficient: wd * sum(w^2) / 2.")
+flags.DEFINE_float("label_smoothing", _D.label_smoothing, "Label smoothing of the loss.")
+flags.DEFINE_enum(
+    "mixed_precision", None, ["bfloat16", "float16"], "Mixed precision (float16: loss scaling)."
+)
+flags.DEFINE_bool("batch_norm", _D.batch_norm, "Batch Normalization after every conv.")
+flags.DEFINE_enum("activation", _D.activation, config_lib.ACTIVATIONS, "Non-linearity.")
+flags.DEFINE_float("dropout_rate", _D.dropout_rate, "Dropout before the classifier.")
+flags.DEFINE_float("bn_momentum", _D.bn_momentum, "Momentum of the BN moving statistics.")
+flags.DEFINE_float("bn_epsilon", _D.bn_epsilon, "Epsilon of Batch Normalization.")
+flags.DEFINE_bool("sync_batch_norm", _D.sync_batch_norm, "BN statistics over all replicas.")
+flags.DEFINE_float("depth_multiplier", _D.depth_multiplier, "Scales every conv's channels.")
+flags.DEFINE_integer("seed", None, "Random seed (weights, data order, augmentation).")
+flags.DEFINE_bool("deterministic", False, "Reproducible run (needs --seed; slower).")
+flags.DEFINE_integer("checkpoint_every", _D.checkpoint_every, "Steps between checkpoints.")
+flags.DEFINE_integer("keep_checkpoints", _D.keep_checkpoints, "Checkpoints kept.")
+flags.DEFINE_integer("log_every", _D.log_every, "Steps between progress lines / summaries.")
+flags.DEFINE_integer("eval_steps", _D.eval_steps, "Evaluation batches; 0 = the whole split.")
+flags.DEFINE_enum(
+    "recipe",
+    None,
+    list(recipes.RECIPES),
+    "The paper's training recipe (sets optimizer, learning rate and decay, weight decay, "
+    "dropout, BN, activation); explicit flags override it.",
+)
+
+_FIELDS = [f.name for f in dataclasses.fields(config_lib.TrainConfig)]
+
+
+def config_from_flags() -> config_lib.TrainConfig:
+    """The `TrainConfig` the parsed flags describe (recipe first, explicit flags on top)."""
+    values = {name: FLAGS[name].value for name in _FIELDS}
+    config = config_lib.TrainConfig(**values)
+    explicit = [name for name in _FIELDS if FLAGS[name].present]
+    return recipes.apply_recipe(config, FLAGS.recipe, explicit)
+
+
+def fail(message: object, status: int = 1) -> None:
+    """Prints `error: <message>` as one line on stderr and exits with `status`."""
+    text = " ".join(str(message).split())
+    sys.stderr.write(f"error: {text}\n")
+    sys.stderr.flush()
+    sys.exit(status)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing that reports a malformed flag in one line (exit status 2)."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        fail(f"{e} (see --helpfull)", status=2)
+    return []  # Unreachable.
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        fail(f"unexpected arguments {argv[1:]}; every option is a --flag", status=2)
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.INFO)
+    import tensorflow as tf
+
+    from keras_bninception import training
+
+    try:
+        config = config_from_flags()
+        results = training.run(config)
+    except (ValueError, training.TrainingError) as e:
+        fail(e)
+    except tf.errors.OpError as e:
+        # A data problem found while iterating (e.g. an undecodable file), with TF's op context
+        # removed: keep the first line of its message.
+        fail((e.message or str(e)).strip().splitlines()[0])
+    if results.get("weights_sha256") is None:
+        return
+    print(summary(config, results), flush=True)
+
+
+def summary(config: config_lib.TrainConfig, results: dict) -> str:
+    """Where the run's artifacts are, and its final metrics, for the console."""
+    model_dir = os.path.abspath(config.model_dir)
+    lines = [f"Done: step {results['step']} of {results['train_steps']}."]
+    if "eval" in results:
+        ev = results["eval"]
+        lines.append(
+            f"Held-out ({ev['split']}, {ev['num_examples']} images): top-1 "
+            f"{100 * ev['top_1_accuracy']:.2f}%, top-5 {100 * ev['top_5_accuracy']:.2f}%."
+        )
+    if "train" in results and results["train"].get("train_seconds"):
+        lines.append(f"Training time: {results['train']['train_seconds']:.1f} s.")
+    lines += [
+        f"Checkpoints: {os.path.join(model_dir, 'checkpoints')}",
+        f"TensorBoard: tensorboard --logdir {os.path.join(model_dir, 'logs')}",
+        f"Metrics:     {os.path.join(model_dir, 'metrics.json')}",
+    ]
+    return "\n".join(lines)
+
+
+def run() -> None:
+    """Console-script entry point (`bninception-train`)."""
+    app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    run()
