@@ -22,7 +22,7 @@ SPLIT_SEED = 0
 
 
 @functools.lru_cache(maxsize=1)
-def _load() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _load() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -30,14 +30,27 @@ def _load() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     # Pixel values are 0..16: rescale to [0, 1]; add the channel axis.
     images = (bunch.images.astype(np.float32) / 16.0)[..., np.newaxis]
     labels = bunch.target.astype(np.int32)
-    train_x, test_x, train_y, test_y = train_test_split(
-        images, labels, test_size=TEST_FRACTION, random_state=SPLIT_SEED, stratify=labels
+    train_i, test_i = train_test_split(
+        np.arange(labels.shape[0]),
+        test_size=TEST_FRACTION,
+        random_state=SPLIT_SEED,
+        stratify=labels,
     )
-    for array in (train_x, test_x, train_y, test_y):
-        array.setflags(write=False)
-    return {TRAIN_SPLIT: (train_x, train_y), EVAL_SPLIT: (test_x, test_y)}
+    splits = {}
+    for name, index in ((TRAIN_SPLIT, train_i), (EVAL_SPLIT, test_i)):
+        arrays = (images[index], labels[index], index)
+        for array in arrays:
+            array.setflags(write=False)
+        splits[name] = arrays
+    return splits
 
 
 def load_split(split: str) -> tuple[np.ndarray, np.ndarray]:
     """Returns (images float32 [N, 8, 8, 1] in [0, 1], labels int32 [N]) of `train` or `test`."""
-    return _load()[split]
+    images, labels, _ = _load()[split]
+    return images, labels
+
+
+def split_indices(split: str) -> np.ndarray:
+    """Indices into `sklearn.datasets.load_digits()` of the examples of `train` or `test`."""
+    return _load()[split][2]

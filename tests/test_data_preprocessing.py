@@ -1,0 +1,98 @@
+"""Inception preprocessing (`keras_bninception.data.preprocessing`) on known images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_bninception.data import preprocessing
+from keras_bninception.data.sources import DIGITS_CONFIG
+
+
+def _coordinate_image(size: int) -> np.ndarray:
+    """uint8 [size, size, 3]: red = column, green = row, blue = 0."""
+    rows, cols = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    return np.stack([cols, rows, np.zeros_like(rows)], axis=-1).astype(np.uint8)
+
+
+def _to_uint8_scale(image: tf.Tensor) -> np.ndarray:
+    return (image.numpy() + 1.0) / 2.0 * 255.0
+
+
+def test_eval_central_crop_geometry():
+    # 160 x 160 with a 0.875 central crop keeps rows/columns 10..149; resizing the 140 x 140 crop
+    # to 140 is the identity, so every output pixel tells where it came from.
+    out = _to_uint8_scale(preprocessing.preprocess_for_eval(_coordinate_image(160), 140))
+    assert out.shape == (140, 140, 3)
+    np.testing.assert_allclose(
+        out[..., 0], np.broadcast_to(np.arange(10, 150), (140, 140)), atol=1e-3
+    )
+    np.testing.assert_allclose(
+        out[..., 1], np.broadcast_to(np.arange(10, 150)[:, None], (140, 140)), atol=1e-3
+    )
+    np.testing.assert_allclose(out[..., 2], 0.0, atol=1e-3)
+
+
+def test_eval_maps_black_and_white_to_minus_one_and_one():
+    image = np.zeros([50, 60, 3], np.uint8)
+    image[:, 30:] = 255
+    out = preprocessing.preprocess_for_eval(image, 64).numpy()
+    assert out.min() == -1.0 and out.max() == 1.0
+    assert out.dtype == np.float32
+
+
+def test_train_output_range_shape_and_seed_dependence():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=[90, 120, 3], dtype=np.uint8)
+    image[0, 0] = 0
+    image[-1, -1] = 255
+    outs = [
+        preprocessing.preprocess_for_train(image, 48, tf.constant([1, s], tf.int64)).numpy()
+        for s in range(8)
+    ]
+    for out in outs:
+        assert out.shape == (48, 48, 3) and out.dtype == np.float32
+        assert out.min() >= -1.0 and out.max() <= 1.0
+    again = preprocessing.preprocess_for_train(image, 48, tf.constant([1, 0], tf.int64)).numpy()
+    np.testing.assert_array_equal(outs[0], again)
+    assert len({out.tobytes() for out in outs}) == len(outs)
+
+
+def test_grey_images_get_three_equal_channels():
+    image = np.arange(64, dtype=np.uint8).reshape(8, 8, 1) * 4
+    out = preprocessing.preprocess_for_eval(image, 32).numpy()
+    assert out.shape == (32, 32, 3)
+    np.testing.assert_array_equal(out[..., 0], out[..., 1])
+    np.testing.assert_array_equal(out[..., 0], out[..., 2])
+
+
+def _left_brighter(config: preprocessing.PreprocessConfig, seeds: int) -> list[bool]:
+    image = np.zeros([8, 8, 1], np.float32)
+    image[:, :3] = 1.0  # a bright left third, like a stroke: mirrored, it would be on the right
+    results = []
+    for s in range(seeds):
+        out = preprocessing.preprocess_for_train(
+            image, 32, tf.constant([5, s], tf.int64), config
+        ).numpy()
+        results.append(bool(out[:, :16].mean() > out[:, 16:].mean()))
+    return results
+
+
+def test_digits_are_never_flipped_other_images_are():
+    assert all(_left_brighter(DIGITS_CONFIG, 40))
+    flips = _left_brighter(preprocessing.PreprocessConfig(area_range=(0.9, 1.0)), 40)
+    assert 5 <= flips.count(False) <= 35  # a fair coin, 40 tosses
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_digit_crops_are_mild(seed):
+    # The crop keeps at least 75 % of the area: a centred bright square stays mostly visible.
+    image = np.zeros([8, 8, 1], np.float32)
+    image[2:6, 2:6] = 1.0
+    out = preprocessing.preprocess_for_train(
+        image, 64, tf.constant([9, seed], tf.int64), DIGITS_CONFIG
+    ).numpy()
+    bright = (out[..., 0] > 0.0).mean()
+    full = (preprocessing.preprocess_for_eval(image, 64, DIGITS_CONFIG).numpy()[..., 0] > 0).mean()
+    assert full <= bright <= full / 0.75 + 0.02
