@@ -48,9 +48,13 @@ def to_float(image: tf.Tensor) -> tf.Tensor:
 
 
 def _rgb(image: tf.Tensor) -> tf.Tensor:
-    """Gives a [H, W, 1] or [H, W, 3] image three channels."""
-    channels = tf.shape(image)[-1]
-    return tf.cond(tf.equal(channels, 1), lambda: tf.image.grayscale_to_rgb(image), lambda: image)
+    """Gives a [H, W, 1] or [H, W, 3] image (channels known statically) three channels."""
+    channels = image.shape[-1]
+    if channels == 1:
+        return tf.image.grayscale_to_rgb(image)
+    if channels != 3:
+        raise ValueError(f"images must have 1 or 3 channels (static), got shape {image.shape}")
+    return image
 
 
 def _resize(image: tf.Tensor, image_size: int) -> tf.Tensor:

@@ -1,0 +1,174 @@
+"""`image_folder` datasets: real small JPEG/PNG files written with PIL into a temporary folder."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from keras_bninception import data
+from keras_bninception.data import sources
+
+# Class "blue" images are blue, class "red" images are red: the pipeline must keep the pairs.
+COLOURS = {"blue": (20, 40, 230), "red": (230, 30, 20)}
+PER_CLASS = {"train": 6, "validation": 3}
+
+
+def _write(root, split: str, label: str, index: int) -> str:
+    rng = np.random.default_rng(hash((split, label, index)) % 2**32)
+    height, width = 40 + 4 * index, 56 - 3 * index  # various sizes and aspect ratios
+    pixels = np.empty([height, width, 3], np.uint8)
+    pixels[:] = COLOURS[label]
+    pixels = np.clip(pixels + rng.integers(-15, 16, pixels.shape), 0, 255).astype(np.uint8)
+    directory = os.path.join(root, split, label)
+    os.makedirs(directory, exist_ok=True)
+    ext = ".jpg" if index % 2 == 0 else ".png"
+    path = os.path.join(directory, f"{label}_{index}{ext}")
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+@pytest.fixture
+def folder(tmp_path):
+    for split, count in PER_CLASS.items():
+        for label in COLOURS:
+            for index in range(count):
+                _write(tmp_path, split, label, index)
+    return str(tmp_path)
+
+
+@pytest.fixture(params=["in_memory", "streaming"])
+def mode(request, monkeypatch):
+    if request.param == "streaming":
+        monkeypatch.setattr(sources, "IN_MEMORY_MAX_BYTES", 0)
+    return request.param
+
+
+def _predicted_labels(images: np.ndarray) -> np.ndarray:
+    """1 ("red") where the red channel dominates, else 0 ("blue")."""
+    return (images[..., 0].mean(axis=(1, 2)) > images[..., 2].mean(axis=(1, 2))).astype(np.int32)
+
+
+def test_info(folder):
+    info = data.get_info("image_folder", data_dir=folder)
+    assert info == data.DatasetInfo(
+        name="image_folder",
+        num_classes=2,
+        train_split="train",
+        eval_split="validation",
+        num_train_examples=12,
+        num_eval_examples=6,
+        flip_changes_label=False,
+    )
+
+
+def test_training_and_eval_batches(folder, mode):
+    train = data.build_dataset(
+        "image_folder",
+        "train",
+        image_size=32,
+        batch_size=5,
+        training=True,
+        seed=1,
+        data_dir=folder,
+    )
+    for x, y in train.take(4):  # 20 elements: more than one epoch of 12
+        x, y = x.numpy(), y.numpy()
+        assert x.shape == (5, 32, 32, 3) and x.dtype == np.float32 and y.dtype == np.int32
+        assert x.min() >= -1.0 and x.max() <= 1.0
+        np.testing.assert_array_equal(_predicted_labels(x), y)
+    evaluation = data.build_dataset(
+        "image_folder",
+        "validation",
+        image_size=32,
+        batch_size=4,
+        training=False,
+        data_dir=folder,
+    )
+    batches = [(x.numpy(), y.numpy()) for x, y in evaluation]
+    assert [len(y) for _, y in batches] == [4, 2]
+    labels = np.concatenate([y for _, y in batches])
+    assert sorted(labels) == [0, 0, 0, 1, 1, 1]
+    for x, y in batches:
+        np.testing.assert_array_equal(_predicted_labels(x), y)
+
+
+def test_deterministic_resume(folder, mode):
+    def stream(start_step: int = 0):
+        ds = data.build_dataset(
+            "image_folder",
+            "train",
+            image_size=32,
+            batch_size=4,
+            training=True,
+            seed=5,
+            deterministic=True,
+            data_dir=folder,
+            start_step=start_step,
+        )
+        return [(x.numpy(), y.numpy()) for x, y in ds.take(4)]
+
+    full, again, resumed = stream(), stream(), stream(start_step=2)
+    for (x1, y1), (x2, y2) in zip(full, again, strict=True):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+    for (x1, y1), (x2, y2) in zip(full[2:], resumed[:2], strict=True):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+
+
+def test_corrupt_file_is_named_in_memory(folder):
+    bad = os.path.join(folder, "train", "red", "red_9.jpg")
+    good = os.path.join(folder, "train", "red", "red_0.jpg")
+    with open(good, "rb") as f:
+        contents = f.read()
+    with open(bad, "wb") as f:
+        f.write(contents[: len(contents) // 2])  # a truncated JPEG
+    with pytest.raises(data.DataError, match=r"^corrupt image file .*red_9\.jpg"):
+        data.build_dataset(
+            "image_folder", "train", image_size=32, batch_size=4, training=True, data_dir=folder
+        )
+
+
+def test_corrupt_file_is_named_streaming(folder, monkeypatch):
+    monkeypatch.setattr(sources, "IN_MEMORY_MAX_BYTES", 0)
+    bad = os.path.join(folder, "validation", "blue", "notes.png")
+    with open(bad, "w") as f:
+        f.write("this is not an image\n")
+    ds = data.build_dataset(
+        "image_folder",
+        "validation",
+        image_size=32,
+        batch_size=7,
+        training=False,
+        data_dir=folder,
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"corrupt image file.*notes\.png"):
+        for _ in ds:
+            pass
+
+
+def test_empty_missing_and_unsplit_folders(tmp_path):
+    empty = tmp_path / "empty"
+    (empty / "train" / "cat").mkdir(parents=True)
+    (empty / "train" / "cat" / "readme.txt").write_text("no images here")
+    with pytest.raises(data.DataError, match=r"has no images; expected .*/<split>/<label>/\*\.jpg"):
+        data.get_info("image_folder", data_dir=str(empty))
+    with pytest.raises(data.DataError, match=r"missing or unreadable; expected .*<label>/\*\.jpg"):
+        data.get_info("image_folder", data_dir=str(tmp_path / "nowhere"))
+    with pytest.raises(data.DataError, match=r"no data_dir was given"):
+        data.get_info("image_folder")
+    flat = tmp_path / "flat"
+    _write(flat, "cat", "red", 0)  # root/<label>/x.jpg: the split level is missing
+    with pytest.raises(data.DataError, match=r"has no train split \(found: cat\)"):
+        data.get_info("image_folder", data_dir=str(flat))
+
+
+def test_unknown_split_lists_the_splits(folder):
+    with pytest.raises(data.DataError, match=r"has no split 'test'; its splits are"):
+        data.build_dataset(
+            "image_folder", "test", image_size=32, batch_size=4, training=False, data_dir=folder
+        )
