@@ -93,6 +93,7 @@ def _keras_outputs():
     return model, x, model.predict(x, verbose=0)
 
 
+@pytest.mark.slow  # starts a second Python process (about 10 s alone, 25 s on a busy machine)
 def test_same_process_as_keras_and_subprocess_agree(tmp_path):
     """Keras 3 works before and after build_checkpoint; the subprocess gives the same result."""
     model, x, before = _keras_outputs()
