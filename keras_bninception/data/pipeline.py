@@ -181,10 +181,14 @@ def build_dataset(
         n = data.num_examples
         if n == 0:
             raise DataError(f"split {split!r} of dataset {dataset!r} has no examples")
-        images = tf.constant(data.images if not data.encoded else data.images.astype(bytes))
+        # Encoded images are an object array of bytes: tf.constant keeps each one exact (a
+        # fixed-width numpy bytes array would pad them, and strip trailing NUL bytes).
+        images = tf.constant(data.images)
         labels = tf.constant(data.labels, tf.int32)
         filenames = tf.constant(
-            data.filenames.astype(bytes) if data.filenames is not None else [b""] * n
+            [str(name).encode() for name in data.filenames]
+            if data.filenames is not None
+            else [b""] * n
         )
         if repeat:
             stop = np.iinfo(np.int64).max
@@ -233,6 +237,8 @@ def build_dataset(
     ds = ds.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = bool(deterministic)
-    # The pipeline shards itself (input_context); stop tf.distribute from sharding it again.
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    if input_context is not None:
+        # The pipeline shards itself: stop tf.distribute from sharding it again. (Without an
+        # input_context, `strategy.experimental_distribute_dataset` may auto-shard it by data.)
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return ds.with_options(options)
