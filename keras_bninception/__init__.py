@@ -8,7 +8,7 @@ data pipeline (`keras_bninception.data`) and the training loop (`keras_bnincepti
 imported on demand, since they pull in tensorflow-datasets.
 """
 
-from keras_bninception import layers, models
+from keras_bninception import flops, imagenet_utils, layers, models
 from keras_bninception.imagenet_utils import decode_predictions, preprocess_input
 from keras_bninception.models import BNInception, bninception_end_points, feature_extractor
 
@@ -17,6 +17,8 @@ __all__ = [
     "bninception_end_points",
     "decode_predictions",
     "feature_extractor",
+    "flops",
+    "imagenet_utils",
     "layers",
     "models",
     "preprocess_input",
