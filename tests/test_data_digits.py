@@ -54,6 +54,7 @@ def test_training_batches_shapes_dtypes_range():
         "digits", "train", image_size=IMAGE_SIZE, batch_size=16, training=True, seed=0
     )
     assert ds.element_spec[0].shape.as_list() == [16, IMAGE_SIZE, IMAGE_SIZE, 3]
+    assert ds.cardinality() == tf.data.INFINITE_CARDINALITY  # training repeats forever
     for x, y in ds.take(3):
         assert x.dtype.name == "float32" and y.dtype.name == "int32"
         assert x.shape == (16, IMAGE_SIZE, IMAGE_SIZE, 3) and y.shape == (16,)
@@ -108,6 +109,7 @@ def test_evaluation_is_one_ordered_pass_keeping_the_remainder():
     )
     batches = [(x.numpy(), y.numpy()) for x, y in ds]
     assert [len(y) for _, y in batches] == [100, 100, 100, 60]
+    assert ds.cardinality() == 4
     np.testing.assert_array_equal(
         np.concatenate([y for _, y in batches]), digits.load_split("test")[1]
     )

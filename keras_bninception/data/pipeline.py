@@ -191,10 +191,10 @@ def build_dataset(
             else [b""] * n
         )
         if repeat:
-            stop = np.iinfo(np.int64).max
+            elements = tf.data.Dataset.counter(start)  # infinite cardinality
         else:
             stop = max(math.ceil((n - pipeline_id) / num_pipelines), 0)
-        elements = tf.data.Dataset.range(start, stop)
+            elements = tf.data.Dataset.range(start, stop)
 
         def load(local_index):
             g, key_seed = _element_seeds(seed, num_pipelines, pipeline_id, local_index)
