@@ -105,3 +105,9 @@ def test_unknown_and_non_image_datasets(tmp_path):
         data.get_info("imagenet2013")
     with pytest.raises(data.DataError, match=r"'iris' is not an image classification dataset"):
         data.get_info("iris", data_dir=str(tmp_path))
+
+
+def test_flip_is_off_where_it_changes_the_label(mocked):
+    assert data.get_info("mnist").flip_changes_label is True
+    assert sources.resolve("mnist").preprocess.flip is False
+    assert sources.resolve("imagenet2012").preprocess.flip is True

@@ -7,7 +7,9 @@ The stream is a deterministic function of (seed, element index):
   fresh full permutation of the split every epoch (the paper shuffles "more thoroughly"), computed
   per element, so starting at step k costs nothing.
 - Large splits are streamed from disk: files in a seeded order, then a seeded shuffle buffer; the
-  skip to step k happens before decoding (the records are read, not decoded).
+  skip to step k happens before decoding (the records are read, not decoded). tf.data combines the
+  shuffle seed with TensorFlow's global seed (`tf.random.set_seed`): set the same one (or none)
+  when resuming.
 
 Each element is then decoded and augmented with stateless random ops keyed by (seed, g), so its
 pixels do not depend on the parallelism or on where the pipeline started. With

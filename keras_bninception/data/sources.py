@@ -23,6 +23,7 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import logging
 
 from keras_bninception.data import digits
 from keras_bninception.data.errors import DataError
@@ -241,6 +242,10 @@ class FolderSource(Source):
                 f"expected {layout} with <split> = train (and validation, val or test)"
             )
         eval_split = next((s for s in EVAL_SPLIT_CANDIDATES if s in self._counts), "train")
+        if eval_split == "train":
+            logging.warning(
+                "image folder %s has no validation, val or test split: evaluating on train", root
+            )
         self.info = DatasetInfo(
             name=IMAGE_FOLDER,
             num_classes=len(self._builder.info.features["label"].names),
@@ -316,6 +321,9 @@ class TfdsSource(Source):
                 f"are {keys}, not an Image and a ClassLabel); choose {_choices()}"
             )
         self._builder = builder
+        if base in FLIP_CHANGES_LABEL:
+            # Digits and characters fill their frame like the 8x8 digits: same mild crops, no flip.
+            self.preprocess = DIGITS_CONFIG
         self._image_key, self._label_key = keys
         self._filename_key = next(
             (k for k in ("file_name", "image/filename", "filename") if k in features), None
