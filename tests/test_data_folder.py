@@ -147,8 +147,33 @@ def test_corrupt_file_is_named_streaming(folder, monkeypatch):
         data_dir=folder,
     )
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"corrupt image file.*notes\.png"):
+        try:
+            for _ in ds:
+                pass
+        except tf.errors.InvalidArgumentError as error:
+            explained = data.explain_error(error)
+            raise
+    assert str(explained) == f"corrupt image file {bad}: not a JPEG, PNG, GIF or BMP file"
+    assert data.explain_error(RuntimeError("something else")) is None
+
+
+def test_truncated_file_streaming_is_a_data_error(folder, monkeypatch):
+    monkeypatch.setattr(sources, "IN_MEMORY_MAX_BYTES", 0)
+    path = os.path.join(folder, "validation", "red", "red_0.jpg")
+    with open(path, "rb") as f:
+        contents = f.read()
+    with open(path, "wb") as f:
+        f.write(contents[:200])  # a JPEG header, then nothing
+    ds = data.build_dataset(
+        "image_folder", "validation", image_size=32, batch_size=7, training=False, data_dir=folder
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
         for _ in ds:
             pass
+    explained = data.explain_error(error.value)
+    assert isinstance(explained, data.DataError)
+    assert str(explained).startswith("an image could not be decoded: ")
+    assert "\n" not in str(explained)
 
 
 def test_empty_missing_and_unsplit_folders(tmp_path):

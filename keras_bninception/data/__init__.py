@@ -9,7 +9,7 @@ Datasets: `digits` (scikit-learn's bundled 8x8 digits, no download), `image_fold
 (`data_dir/<split>/<label>/*.jpg|*.jpeg|*.png`) and any TFDS image-classification dataset.
 """
 
-from keras_bninception.data.errors import DataError
+from keras_bninception.data.errors import DataError, explain_error
 from keras_bninception.data.pipeline import build_dataset, get_info
 from keras_bninception.data.preprocessing import (
     PreprocessConfig,
@@ -25,6 +25,7 @@ __all__ = [
     "DatasetInfo",
     "PreprocessConfig",
     "build_dataset",
+    "explain_error",
     "get_info",
     "preprocess_for_eval",
     "preprocess_for_train",

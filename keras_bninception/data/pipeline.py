@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_bninception.data import preprocessing, sources
-from keras_bninception.data.errors import DataError
+from keras_bninception.data.errors import CORRUPT_FILE_ASSERTION, DataError
 
 MIN_IMAGE_SIZE = 32  # BN-Inception's five stride-2 stages need at least 32x32 (SPEC section 2)
 MAX_IMAGE_SIZE = 2048
@@ -96,9 +96,7 @@ def _decode(contents: tf.Tensor, filename: tf.Tensor, check: bool) -> tf.Tensor:
     (the in-memory splits were checked with PIL when they were read).
     """
     if check:
-        assertion = tf.debugging.Assert(
-            _header_ok(contents), ["corrupt image file (not a JPEG or PNG):", filename]
-        )
+        assertion = tf.debugging.Assert(_header_ok(contents), [CORRUPT_FILE_ASSERTION, filename])
         with tf.control_dependencies([assertion]):
             contents = tf.identity(contents)
     image = tf.io.decode_image(contents, channels=3, expand_animations=False, dtype=tf.uint8)
