@@ -89,19 +89,15 @@ def _header_ok(contents: tf.Tensor) -> tf.Tensor:
     )
 
 
-def _decode(contents: tf.Tensor, filename: tf.Tensor, check: bool) -> tf.Tensor:
-    """Decodes an encoded image to uint8 [H, W, 3].
+def _checked(contents: tf.Tensor, filename: tf.Tensor) -> tf.Tensor:
+    """`contents`, once its header says JPEG/PNG/GIF/BMP; otherwise an error naming the file.
 
-    With `check`, a file that is not a JPEG/PNG/GIF/BMP stops the pipeline with an error naming it
-    (the in-memory splits were checked with PIL when they were read).
+    A cheap check on every element; the in-memory splits of image folders were also fully decoded
+    by PIL when they were read, which catches truncated files too.
     """
-    if check:
-        assertion = tf.debugging.Assert(_header_ok(contents), [CORRUPT_FILE_ASSERTION, filename])
-        with tf.control_dependencies([assertion]):
-            contents = tf.identity(contents)
-    image = tf.io.decode_image(contents, channels=3, expand_animations=False, dtype=tf.uint8)
-    image.set_shape([None, None, 3])
-    return image
+    assertion = tf.debugging.Assert(_header_ok(contents), [CORRUPT_FILE_ASSERTION, filename])
+    with tf.control_dependencies([assertion]):
+        return tf.identity(contents)
 
 
 def build_dataset(
@@ -177,6 +173,13 @@ def build_dataset(
             return preprocessing.preprocess_for_train(image, image_size, key_seed, config)
         return preprocessing.preprocess_for_eval(image, image_size, config)
 
+    def decode_and_preprocess(contents, key_seed):
+        if training:
+            return preprocessing.decode_and_preprocess_for_train(
+                contents, image_size, key_seed, config
+            )
+        return preprocessing.decode_and_preprocess_for_eval(contents, image_size, config)
+
     if isinstance(data, sources.InMemorySplit):
         n = data.num_examples
         if n == 0:
@@ -210,8 +213,12 @@ def build_dataset(
                 index = position
             image = tf.gather(images, index)
             if data.encoded:
-                image = _decode(image, tf.gather(filenames, index), check=False)
-            return preprocess(image, key_seed), tf.gather(labels, index)
+                image = decode_and_preprocess(
+                    _checked(image, tf.gather(filenames, index)), key_seed
+                )
+            else:
+                image = preprocess(image, key_seed)
+            return image, tf.gather(labels, index)
 
         ds = elements.map(load, num_parallel_calls=tf.data.AUTOTUNE)
         eval_bytes = n * image_size * image_size * 3 * 4
@@ -228,8 +235,7 @@ def build_dataset(
         def decode(local_index, element):
             contents, label, filename = element
             _, key_seed = _element_seeds(seed, num_pipelines, pipeline_id, local_index)
-            image = _decode(contents, filename, check=True)
-            return preprocess(image, key_seed), label
+            return decode_and_preprocess(_checked(contents, filename), key_seed), label
 
         ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
 

@@ -66,6 +66,47 @@ def _to_signed(image: tf.Tensor) -> tf.Tensor:
     return tf.clip_by_value((image - 0.5) * 2.0, -1.0, 1.0)
 
 
+def _split_seed(seed: tf.Tensor) -> list[tf.Tensor]:
+    """The crop, flip, brightness and saturation seeds of one example."""
+    return tf.unstack(tf.random.experimental.stateless_split(seed, num=4))
+
+
+def _distorted_box(shape: tf.Tensor, crop_seed: tf.Tensor, config: PreprocessConfig):
+    """(begin, size) of a random crop of an image of `shape` [H, W, C] (tf_slim's ranges)."""
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        shape,
+        bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, shape=[1, 1, 4]),
+        seed=crop_seed,
+        min_object_covered=config.min_object_covered,
+        aspect_ratio_range=config.aspect_ratio_range,
+        area_range=config.area_range,
+        max_attempts=100,
+        use_image_if_no_bounding_boxes=True,
+    )
+    return begin, size
+
+
+def _finish_train(
+    image: tf.Tensor, image_size: int, seeds: list[tf.Tensor], config: PreprocessConfig
+) -> tf.Tensor:
+    """Resize, flip, colour and [-1, 1] of a cropped image."""
+    _, flip_seed, brightness_seed, saturation_seed = seeds
+    image = _resize(_rgb(to_float(image)), image_size)
+    if config.flip:
+        image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+    if config.color:
+        image = tf.image.stateless_random_brightness(
+            image, config.brightness_max_delta, seed=brightness_seed
+        )
+        image = tf.image.stateless_random_saturation(
+            image, *config.saturation_range, seed=saturation_seed
+        )
+        image = tf.clip_by_value(image, 0.0, 1.0)
+    image = _to_signed(image)
+    image.set_shape([image_size, image_size, 3])
+    return image
+
+
 def preprocess_for_train(
     image: tf.Tensor,
     image_size: int,
@@ -86,35 +127,18 @@ def preprocess_for_train(
     image = _rgb(to_float(image))
     if config.upsample_first:
         image = _resize(image, image_size)
-    crop_seed, flip_seed, brightness_seed, saturation_seed = tf.unstack(
-        tf.random.experimental.stateless_split(seed, num=4)
-    )
-    bbox = tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, shape=[1, 1, 4])
-    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(image),
-        bounding_boxes=bbox,
-        seed=crop_seed,
-        min_object_covered=config.min_object_covered,
-        aspect_ratio_range=config.aspect_ratio_range,
-        area_range=config.area_range,
-        max_attempts=100,
-        use_image_if_no_bounding_boxes=True,
-    )
+    seeds = _split_seed(seed)
+    begin, size = _distorted_box(tf.shape(image), seeds[0], config)
     image = tf.slice(image, begin, size)
-    image = _resize(image, image_size)
-    if config.flip:
-        image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
-    if config.color:
-        image = tf.image.stateless_random_brightness(
-            image, config.brightness_max_delta, seed=brightness_seed
-        )
-        image = tf.image.stateless_random_saturation(
-            image, *config.saturation_range, seed=saturation_seed
-        )
-        image = tf.clip_by_value(image, 0.0, 1.0)
-    image = _to_signed(image)
-    image.set_shape([image_size, image_size, 3])
-    return image
+    image.set_shape([None, None, 3])
+    return _finish_train(image, image_size, seeds, config)
+
+
+def _central_window(shape: tf.Tensor, central_fraction: float) -> tf.Tensor:
+    """[top, left, height, width] of `tf.image.central_crop` (same rounding) on `shape`."""
+    hw = tf.cast(shape[:2], tf.int32)
+    start = tf.cast((tf.cast(hw, tf.float64) * (1.0 - central_fraction)) / 2.0, tf.int32)
+    return tf.concat([start, hw - 2 * start], axis=0)
 
 
 def preprocess_for_eval(
@@ -137,5 +161,69 @@ def preprocess_for_eval(
         image = tf.image.central_crop(image, central_fraction=config.central_fraction)
     image = _resize(image, image_size)
     image = _to_signed(image)
+    image.set_shape([image_size, image_size, 3])
+    return image
+
+
+def decode_image(contents: tf.Tensor) -> tf.Tensor:
+    """Decodes a JPEG, PNG, GIF (first frame) or BMP file to uint8 [H, W, 3]."""
+    image = tf.io.decode_image(contents, channels=3, expand_animations=False, dtype=tf.uint8)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def decode_and_preprocess_for_train(
+    contents: tf.Tensor,
+    image_size: int,
+    seed: tf.Tensor,
+    config: PreprocessConfig = DEFAULT_CONFIG,
+) -> tf.Tensor:
+    """`preprocess_for_train(decode_image(contents), ...)`, decoding only the crop of a JPEG.
+
+    A JPEG's crop is decoded by `tf.image.decode_and_crop_jpeg` (the crop is sampled from
+    `tf.image.extract_jpeg_shape`), as in the TensorFlow official ImageNet pipelines: the same
+    pixels for a fraction of the decoding work, except that the outermost pixels may differ a
+    little (libjpeg's chroma upsampling sees nothing outside the window). Other formats are decoded
+    whole, then cropped.
+    """
+    if config.upsample_first:
+        return preprocess_for_train(decode_image(contents), image_size, seed, config)
+    seeds = _split_seed(seed)
+
+    def jpeg():
+        begin, size = _distorted_box(tf.image.extract_jpeg_shape(contents), seeds[0], config)
+        window = tf.stack([begin[0], begin[1], size[0], size[1]])
+        return tf.image.decode_and_crop_jpeg(contents, window, channels=3)
+
+    def other():
+        image = decode_image(contents)
+        begin, size = _distorted_box(tf.shape(image), seeds[0], config)
+        image = tf.slice(image, begin, size)
+        image.set_shape([None, None, 3])
+        return image
+
+    image = tf.cond(tf.io.is_jpeg(contents), jpeg, other)
+    image.set_shape([None, None, 3])
+    return _finish_train(image, image_size, seeds, config)
+
+
+def decode_and_preprocess_for_eval(
+    contents: tf.Tensor, image_size: int, config: PreprocessConfig = DEFAULT_CONFIG
+) -> tf.Tensor:
+    """`preprocess_for_eval(decode_image(contents), ...)`, decoding only the crop of a JPEG."""
+    if config.upsample_first or config.central_fraction >= 1.0:
+        return preprocess_for_eval(decode_image(contents), image_size, config)
+
+    def jpeg():
+        window = _central_window(tf.image.extract_jpeg_shape(contents), config.central_fraction)
+        return tf.image.decode_and_crop_jpeg(contents, window, channels=3)
+
+    def other():
+        image = decode_image(contents)
+        return tf.image.central_crop(image, central_fraction=config.central_fraction)
+
+    image = tf.cond(tf.io.is_jpeg(contents), jpeg, other)
+    image.set_shape([None, None, 3])
+    image = _to_signed(_resize(to_float(image), image_size))
     image.set_shape([image_size, image_size, 3])
     return image
