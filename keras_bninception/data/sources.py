@@ -395,6 +395,11 @@ class TfdsSource(Source):
                 if not os.path.isfile(os.path.join(manual_dir, f))
             ]
             raise self._manual_error(base, manual_dir, missing) from error
+        except Exception as error:  # a download or preparation failure, e.g. no network
+            raise DataError(
+                f"could not download and prepare dataset {builder.name!r} in "
+                f"{builder.data_dir_root}: {_first_line(error)}"
+            ) from error
 
     def _num_examples(self, split: str) -> int:
         if split in self._counts:
