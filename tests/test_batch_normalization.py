@@ -378,3 +378,23 @@ def test_bad_arguments_raise_value_error_naming_accepted_values(kwargs, words):
 def test_axis_out_of_range_names_accepted_range():
     with pytest.raises(ValueError, match=r"axis=3 .*\[-3, 2\]"):
         BatchNormalization(axis=3).build((None, 4, 5))
+
+
+def test_inference_folds_into_the_convolution_for_tflite():
+    # Algorithm 2's affine map is plain ops, so the converter folds BN (and ReLU) into CONV_2D.
+    inputs = keras.Input((12, 12, 3))
+    h = keras.layers.Conv2D(8, 3, use_bias=False)(inputs)
+    positive = keras.initializers.RandomUniform(0.5, 2.0)
+    h = BatchNormalization(gamma_initializer="random_normal", beta_initializer="random_normal",
+                           moving_mean_initializer="random_normal",
+                           moving_variance_initializer=positive)(h)
+    model = keras.Model(inputs, keras.layers.ReLU()(h))
+    interpreter = tf.lite.Interpreter(
+        model_content=tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    assert [op["op_name"] for op in interpreter._get_ops_details()] == ["CONV_2D"]
+    interpreter.allocate_tensors()
+    x = _random([1, 12, 12, 3], seed=31)
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+    interpreter.invoke()
+    y = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    np.testing.assert_allclose(y, model(x, training=False), atol=1e-5)
