@@ -313,6 +313,8 @@ def BNInception(
 
     if input_tensor is not None:
         inputs = operation_utils.get_source_inputs(input_tensor)
+        if len(inputs) == 1:
+            inputs = inputs[0]
     else:
         inputs = img_input
     model = keras.Model(inputs, x, name=name)
@@ -320,7 +322,16 @@ def BNInception(
     if weights_kind == "tf_slim":
         tf_slim_checkpoint.load_tf_slim_checkpoint(model, weights_path)
     elif weights_kind == "keras":
-        model.load_weights(weights_path)
+        try:
+            model.load_weights(weights_path)
+        except ValueError as error:
+            raise ValueError(
+                f"The Keras weights file {weights_path!r} does not fit this model; build "
+                "BNInception with the arguments the weights were saved with (`include_top`, "
+                f"`classes`, `depth_multiplier`, ...; here include_top={include_top}, "
+                f"classes={classes}, depth_multiplier={depth_multiplier}). Keras reports: "
+                f"{str(error)[:300]}"
+            ) from error
     return model
 
 
@@ -361,7 +372,7 @@ def feature_extractor(
         )
     all_end_points = bninception_end_points(model)
     return keras.Model(
-        model.inputs,
+        model.input,
         {ep: all_end_points[ep] for ep in end_points},
         name=name or f"{model.name}_end_points",
     )
