@@ -129,3 +129,12 @@ def test_option_counts_from_first_principles(kwargs, expected_kwargs):
     total, moving = count_from_table(**expected_kwargs)
     assert model.count_params() == total
     assert _moving(model) == moving
+
+
+def test_docstring_multiply_adds_are_measured():
+    from keras_bninception.flops import count_multiply_adds
+
+    measured = count_multiply_adds(BNInception())
+    assert f"{measured:,} multiply-adds per 224x224 image" in " ".join(BNInception.__doc__.split())
+    # SPEC.md section 2: "about 1.94 G multiply-adds".
+    assert 1.9e9 < measured < 1.95e9

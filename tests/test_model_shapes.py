@@ -152,3 +152,18 @@ def test_sigmoid_and_baseline_variants():
     assert all(
         layer.use_bias for layer in baseline.layers if isinstance(layer, keras.layers.Conv2D)
     )
+
+
+def test_channels_first_layout():
+    # Built symbolically only: TensorFlow's CPU convolutions do not run channels_first.
+    previous = keras.config.image_data_format()
+    keras.config.set_image_data_format("channels_first")
+    try:
+        model = BNInception(include_top=False, input_shape=(3, 64, 96), depth_multiplier=0.25)
+        default = BNInception(classes=3, depth_multiplier=0.25)
+    finally:
+        keras.config.set_image_data_format(previous)
+    shapes = _shapes(model)
+    assert shapes["Conv2d_2c_3x3"] == (48, 16, 24)
+    assert shapes["Mixed_5c"] == (256, 2, 3)
+    assert tuple(default.input.shape) == (None, 3, 224, 224)

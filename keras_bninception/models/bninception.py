@@ -104,6 +104,10 @@ def BNInception(
     and a Dense layer (tf_slim's 1x1 convolution "Logits/Conv2d_1c_1x1"); for inputs up to 224x224
     that equals tf_slim's 7x7 VALID average pool.
 
+    Compute: 1,934,857,216 multiply-adds per 224x224 image with the 1000-way classifier (about
+    1.93 G, so about 3.9 GFLOPs), counted by `keras_bninception.flops.count_multiply_adds(
+    BNInception())` (convolutions and Dense; `tests/test_model_params.py` checks this number).
+
     Pretrained weights: Keras ImageNet weights are not published and nothing is downloaded. Use
     TF-slim's ImageNet checkpoint (73.9 % top-1, 1001 classes, class 0 = background): download
     http://download.tensorflow.org/models/inception_v2_2016_08_28.tar.gz (listed in the TF-slim
