@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import subprocess
+import sys
 import tomllib
 
 import keras
@@ -52,3 +55,50 @@ def test_mirrored_strategy_has_two_cpu_replicas(logical_cpus: list[str]) -> None
     assert values == [3.0, 3.0]  # 1 + 2 on each replica
     worker_devices = [tf.DeviceSpec.from_string(d) for d in strategy.extended.worker_devices]
     assert [(d.device_type, d.device_index) for d in worker_devices] == [("CPU", 0), ("CPU", 1)]
+
+
+def _run_pytest_shim(test_file: str, cwd: str) -> subprocess.CompletedProcess:
+    """Runs tools/pytest_main.py (Bazel's py_test main) on ``test_file`` outside Bazel."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("TEST_TMPDIR", "XML_OUTPUT_FILE", "TESTBRIDGE_TEST_ONLY")
+    }
+    shim = os.path.join(REPO_ROOT, "tools", "pytest_main.py")
+    return subprocess.run(
+        [sys.executable, shim, test_file], cwd=cwd, env=env, capture_output=True, text=True
+    )
+
+
+def test_pytest_shim_fails_when_no_tests_are_collected(tmp_path) -> None:
+    (tmp_path / "test_nothing.py").write_text("def helper():\n    return 1\n")
+    result = _run_pytest_shim("test_nothing.py", str(tmp_path))
+    assert result.returncode == 5, result.stdout + result.stderr
+
+
+def test_pytest_shim_returns_pytest_exit_code(tmp_path) -> None:
+    (tmp_path / "test_two.py").write_text(
+        "def test_passes():\n    assert True\n\n\ndef test_fails():\n    assert 1 == 2\n"
+    )
+    result = _run_pytest_shim("test_two.py", str(tmp_path))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "1 failed, 1 passed" in result.stdout
+
+
+def test_pytest_shim_maps_bazel_environment_to_pytest_flags() -> None:
+    spec = importlib.util.spec_from_file_location(
+        "pytest_main", os.path.join(REPO_ROOT, "tools", "pytest_main.py")
+    )
+    pytest_main = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pytest_main)
+    environ = {
+        "TESTBRIDGE_TEST_ONLY": "mirrored",
+        "XML_OUTPUT_FILE": "/out/test.xml",
+        "TEST_TMPDIR": "/tmp/t",
+    }
+    args = pytest_main.pytest_args(["tests/test_x.py"], environ)
+    assert args[args.index("-k") + 1] == "mirrored"
+    assert args[args.index("--junitxml") + 1] == "/out/test.xml"
+    assert args[args.index("--basetemp") + 1] == "/tmp/t/pytest"
+    assert "tests/test_x.py" in args
+    assert "-k" not in pytest_main.pytest_args(["tests/test_x.py"], {})
