@@ -6,5 +6,12 @@ from keras_bninception.models.bninception import (
     feature_extractor,
 )
 from keras_bninception.models.figure5 import END_POINTS
+from keras_bninception.models.tf_slim_checkpoint import load_tf_slim_checkpoint
 
-__all__ = ["BNInception", "END_POINTS", "bninception_end_points", "feature_extractor"]
+__all__ = [
+    "BNInception",
+    "END_POINTS",
+    "bninception_end_points",
+    "feature_extractor",
+    "load_tf_slim_checkpoint",
+]

@@ -102,7 +102,8 @@ def BNInception(
     end points. All convolutions and pools use SAME padding: each side of the last feature map is
     ceil(n / 32) (224 -> 7, 112 -> 4, 250x300 -> 8x10). The classifier is global average pooling
     and a Dense layer (tf_slim's 1x1 convolution "Logits/Conv2d_1c_1x1"); for inputs up to 224x224
-    that equals tf_slim's 7x7 VALID average pool.
+    that equals tf_slim's 7x7 VALID average pool. Convolution kernels start from "he_normal"
+    (truncated normal, variance 2 / fan_in: tf_slim's `variance_scaling_initializer()`).
 
     Compute: 1,934,857,216 multiply-adds per 224x224 image with the 1000-way classifier (about
     1.93 G, so about 3.9 GFLOPs), counted by `keras_bninception.flops.count_multiply_adds(

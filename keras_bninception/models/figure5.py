@@ -147,15 +147,6 @@ def separable_multiplier(
     return max(1, min(int(scaled_depth(64, depth_multiplier, min_depth) / in_channels), 8))
 
 
-def module_output_depth(row: InceptionRow, in_depth: int, depth=scaled_depth) -> int:
-    """Channels a module outputs (a pass-through pool keeps its `in_depth` channels)."""
-    out = depth(row.n_3x3) + depth(row.n_double_3x3)
-    if row.n_1x1:
-        out += depth(row.n_1x1)
-    out += depth(row.pool_proj) if row.pool_proj else in_depth
-    return out
-
-
 END_POINTS: tuple[str, ...] = tuple(r.scope for r in STEM) + tuple(
     r.scope for r in _INCEPTION_TABLE
 )
