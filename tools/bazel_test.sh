@@ -46,11 +46,16 @@ fi
 # python3) and is the venv's, also for tests that start `python` subprocesses.
 venv_bin=$(dirname "$python")
 
+# Bazel can't see the venv: its package list goes into the tests' environment, so cached test
+# results are reused only while the installed packages are the same.
+venv_hash=$("$python" -m pip freeze --all --exclude-editable | sha256sum | cut -c1-16)
+
 # .bazelrc has the other flags; the ones that matter most are repeated here.
 exec "${bazel[@]}" test //... \
   --incompatible_use_python_toolchains=false \
   --python_path="$python" \
   --test_env=PATH="$venv_bin:/usr/local/bin:/usr/bin:/bin" \
+  --test_env=PYTHON_PACKAGES_SHA256="$venv_hash" \
   --test_output=errors \
   --local_test_jobs=2 \
   "$@"
