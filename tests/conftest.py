@@ -45,6 +45,9 @@ LOGICAL_CPUS = [f"/device:CPU:{i}" for i in range(NUM_LOGICAL_CPUS)]
 def _split_cpu(num_devices: int) -> str | None:
     """Splits the first physical CPU into ``num_devices`` logical ones; returns an error or None."""
     cpu = tf.config.list_physical_devices("CPU")[0]
+    configured = tf.config.get_logical_device_configuration(cpu)
+    if configured is not None and len(configured) == num_devices:
+        return None  # Already split (this module imported a second time, as ``tests.conftest``).
     try:
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(num_devices)]
