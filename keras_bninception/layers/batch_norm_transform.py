@@ -25,11 +25,13 @@ Since Σ (x_i − μ_B) = 0, the second term of ∂ℓ/∂μ_B vanishes; with �
 which is what this module computes: two reductions (∂ℓ/∂β, ∂ℓ/∂γ) and one elementwise pass.
 
 Speed. The transform is memory-bound, and on TensorFlow every op is a pass over memory that writes a
-full-size temporary. So each step of the algorithm is one *kernel* below, compiled by XLA into a
-single loop over a flat [m, C] view of the activations (channels-last needs no copy for that view):
-forward = Σx, then Σ(x − μ_B)², then y; backward = (Σ ∂ℓ/∂y, Σ ∂ℓ/∂y·x̂), then ∂ℓ/∂x. Only y and
-∂ℓ/∂x are written; everything else is a per-feature vector. `benchmarks/bn_layer.py` measures it
-against `keras.layers.BatchNormalization`. `use_xla(False)` runs the very same kernels op by op.
+full-size temporary. So each step of the algorithm below is a *kernel* written on a flat [m, C]
+view of the activations (channels-last needs no copy for it), and XLA compiles a whole pass into
+one computation: the forward (Σx, Σ(x − μ_B)², y) and the backward ((Σ ∂ℓ/∂y, Σ ∂ℓ/∂y·x̂), ∂ℓ/∂x).
+Only y and ∂ℓ/∂x are written at full size; everything else is a per-feature vector. A layer costs
+two XLA launches per training step (five when synchronized, where all-reduces separate the steps).
+`benchmarks/bn_layer.py` and `benchmarks/train_step.py` measure it against
+`keras.layers.BatchNormalization`; `use_xla(False)` runs the very same kernels op by op.
 
 Precision. σ²_B is computed from the deviations x_i − μ_B (two passes), never as E[x²] − E[x]², so a
 feature with mean 1e4 and standard deviation 1 keeps its precision in float32. float16/bfloat16
@@ -159,6 +161,36 @@ def _cross_replica_sum(*values: tf.Tensor) -> list[tf.Tensor]:
     return [tf.reshape(p, tf.shape(v)) for p, v in zip(tf.split(flat, sizes), values, strict=True)]
 
 
+def _forward(x, w, gamma, beta, epsilon, sum_replicas=None):
+    """Algorithm 1: y, μ_B, σ²_B, 1/sqrt(σ²_B + ε), m; `sum_replicas` all-reduces partial sums."""
+    total, count = _sum_and_count(x, w, gamma.dtype)
+    if sum_replicas:
+        total, count = sum_replicas(total, count)
+    count = tf.maximum(count, 1)
+    mean = total / count  # μ_B, line 1
+    ssd = _sum_squared_deviations(x, w, mean)
+    if sum_replicas:
+        (ssd,) = sum_replicas(ssd)
+    variance = ssd / count  # σ²_B, line 2
+    inv_std = tf.math.rsqrt(variance + epsilon)  # 1/sqrt(σ²_B + ε)
+    y = _normalize(x, mean, inv_std, gamma, beta)  # lines 3-4
+    return y, mean, variance, inv_std, count
+
+
+def _backward(dy, x, w, mean, inv_std, gamma, count, sum_replicas=None):
+    """The section-3 chain: ∂ℓ/∂x, ∂ℓ/∂γ, ∂ℓ/∂β (the last two per replica)."""
+    dbeta, dgamma = _grad_sums(dy, x, mean, inv_std)
+    dbeta_all, dgamma_all = sum_replicas(dbeta, dgamma) if sum_replicas else (dbeta, dgamma)
+    dx = _grad_input(dy, x, w, mean, inv_std, gamma, dbeta_all, dgamma_all, count)
+    return dx, dgamma, dbeta
+
+
+# Without an all-reduce in between, a whole pass is one XLA computation: the steps above (each a
+# kernel of its own when synchronized) are inlined into it, and a layer costs two launches a step.
+_forward_fused = _kernel(_forward)
+_backward_fused = _kernel(_backward)
+
+
 def _view(x: tf.Tensor, axis: int) -> tf.Tensor:
     """The [m, C] or [A, C, B] view of x (a reshape, no copy)."""
     rank = x.shape.rank
@@ -209,25 +241,18 @@ def batch_norm_train(
     @tf.autograph.experimental.do_not_convert
     @tf.custom_gradient
     def transform(x_view, gamma, beta):
-        total, count = _sum_and_count(x_view, w_view, stats_dtype)
         if synchronized:
-            total, count = _cross_replica_sum(total, count)
-        mean = total / tf.maximum(count, 1)  # μ_B, line 1
-        ssd = _sum_squared_deviations(x_view, w_view, mean)
-        if synchronized:
-            (ssd,) = _cross_replica_sum(ssd)
-        variance = ssd / tf.maximum(count, 1)  # σ²_B, line 2
-        inv_std = tf.math.rsqrt(variance + epsilon)  # 1/sqrt(σ²_B + ε)
-        y = _normalize(x_view, mean, inv_std, gamma, beta)  # lines 3-4
+            y, mean, variance, inv_std, count = _forward(
+                x_view, w_view, gamma, beta, epsilon, _cross_replica_sum)
+        else:
+            y, mean, variance, inv_std, count = _forward_fused(
+                x_view, w_view, gamma, beta, epsilon)
 
         def backward(dy, *unused_statistics_grads):
-            dbeta, dgamma = _grad_sums(dy, x_view, mean, inv_std)
-            dbeta_all, dgamma_all = (
-                _cross_replica_sum(dbeta, dgamma) if synchronized else (dbeta, dgamma)
-            )
-            dx = _grad_input(dy, x_view, w_view, mean, inv_std, gamma, dbeta_all, dgamma_all,
-                             tf.maximum(count, 1))
-            return dx, dgamma, dbeta
+            if synchronized:
+                return _backward(dy, x_view, w_view, mean, inv_std, gamma, count,
+                                 _cross_replica_sum)
+            return _backward_fused(dy, x_view, w_view, mean, inv_std, gamma, count)
 
         return (y, mean, variance, count), backward
 
