@@ -7,11 +7,12 @@ interleaved (ours, Keras, ours, Keras, ...) so machine noise hits both alike, an
 `--repeats` runs is reported. Each run is a `tf.function` computing y = BN(x) and the gradients of
 ⟨y, dy⟩ with respect to x, γ and β for a fixed random dy.
 
-"passes" is the memory traffic of the traced graph in units of one activation tensor: every op
-(or XLA-fused kernel) that reads or writes a full-size tensor counts one pass per such tensor. The
-table also gives the bandwidth each layer reaches (passes × tensor bytes / time) against this
-machine's copy bandwidth (NumPy copy between two preallocated arrays), the ceiling for a
-memory-bound op.
+"passes" is the memory traffic at op boundaries in the traced graph, in units of one activation
+tensor: every op, or XLA computation, counts one pass per full-size tensor it reads or writes.
+Inside one XLA computation an input may be read more than once (our forward reads x for Σx, for
+Σ(x − μ_B)² and for y), so for our layer it is a lower bound; Keras' ops are all counted. The
+bandwidth columns (passes × tensor bytes / time) are therefore lower bounds too, shown against
+this machine's copy bandwidth (NumPy copy between two preallocated arrays).
 """
 
 from __future__ import annotations
