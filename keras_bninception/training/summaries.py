@@ -36,9 +36,7 @@ class SummaryWriter:
         """Writes each `name: value` at `step` and flushes (a crash loses no logged point)."""
         with self._writer.as_default(step=step):
             for name, value in values.items():
-                tf.summary.write(
-                    name, tf.constant(value, tf.float32), metadata=_SCALAR_METADATA
-                )
+                tf.summary.write(name, tf.constant(value, tf.float32), metadata=_SCALAR_METADATA)
         self._writer.flush()
 
     def close(self) -> None:

@@ -1,0 +1,148 @@
+"""The custom training loop in-process: MirroredStrategy == one device, TFDS (mocked) and folders.
+
+Small BN-Inception (depth multiplier 0.25, 32x32 inputs) to keep each trace short.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from keras_bninception.models import BNInception
+from keras_bninception.training import TrainConfig, Trainer, run
+
+SIZE, CLASSES, GLOBAL_BATCH = 32, 10, 8
+
+
+def _small_model(weights=None) -> keras.Model:
+    model = BNInception(
+        weights=None,
+        input_shape=(SIZE, SIZE, 3),
+        classes=CLASSES,
+        classifier_activation=None,
+        depth_multiplier=0.25,
+        momentum=0.9,
+        synchronized=True,
+    )
+    if weights is not None:
+        model.set_weights(weights)
+    return model
+
+
+def _fixed_batches(context: tf.distribute.InputContext, start_step: int) -> tf.data.Dataset:
+    """The same 3 global batches for any number of replicas (replicas take consecutive parts)."""
+    rng = np.random.default_rng(7)
+    images = rng.uniform(-1, 1, (3 * GLOBAL_BATCH, SIZE, SIZE, 3)).astype(np.float32)
+    labels = rng.integers(0, CLASSES, 3 * GLOBAL_BATCH).astype(np.int32)
+    per_replica = context.get_per_replica_batch_size(GLOBAL_BATCH)
+    return tf.data.Dataset.from_tensor_slices((images, labels)).batch(per_replica).repeat()
+
+
+def _train(strategy, weights, model_dir) -> tuple[list[float], list[np.ndarray]]:
+    trainer = Trainer(
+        strategy,
+        lambda: _small_model(weights),
+        # A small step: at 32x32 with batches of 8, BN statistics over 8 values in the last
+        # modules make larger steps chaotic (a 1e-6 change of the initial weights then changes
+        # the third step's loss by ~10 %), which would hide what this test compares.
+        lambda: keras.optimizers.SGD(1e-5, momentum=0.9),
+        model_dir=str(model_dir),
+        global_batch_size=GLOBAL_BATCH,
+        weight_decay=4e-5,
+        checkpoint_every=100,
+        log_every=1,
+    )
+    losses = [trainer.train(_fixed_batches, step)["loss"] for step in (1, 2, 3)]
+    return losses, [np.array(w) for w in trainer.model.weights]
+
+
+@pytest.mark.slow
+def test_mirrored_two_replicas_match_one_device(logical_cpus, tmp_path):
+    """Same global batch, synchronized BN: same losses and updates, to float tolerance."""
+    weights = _small_model().get_weights()
+    one_losses, one_weights = _train(tf.distribute.OneDeviceStrategy("/cpu:0"), weights, tmp_path)
+    mirrored = tf.distribute.MirroredStrategy(logical_cpus)
+    assert mirrored.num_replicas_in_sync == 2
+    two_losses, two_weights = _train(mirrored, weights, tmp_path / "mirrored")
+    np.testing.assert_allclose(two_losses, one_losses, rtol=1e-4)
+    assert one_losses[2] < one_losses[0] - 0.1  # it trained: a real loss, decreasing
+    moved = 0
+    for before, one, two in zip(weights, one_weights, two_weights, strict=True):
+        update = np.abs(one - before).max()
+        # The two updates agree to 5 % of their size (a 1e-6 relative change of the initial
+        # weights alone moves them by more than 100 %).
+        np.testing.assert_allclose(two - before, one - before, atol=0.05 * update + 1e-7)
+        moved += update > 0
+    # Kernels, BN parameters and moving statistics all moved (the comparison is not vacuous).
+    assert moved > 0.9 * len(weights)
+
+
+def _config(tmp_path, **kwargs) -> TrainConfig:
+    values = dict(
+        image_size=SIZE,
+        depth_multiplier=0.25,
+        batch_size=4,
+        train_steps=2,
+        checkpoint_every=2,
+        log_every=1,
+        model_dir=str(tmp_path / "run"),
+        seed=0,
+        bn_momentum=0.9,
+    )
+    values.update(kwargs)
+    return TrainConfig(**values)
+
+
+def _check_run(results: dict, model_dir: str, eval_examples: int) -> None:
+    assert results["step"] == 2
+    assert np.isfinite(results["train"]["loss"])
+    assert results["eval"]["num_examples"] == eval_examples
+    with open(os.path.join(model_dir, "metrics.json")) as f:
+        written = json.load(f)
+    assert written["eval"]["top_1_accuracy"] == results["eval"]["top_1_accuracy"]
+    assert tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")).endswith("ckpt-2")
+    assert os.listdir(os.path.join(model_dir, "logs", "train"))
+
+
+def test_imagenet2012_mock_data(tmp_path):
+    with tfds.testing.mock_data(num_examples=8):
+        config = _config(tmp_path, dataset="imagenet2012", eval_steps=1)
+        results = run(config)
+    _check_run(results, config.model_dir, eval_examples=4)
+    assert 0.0 <= results["eval"]["top_5_accuracy"] <= 1.0
+
+
+def test_image_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 4), ("validation", 3)):
+        for label, colour in (("blue", (20, 40, 230)), ("red", (230, 30, 20))):
+            os.makedirs(tmp_path / "images" / split / label)
+            for i in range(count):
+                pixels = np.clip(np.array(colour) + rng.integers(-15, 16, (40, 48, 3)), 0, 255)
+                path = tmp_path / "images" / split / label / f"{i}.png"
+                Image.fromarray(pixels.astype(np.uint8)).save(path)
+    config = _config(tmp_path, dataset="image_folder", data_dir=str(tmp_path / "images"))
+    results = run(config)
+    _check_run(results, config.model_dir, eval_examples=6)
+    # Rerunning the same command resumes: nothing left to train, the checkpoint is evaluated.
+    again = run(config)
+    assert again["train"]["train_seconds"] == 0.0
+    assert again["weights_sha256"] == results["weights_sha256"]
+
+
+def test_global_batch_must_divide_over_replicas(logical_cpus, tmp_path):
+    config = _config(tmp_path, distribution_strategy="mirrored", batch_size=3)
+    with pytest.raises(
+        ValueError,
+        match=r"global batch size \(3\) must be divisible by the "
+        r"number of replicas \(2\)",
+    ):
+        run(config)
+    assert not os.path.exists(config.model_dir)
