@@ -67,6 +67,22 @@ def seed() -> int:
     return SEED
 
 
+@pytest.fixture(autouse=True)
+def distinct_collective_keys() -> None:
+    """Gives each test's MirroredStrategy objects collective keys of their own.
+
+    Every MirroredStrategy numbers its all-reduces from the same group key, so two strategies
+    over the same devices in one process (two tests, or a test and the trainer it starts) get
+    each other's collectives ("Shape mismatch in the collective instance 100"). TensorFlow
+    keeps `_collective_key_base` for tests to separate them; each test gets its own range.
+    """
+    _COLLECTIVE_KEY_BASE[0] += 10_000
+    tf.distribute.MirroredStrategy._collective_key_base = _COLLECTIVE_KEY_BASE[0]
+
+
+_COLLECTIVE_KEY_BASE = [0]
+
+
 @pytest.fixture
 def logical_cpus() -> list[str]:
     """The ``NUM_LOGICAL_CPUS`` logical CPU device names, for ``tf.distribute.MirroredStrategy``."""
