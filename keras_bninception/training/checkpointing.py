@@ -22,6 +22,8 @@ import tempfile
 
 import tensorflow as tf
 
+from keras_bninception.training.errors import TrainingError
+
 
 class CheckpointHandler:
     """Saves and restores `model`, `optimizer` and `step` for one run.
@@ -60,7 +62,14 @@ class CheckpointHandler:
         """
         path = self.latest
         if path is not None:
-            self.checkpoint.restore(path).assert_existing_objects_matched()
+            try:
+                self.checkpoint.restore(path).assert_existing_objects_matched()
+            except (AssertionError, ValueError, tf.errors.OpError) as e:
+                first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise TrainingError(
+                    f"The checkpoint {path} does not match this model / optimizer ({first_line}); "
+                    "rerun with the options it was trained with, or use another --model_dir."
+                ) from e
         return path
 
     def save(self, step: int) -> str | None:

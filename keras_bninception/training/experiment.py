@@ -65,12 +65,13 @@ def run(config: TrainConfig) -> dict:
     from keras_bninception import data
 
     config.validate()
+    # First: MultiWorkerMirroredStrategy must configure collectives before TF runs anything.
+    strategy = get_strategy(config.distribution_strategy, config.num_gpus, config.tpu)
     if config.seed is not None:
         keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     info = data.get_info(config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir)
-    strategy = get_strategy(config.distribution_strategy, config.num_gpus, config.tpu)
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
         raise ValueError(
@@ -151,9 +152,7 @@ def run(config: TrainConfig) -> dict:
     finally:
         keras.config.set_dtype_policy(previous_policy)
     try:
-        restored = trainer.checkpoints.restore()
-        if restored:
-            logging.info("Resuming from %s (step %d).", restored, int(trainer.step.numpy()))
+        restored = trainer.restore()
         results: dict = {
             "dataset": info.name,
             "config": dataclasses.asdict(config),
@@ -174,8 +173,12 @@ def run(config: TrainConfig) -> dict:
         results["step"] = int(trainer.step.numpy())
         results["seconds"] = time.perf_counter() - began
         results["weights_sha256"] = trainer.weights_digest()
+        results["trainable_weights_sha256"] = trainer.weights_digest(trainable_only=True)
         logging.info(
-            "Final weights sha256 %s (step %d).", results["weights_sha256"], results["step"]
+            "Final weights sha256 %s, trainable weights sha256 %s (step %d).",
+            results["weights_sha256"],
+            results["trainable_weights_sha256"],
+            results["step"],
         )
         if trainer.chief:
             write_metrics(config.model_dir, results)

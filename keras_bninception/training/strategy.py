@@ -45,7 +45,9 @@ def get_strategy(
     Raises:
         ValueError: for an unknown name, or more GPUs than are visible.
     """
-    gpus = tf.config.list_logical_devices("GPU")
+    # Physical, not logical, devices: listing logical ones initializes the TensorFlow context,
+    # after which MultiWorkerMirroredStrategy can no longer configure its collectives.
+    gpus = tf.config.list_physical_devices("GPU")
     if num_gpus < 0:
         num_gpus = len(gpus)
     if num_gpus > len(gpus):

@@ -156,13 +156,16 @@ class Trainer:
             [tf.reduce_all(tf.math.is_finite(v)) for v in self.model.trainable_variables]
         )
 
-    def restore(self) -> int:
-        """Restores the newest checkpoint of `model_dir`, if any; returns the step reached."""
+    def restore(self) -> str | None:
+        """Restores the newest checkpoint of `model_dir`, if any; returns its path.
+
+        Raises:
+            TrainingError: the checkpoint does not match the model / optimizer.
+        """
         path = self.checkpoints.restore()
-        step = int(self.step.numpy())
         if path:
-            logging.info("Restored checkpoint %s (step %d).", path, step)
-        return step
+            logging.info("Restored checkpoint %s (step %d).", path, int(self.step.numpy()))
+        return path
 
     def train(self, dataset_fn: TrainDatasetFn, train_steps: int) -> dict:
         """Trains from the current step up to `train_steps` (resuming where a checkpoint left).
@@ -334,10 +337,16 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------
 
-    def weights_digest(self) -> str:
-        """SHA-256 of every model weight (incl. BN moving statistics), to compare runs/workers."""
+    def weights_digest(self, trainable_only: bool = False) -> str:
+        """SHA-256 of the model's weights, to compare runs and workers.
+
+        By default every weight, BN moving statistics included. Without synchronized BN each
+        replica keeps its own moving statistics (Keras 3 BN variables are not aggregated), so
+        compare workers with `trainable_only=True` then.
+        """
         digest = hashlib.sha256()
-        for variable in self.model.weights:
+        variables = self.model.trainable_weights if trainable_only else self.model.weights
+        for variable in variables:
             digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(variable)).tobytes())
         return digest.hexdigest()
 

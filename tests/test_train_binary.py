@@ -1,0 +1,336 @@
+"""`python -m trainers.train` as a subprocess: crash safety, multi-worker, bad input.
+
+Small BN-Inception (depth multiplier 0.25, 32x32 digits) so that each process takes seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT = 300
+SMALL = [
+    "--dataset=digits",
+    "--image_size=32",
+    "--depth_multiplier=0.25",
+    "--bn_momentum=0.9",
+    "--batch_size=16",
+    "--seed=3",
+]
+# The reference run: 24 deterministic steps, a checkpoint every 4.
+STEPS, EVERY = 24, 4
+REFERENCE = [
+    *SMALL,
+    "--deterministic",
+    "--mode=train",
+    f"--train_steps={STEPS}",
+    f"--checkpoint_every={EVERY}",
+    "--log_every=1",
+]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    env.update(extra)
+    return env
+
+
+def _command(args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "trainers.train", *args]
+
+
+def _popen(args: list[str], **env: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        _command(args),
+        cwd=REPO_ROOT,
+        env=_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        _command(args), cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=TIMEOUT
+    )
+
+
+def _digest(log: str) -> str:
+    return re.findall(r"Final weights sha256 (\w+)", log)[-1]
+
+
+def _tree_hash(directory: str) -> dict[str, str]:
+    """File name -> SHA-256 of its bytes, for every file under `directory`."""
+    hashes = {}
+    for root, _, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                hashes[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
+    return hashes
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> tuple[str, str]:
+    """(model_dir, log) of the uninterrupted reference run."""
+    model_dir = str(tmp_path_factory.mktemp("reference") / "run")
+    result = _run([*REFERENCE, f"--model_dir={model_dir}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return model_dir, result.stderr
+
+
+@pytest.mark.slow
+def test_sigkill_then_restart_gives_the_uninterrupted_weights(reference, tmp_path):
+    ref_dir, ref_log = reference
+    model_dir = str(tmp_path / "run")
+    args = [*REFERENCE, f"--model_dir={model_dir}"]
+
+    killed = _popen(args)
+    last_saved, last_step = 0, 0
+    for line in killed.stderr:
+        if m := re.search(rf"step (\d+)/{STEPS} ", line):
+            last_step = max(last_step, int(m.group(1)))
+        if m := re.search(r"Saved checkpoint \S+ \(step (\d+)\)", line):
+            last_saved = int(m.group(1))
+            if last_saved >= 2 * EVERY:
+                killed.send_signal(signal.SIGKILL)
+                break
+    killed.wait(timeout=TIMEOUT)
+    for line in killed.stderr:  # what it printed before dying
+        if m := re.search(rf"step (\d+)/{STEPS} ", line):
+            last_step = max(last_step, int(m.group(1)))
+    killed.stdout.close()
+    killed.stderr.close()
+    assert killed.returncode == -signal.SIGKILL
+    assert 2 * EVERY <= last_step < STEPS  # killed mid-training
+
+    resumed = _run(args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    restored = int(re.search(r"Restored checkpoint \S+ \(step (\d+)\)", resumed.stderr).group(1))
+    assert last_saved <= restored <= last_step
+    assert last_step - restored <= EVERY  # redoes at most the steps since the last checkpoint
+    assert f"Training steps {restored + 1}..{STEPS}," in resumed.stderr
+    assert f"step {restored}/{STEPS} " not in resumed.stderr
+
+    # Same final weights, optimizer state and step as the uninterrupted run, bit for bit.
+    assert _digest(resumed.stderr) == _digest(ref_log)
+    ref = tf.train.load_checkpoint(os.path.join(ref_dir, "checkpoints"))
+    new = tf.train.load_checkpoint(os.path.join(model_dir, "checkpoints"))
+    names = [n for n in ref.get_variable_to_shape_map() if "save_counter" not in n]
+    assert len(names) > 100 and set(names) <= set(new.get_variable_to_shape_map())
+    for name in names:
+        np.testing.assert_array_equal(new.get_tensor(name), ref.get_tensor(name), err_msg=name)
+    assert int(new.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")) == STEPS
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _workers(args: list[str], log_dir) -> list[tuple[int, str, str]]:
+    """Runs `args` as the two workers of a local cluster; returns (status, stdout, stderr).
+
+    Output goes to files, not pipes: a worker blocked on a full pipe would stall the collectives
+    of the other.
+    """
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    processes, logs = [], []
+    for i in range(2):
+        out = open(os.path.join(log_dir, f"worker{i}.out"), "w+")
+        err = open(os.path.join(log_dir, f"worker{i}.err"), "w+")
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+        processes.append(
+            subprocess.Popen(
+                _command(["--distribution_strategy=multi_worker_mirrored", *args]),
+                cwd=REPO_ROOT,
+                env=_env(TF_CONFIG=tf_config),
+                stdout=out,
+                stderr=err,
+                text=True,
+            )
+        )
+        logs.append((out, err))
+    results = []
+    for process, (out, err) in zip(processes, logs, strict=True):
+        try:
+            process.wait(timeout=TIMEOUT)
+        finally:
+            if process.poll() is None:
+                process.kill()
+        out.seek(0)
+        err.seek(0)
+        results.append((process.returncode, out.read(), err.read()))
+        out.close()
+        err.close()
+    return results
+
+
+@pytest.mark.slow
+def test_multi_worker_mirrored_two_processes(tmp_path):
+    model_dir = str(tmp_path / "run")
+    args = [
+        *SMALL,
+        "--sync_batch_norm",
+        "--train_steps=6",
+        "--checkpoint_every=3",
+        "--log_every=3",
+        "--mode=train_and_eval",
+        f"--model_dir={model_dir}",
+    ]
+    (status0, out0, err0), (status1, out1, err1) = _workers(args, tmp_path)
+    assert status0 == 0, err0[-3000:]
+    assert status1 == 0, err1[-3000:]
+    assert "group_size = 2" in err0  # the all-reduces spanned both processes
+    # Identical weights on both workers (synchronized BN: moving statistics included).
+    assert _digest(err0) == _digest(err1)
+    evaluation = [re.search(r"Evaluation at step 6 on 360 examples: .*%", e) for e in (err0, err1)]
+    assert evaluation[0] and evaluation[0].group(0) == evaluation[1].group(0)
+    # Only the chief (worker 0) wrote into model_dir.
+    with open(os.path.join(model_dir, "metrics.json")) as f:
+        metrics = json.load(f)
+    assert metrics["num_replicas"] == 2 and metrics["eval"]["num_examples"] == 360
+    assert metrics["weights_sha256"] == _digest(err0)
+    assert tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")).endswith("ckpt-6")
+    assert "Metrics:" in out0 and "Metrics:" in out1
+
+    # A global batch the 2 replicas cannot share: both workers stop with one clear line.
+    bad_batch = [*args[:-1], "--batch_size=15", f"--model_dir={tmp_path}/b"]
+    for status, _, err in _workers(bad_batch, tmp_path):
+        assert status == 1
+        assert _error_lines(err) == [
+            "error: The global batch size (15) must be divisible by the number of replicas (2). "
+            "Received: batch_size=15"
+        ]
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def _image_folder(root, corrupt: bool) -> str:
+    for split in ("train", "validation"):
+        for label in ("a", "b"):
+            os.makedirs(root / split / label)
+            for i in range(3):
+                pixels = np.full((40, 40, 3), 80 * i + (label == "b") * 30, np.uint8)
+                Image.fromarray(pixels).save(root / split / label / f"{i}.jpg")
+    if corrupt:
+        (root / "train" / "b" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a JPEG")
+    return str(root)
+
+
+@pytest.mark.slow
+def test_bad_input_one_line_nonzero_exit_checkpoint_intact(reference, tmp_path):
+    ref_dir, _ = reference
+    model_dir = str(tmp_path / "run")
+    shutil.copytree(ref_dir, model_dir)
+    before = _tree_hash(os.path.join(model_dir, "checkpoints"))
+    (tmp_path / "empty").mkdir()
+    corrupt = _image_folder(tmp_path / "corrupt", corrupt=True)
+    small = [*SMALL, "--train_steps=40", f"--model_dir={model_dir}"]
+    cases = {
+        "unknown dataset": (
+            [*small, "--dataset=imagenet2013"],
+            1,
+            r"^error: unknown dataset 'imagenet2013'; choose 'digits' .*imagenet2012",
+        ),
+        "missing manual files": (
+            [
+                *small,
+                "--dataset=imagenet2012",
+                f"--data_dir={tmp_path}/tfds",
+                f"--manual_dir={tmp_path}/empty",
+            ],
+            1,
+            r"^error: .*ILSVRC2012_img_train\.tar.*ILSVRC2012_img_val\.tar",
+        ),
+        "empty image folder": (
+            [*small, "--dataset=image_folder", f"--data_dir={tmp_path}/empty"],
+            1,
+            r"^error: image folder .*empty has no images",
+        ),
+        "unreadable image folder": (
+            [*small, "--dataset=image_folder", f"--data_dir={tmp_path}/missing"],
+            1,
+            r"^error: image folder .*missing is missing or unreadable",
+        ),
+        "corrupt image": (
+            # A fresh model_dir: this folder has 2 classes, the reference checkpoint 10.
+            [
+                *SMALL,
+                "--train_steps=2",
+                "--dataset=image_folder",
+                f"--data_dir={corrupt}",
+                f"--model_dir={tmp_path}/fresh",
+            ],
+            1,
+            r"^error: corrupt image file .*/train/b/broken\.jpg",
+        ),
+        "learning rate out of range": (
+            [*small, "--learning_rate=-0.1"],
+            1,
+            r"^error: The `learning_rate` argument should be a finite number > 0\. "
+            r"Received: learning_rate=-0\.1$",
+        ),
+        "image size out of range": (
+            [*small, "--image_size=16"],
+            1,
+            r"^error: The `image_size` argument should be an integer >= 32\. Received: "
+            r"image_size=16$",
+        ),
+        "malformed flag": ([*small, "--mode=predict"], 2, r"^error: flag --mode=predict: "),
+    }
+    processes = {name: _popen(args) for name, (args, _, _) in cases.items()}
+    for name, process in processes.items():
+        out, err = process.communicate(timeout=TIMEOUT)
+        _, status, pattern = cases[name]
+        assert process.returncode == status, (name, err[-2000:])
+        lines = _error_lines(err)
+        assert len(lines) == 1, (name, err[-2000:])
+        assert re.search(pattern, lines[0]), (name, lines[0])
+        assert "Traceback" not in err and "Done:" not in out, name
+    assert not os.path.exists(tmp_path / "fresh" / "checkpoints")
+    assert _tree_hash(os.path.join(model_dir, "checkpoints")) == before
+
+    # A loss that becomes NaN: stop at once, say at which step, keep the last good checkpoint.
+    diverging = _run([*small, "--learning_rate=1e38", "--checkpoint_every=4", "--log_every=1"])
+    assert diverging.returncode == 1
+    (line,) = _error_lines(diverging.stderr)
+    step = int(re.search(r"NaN or infinite at step (\d+)", line).group(1))
+    assert STEPS < step <= 40
+    assert f"the last good checkpoint {model_dir}/checkpoints/ckpt-" in line
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    saved = int(latest.rsplit("-", 1)[1])
+    assert saved < step and f"ckpt-{saved} is kept" in line
+    # Every checkpoint written is finite, and the reference ones are untouched.
+    after = _tree_hash(os.path.join(model_dir, "checkpoints"))
+    for name, digest in before.items():
+        if name in after and name != "checkpoint":  # (rotation may delete the oldest)
+            assert after[name] == digest, name
+    reader = tf.train.load_checkpoint(latest)
+    for name in reader.get_variable_to_shape_map():
+        value = reader.get_tensor(name)
+        if np.issubdtype(np.asarray(value).dtype, np.floating):
+            assert np.isfinite(value).all(), name
