@@ -111,15 +111,29 @@ def _check_run(results: dict, model_dir: str, eval_examples: int) -> None:
     assert os.listdir(os.path.join(model_dir, "logs", "train"))
 
 
-def test_imagenet2012_mock_data(tmp_path):
+@pytest.mark.slow
+def test_imagenet2012_mock_data_mirrored_float16(logical_cpus, tmp_path):
+    """Mocked imagenet2012 on two replicas, float16 with dynamic loss scaling, synchronized BN."""
     with tfds.testing.mock_data(num_examples=8):
-        config = _config(tmp_path, dataset="imagenet2012", eval_steps=1)
+        config = _config(
+            tmp_path,
+            dataset="imagenet2012",
+            eval_steps=1,
+            distribution_strategy="mirrored",
+            mixed_precision="float16",
+            sync_batch_norm=True,
+        )
         results = run(config)
+    assert results["num_replicas"] == 2
     _check_run(results, config.model_dir, eval_examples=4)
     assert 0.0 <= results["eval"]["top_5_accuracy"] <= 1.0
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+    checkpoint = tf.train.load_checkpoint(os.path.join(config.model_dir, "checkpoints"))
+    scales = [n for n in checkpoint.get_variable_to_shape_map() if "dynamic_scale" in n]
+    assert len(scales) == 1 and checkpoint.get_tensor(scales[0]) > 1.0  # saved with the rest
 
 
-def test_image_folder(tmp_path):
+def test_image_folder_bfloat16(tmp_path):
     rng = np.random.default_rng(0)
     for split, count in (("train", 4), ("validation", 3)):
         for label, colour in (("blue", (20, 40, 230)), ("red", (230, 30, 20))):
@@ -128,7 +142,12 @@ def test_image_folder(tmp_path):
                 pixels = np.clip(np.array(colour) + rng.integers(-15, 16, (40, 48, 3)), 0, 255)
                 path = tmp_path / "images" / split / label / f"{i}.png"
                 Image.fromarray(pixels.astype(np.uint8)).save(path)
-    config = _config(tmp_path, dataset="image_folder", data_dir=str(tmp_path / "images"))
+    config = _config(
+        tmp_path,
+        dataset="image_folder",
+        data_dir=str(tmp_path / "images"),
+        mixed_precision="bfloat16",
+    )
     results = run(config)
     _check_run(results, config.model_dir, eval_examples=6)
     # Rerunning the same command resumes: nothing left to train, the checkpoint is evaluated.

@@ -6,8 +6,9 @@
   `train_image_classifier.py` default, `staircase=True`).
 - Optimizers (Keras): `momentum` (SGD with momentum, the paper's), `sgd` (plain), `rmsprop`
   (TF-slim's settings: rho 0.9, momentum 0.9, epsilon 1.0), `adam`.
-- `mixed_precision="float16"` wraps the optimizer in a `LossScaleOptimizer` whose finiteness check
-  agrees across replicas (see `ReplicaConsistentLossScaleOptimizer`); bfloat16 needs no scaling.
+- `mixed_precision="float16"` wraps the optimizer in a dynamic `keras.optimizers.LossScaleOptimizer`
+  (see `Trainer` for how its skip-the-step decision is kept identical on all replicas); bfloat16
+  needs no loss scaling.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import math
 
 import keras
-import tensorflow as tf
 
 
 def learning_rate_schedule(
@@ -59,29 +59,8 @@ def build_optimizer(
             f"Received: optimizer={name!r}"
         )
     if mixed_precision == "float16":
-        optimizer = ReplicaConsistentLossScaleOptimizer(optimizer)
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
-
-
-class ReplicaConsistentLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
-    """A `LossScaleOptimizer` whose "are the gradients finite?" answer is the same on all replicas.
-
-    In a custom loop the gradients handed to `apply_gradients` are the per-replica ones (the inner
-    optimizer all-reduces them later). Keras checks finiteness on those local gradients, so one
-    replica could skip a step the others take, desynchronizing the weights or, under
-    `MultiWorkerMirroredStrategy`, hanging the next collective. Here the verdict is all-reduced
-    first: the step is skipped everywhere as soon as any replica saw an inf or NaN.
-    """
-
-    def check_finite(self, grads):
-        finite = super().check_finite(grads)
-        context = tf.distribute.get_replica_context()
-        if context is None or context.num_replicas_in_sync == 1:
-            return finite
-        num_bad = context.all_reduce(
-            tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(finite), tf.float32)
-        )
-        return tf.equal(num_bad, 0.0)
 
 
 def current_learning_rate(optimizer: keras.optimizers.Optimizer) -> float:

@@ -7,7 +7,8 @@ trainer drives the model itself:
   the per-replica batch (`input_context.get_per_replica_batch_size(global_batch_size)`);
 - one training step is `strategy.run(step_fn)`: forward, the loss of `losses.py` (averaged over the
   GLOBAL batch, regularization scaled by 1 / num_replicas), gradients, and the Keras optimizer,
-  which all-reduces (SUM) the gradients before updating the mirrored weights;
+  which all-reduces (SUM) the gradients before updating the mirrored weights (float16: the loss
+  is scaled by a `LossScaleOptimizer`, see `_consistent_replica_gradients`);
 - metrics are per-replica sums (loss, correct predictions, examples) reduced with
   `strategy.reduce(SUM)`, hence exact global values on every worker;
 - several steps run inside one `tf.function` (`tf.range` loop) between two log / checkpoint
@@ -107,6 +108,7 @@ class Trainer:
 
     def _build_train_loop(self):
         model, optimizer, strategy = self.model, self.optimizer, self.strategy
+        loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
         def replica_step(images, labels):
             with tf.GradientTape() as tape:
@@ -119,6 +121,8 @@ class Trainer:
                 scaled_loss = optimizer.scale_loss(loss)
             variables = model.trainable_variables
             grads = tape.gradient(scaled_loss, variables)
+            if loss_scaling and strategy.num_replicas_in_sync > 1:
+                grads = _consistent_replica_gradients(grads)
             optimizer.apply_gradients(zip(grads, variables, strict=True))
             predictions = tf.argmax(logits, axis=-1, output_type=labels.dtype)
             correct = tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.float32))
@@ -352,6 +356,23 @@ class Trainer:
 
     def close(self) -> None:
         self.checkpoints.close()
+
+
+def _consistent_replica_gradients(grads: list) -> list:
+    """Per-replica gradients replaced by (global sum / num_replicas), for loss scaling.
+
+    `LossScaleOptimizer` decides to apply or skip a step from the finiteness of the gradients it
+    receives, which in a custom loop are this replica's own: replicas could disagree, and one
+    skipping the all-reduce the others enter would desynchronize or hang them. After this
+    all-reduce every replica holds the same values, hence takes the same decision, and the
+    optimizer's own SUM all-reduce of these shares gives back exactly the global gradient. It costs
+    a second gradient all-reduce, in float16 mode only.
+    """
+    context = tf.distribute.get_replica_context()
+    present = [g for g in grads if g is not None]
+    summed = iter(context.all_reduce(tf.distribute.ReduceOp.SUM, present))
+    scale = 1.0 / context.num_replicas_in_sync
+    return [None if g is None else next(summed) * scale for g in grads]
 
 
 def _next_multiple(step: int, every: int) -> int:
