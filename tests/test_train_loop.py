@@ -46,21 +46,21 @@ def _fixed_batches(context: tf.distribute.InputContext, start_step: int) -> tf.d
 
 
 def _train(strategy, weights, model_dir) -> tuple[list[float], list[np.ndarray]]:
+    """Two steps; returns both losses and the weights after the first."""
     trainer = Trainer(
         strategy,
         lambda: _small_model(weights),
-        # A small step: at 32x32 with batches of 8, BN statistics over 8 values in the last
-        # modules make larger steps chaotic (a 1e-6 change of the initial weights then changes
-        # the third step's loss by ~10 %), which would hide what this test compares.
-        lambda: keras.optimizers.SGD(1e-5, momentum=0.9),
+        lambda: keras.optimizers.SGD(0.01, momentum=0.9),
         model_dir=str(model_dir),
         global_batch_size=GLOBAL_BATCH,
         weight_decay=4e-5,
         checkpoint_every=100,
         log_every=1,
     )
-    losses = [trainer.train(_fixed_batches, step)["loss"] for step in (1, 2, 3)]
-    return losses, [np.array(w) for w in trainer.model.weights]
+    losses = [trainer.train(_fixed_batches, 1)["loss"]]
+    after_one_step = [np.array(w) for w in trainer.model.weights]
+    losses.append(trainer.train(_fixed_batches, 2)["loss"])
+    return losses, after_one_step
 
 
 @pytest.mark.slow
@@ -71,14 +71,16 @@ def test_mirrored_two_replicas_match_one_device(logical_cpus, tmp_path):
     mirrored = tf.distribute.MirroredStrategy(logical_cpus)
     assert mirrored.num_replicas_in_sync == 2
     two_losses, two_weights = _train(mirrored, weights, tmp_path / "mirrored")
-    np.testing.assert_allclose(two_losses, one_losses, rtol=1e-4)
-    assert one_losses[2] < one_losses[0] - 0.1  # it trained: a real loss, decreasing
+    # Only a few steps compare: at 32x32 with batches of 8, BN in the last modules normalizes
+    # over 8 values, and float rounding differences grow chaotically from the third step on.
+    np.testing.assert_allclose(two_losses[0], one_losses[0], rtol=1e-5)  # same weights, batch
+    np.testing.assert_allclose(two_losses[1], one_losses[1], rtol=1e-3)  # after one update
     moved = 0
     for before, one, two in zip(weights, one_weights, two_weights, strict=True):
         update = np.abs(one - before).max()
-        # The two updates agree to 5 % of their size (a 1e-6 relative change of the initial
-        # weights alone moves them by more than 100 %).
-        np.testing.assert_allclose(two - before, one - before, atol=0.05 * update + 1e-7)
+        # The first step's updates (kernels, γ, β, moving statistics) agree to 0.1 % of their
+        # size (measured: 2.4e-4 at most, 2.5e-5 typically).
+        np.testing.assert_allclose(two - before, one - before, atol=1e-3 * update + 1e-9)
         moved += update > 0
     # Kernels, BN parameters and moving statistics all moved (the comparison is not vacuous).
     assert moved > 0.9 * len(weights)
