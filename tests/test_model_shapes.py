@@ -7,6 +7,7 @@ import math
 import keras
 import numpy as np
 import pytest
+import tf_slim_reference
 
 from keras_bninception.models import (
     END_POINTS,
@@ -15,25 +16,7 @@ from keras_bninception.models import (
     feature_extractor,
 )
 
-# tf_slim's own expectations (tf_slim/nets/inception_v2_test.py,
-# testBuildAndCheckAllEndPointsUptoMixed5c), without the batch dimension.
-TF_SLIM_END_POINT_SHAPES_224 = {
-    "Conv2d_1a_7x7": (112, 112, 64),
-    "MaxPool_2a_3x3": (56, 56, 64),
-    "Conv2d_2b_1x1": (56, 56, 64),
-    "Conv2d_2c_3x3": (56, 56, 192),
-    "MaxPool_3a_3x3": (28, 28, 192),
-    "Mixed_3b": (28, 28, 256),
-    "Mixed_3c": (28, 28, 320),
-    "Mixed_4a": (14, 14, 576),
-    "Mixed_4b": (14, 14, 576),
-    "Mixed_4c": (14, 14, 576),
-    "Mixed_4d": (14, 14, 576),
-    "Mixed_4e": (14, 14, 576),
-    "Mixed_5a": (7, 7, 1024),
-    "Mixed_5b": (7, 7, 1024),
-    "Mixed_5c": (7, 7, 1024),
-}
+TF_SLIM_END_POINT_SHAPES_224 = tf_slim_reference.END_POINT_SHAPES_224
 # Downsampling factor of each end point (SAME padding: a side n becomes ceil(n / factor)).
 STRIDES = {name: 224 // shape[0] for name, shape in TF_SLIM_END_POINT_SHAPES_224.items()}
 

@@ -6,26 +6,6 @@ import pytest
 import tensorflow as tf
 import tf_slim_reference
 
-# tf_slim's own expectations (tf_slim/nets/inception_v2_test.py,
-# testBuildAndCheckAllEndPointsUptoMixed5c), without the batch dimension.
-EXPECTED_END_POINT_SHAPES_224 = {
-    "Conv2d_1a_7x7": (112, 112, 64),
-    "MaxPool_2a_3x3": (56, 56, 64),
-    "Conv2d_2b_1x1": (56, 56, 64),
-    "Conv2d_2c_3x3": (56, 56, 192),
-    "MaxPool_3a_3x3": (28, 28, 192),
-    "Mixed_3b": (28, 28, 256),
-    "Mixed_3c": (28, 28, 320),
-    "Mixed_4a": (14, 14, 576),
-    "Mixed_4b": (14, 14, 576),
-    "Mixed_4c": (14, 14, 576),
-    "Mixed_4d": (14, 14, 576),
-    "Mixed_4e": (14, 14, 576),
-    "Mixed_5a": (7, 7, 1024),
-    "Mixed_5b": (7, 7, 1024),
-    "Mixed_5c": (7, 7, 1024),
-}
-
 
 def _size(shape):
     return int(np.prod(shape, dtype=np.int64))
@@ -58,7 +38,7 @@ def test_variable_counts(reference_224):
 
 def test_end_point_shapes_224(reference_224):
     shapes = reference_224.end_point_shapes
-    for name, expected in EXPECTED_END_POINT_SHAPES_224.items():
+    for name, expected in tf_slim_reference.END_POINT_SHAPES_224.items():
         assert shapes[name] == (2, *expected), name
     assert shapes["Logits"] == (2, 1001)
     assert reference_224.logits.shape == (2, 1001)

@@ -57,6 +57,27 @@ _ARRAYS_NAME = "reference.npz"
 _META_NAME = "reference.json"
 
 
+# tf_slim's own expectations (tf_slim/nets/inception_v2_test.py,
+# testBuildAndCheckAllEndPointsUptoMixed5c), without the batch dimension.
+END_POINT_SHAPES_224 = {
+    "Conv2d_1a_7x7": (112, 112, 64),
+    "MaxPool_2a_3x3": (56, 56, 64),
+    "Conv2d_2b_1x1": (56, 56, 64),
+    "Conv2d_2c_3x3": (56, 56, 192),
+    "MaxPool_3a_3x3": (28, 28, 192),
+    "Mixed_3b": (28, 28, 256),
+    "Mixed_3c": (28, 28, 320),
+    "Mixed_4a": (14, 14, 576),
+    "Mixed_4b": (14, 14, 576),
+    "Mixed_4c": (14, 14, 576),
+    "Mixed_4d": (14, 14, 576),
+    "Mixed_4e": (14, 14, 576),
+    "Mixed_5a": (7, 7, 1024),
+    "Mixed_5b": (7, 7, 1024),
+    "Mixed_5c": (7, 7, 1024),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class SlimReference:
     """A random tf_slim ``inception_v2`` checkpoint and its inference-mode outputs.
