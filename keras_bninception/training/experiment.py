@@ -93,37 +93,29 @@ def run(config: TrainConfig) -> dict:
         replicas,
     )
 
+    def _dataset(context: tf.distribute.InputContext, split: str, **kwargs) -> tf.data.Dataset:
+        return data.build_dataset(
+            config.dataset,
+            split,
+            image_size=config.image_size,
+            batch_size=context.get_per_replica_batch_size(config.batch_size),
+            seed=config.seed,
+            deterministic=config.deterministic,
+            data_dir=config.data_dir,
+            manual_dir=config.manual_dir,
+            input_context=context,
+            **kwargs,
+        )
+
     def train_dataset(context: tf.distribute.InputContext, start_step: int) -> tf.data.Dataset:
         # A pipeline feeds num_replicas / num_pipelines replicas, one per-replica batch each per
         # step: the data position of step `start_step` is that many batches per step further.
         batches_per_step = context.num_replicas_in_sync // context.num_input_pipelines
-        return data.build_dataset(
-            config.dataset,
-            info.train_split,
-            image_size=config.image_size,
-            batch_size=context.get_per_replica_batch_size(config.batch_size),
-            training=True,
-            seed=config.seed,
-            deterministic=config.deterministic,
-            data_dir=config.data_dir,
-            manual_dir=config.manual_dir,
-            input_context=context,
-            start_step=start_step * batches_per_step,
-        )
+        return _dataset(context, info.train_split, training=True,
+                        start_step=start_step * batches_per_step)
 
     def eval_dataset(context: tf.distribute.InputContext) -> tf.data.Dataset:
-        return data.build_dataset(
-            config.dataset,
-            info.eval_split,
-            image_size=config.image_size,
-            batch_size=context.get_per_replica_batch_size(config.batch_size),
-            training=False,
-            seed=config.seed,
-            deterministic=config.deterministic,
-            data_dir=config.data_dir,
-            manual_dir=config.manual_dir,
-            input_context=context,
-        )
+        return _dataset(context, info.eval_split, training=False)
 
     def optimizer_fn() -> keras.optimizers.Optimizer:
         schedule = learning_rate_schedule(
