@@ -151,7 +151,7 @@ def _grad_input(dy, x, w, mean, inv_std, gamma, dbeta, dgamma, count):
 
 
 def _cross_replica_sum(*values: tf.Tensor) -> list[tf.Tensor]:
-    """Sums per-feature vectors over all replicas in one all-reduce (NCCL batches nothing else)."""
+    """Sums per-feature vectors over all replicas, all of them in a single all-reduce."""
     ctx = tf.distribute.get_replica_context()
     if ctx is None or ctx.num_replicas_in_sync == 1:
         return list(values)
