@@ -132,6 +132,21 @@ def _fits_in_memory(num_bytes: int) -> bool:
     return 0 < num_bytes <= IN_MEMORY_MAX_BYTES
 
 
+def _encoded_in_memory(examples: tf.data.Dataset) -> InMemorySplit:
+    """Reads (encoded image, label, file name) examples into memory, images still encoded."""
+    images, labels, names = [], [], []
+    for image, label, name in examples.batch(1024).as_numpy_iterator():
+        images.extend(image)
+        labels.extend(label)
+        names.extend(n.decode() for n in name)
+    return InMemorySplit(
+        images=np.array(images, dtype=object),
+        labels=np.array(labels, dtype=np.int32),
+        encoded=True,
+        filenames=np.array(names, dtype=object),
+    )
+
+
 def check_image_bytes(images: list[bytes], filenames: list[str]) -> None:
     """Decodes every image with PIL; raises `DataError` naming the first file that fails."""
     from PIL import Image
@@ -269,23 +284,14 @@ class FolderSource(Source):
     def load(self, split: str) -> Split:
         self.check_split(split)
         if _fits_in_memory(_folder_bytes(os.path.join(self._root, split))):
-            images, labels, names = [], [], []
             try:
-                for image, label, name in self._read(split).batch(256).as_numpy_iterator():
-                    images.extend(image)
-                    labels.extend(label)
-                    names.extend(n.decode() for n in name)
+                loaded = _encoded_in_memory(self._read(split))
             except tf.errors.OpError as error:
                 raise DataError(
                     f"image folder {self._root} is unreadable: {_first_line(error)}"
                 ) from error
-            check_image_bytes(images, names)
-            return InMemorySplit(
-                images=np.array(images, dtype=object),
-                labels=np.array(labels, dtype=np.int32),
-                encoded=True,
-                filenames=np.array(names, dtype=object),
-            )
+            check_image_bytes(list(loaded.images), list(loaded.filenames))
+            return loaded
 
         def make(shuffle_files: bool, seed: int, num_pipelines: int, pipeline_id: int):
             del shuffle_files, seed  # the pipeline shuffles with a seeded buffer
@@ -431,17 +437,7 @@ class TfdsSource(Source):
         known = self._builder.info.splits
         num_bytes = int(known[split].num_bytes) if split in known else 0
         if _fits_in_memory(num_bytes):
-            images, labels, names = [], [], []
-            for image, label, name in self._read(split, False, 0).batch(1024).as_numpy_iterator():
-                images.extend(image)
-                labels.extend(label)
-                names.extend(n.decode() for n in name)
-            return InMemorySplit(
-                images=np.array(images, dtype=object),
-                labels=np.array(labels, dtype=np.int32),
-                encoded=True,
-                filenames=np.array(names, dtype=object),
-            )
+            return _encoded_in_memory(self._read(split, False, 0))
 
         def make(shuffle_files: bool, seed: int, num_pipelines: int, pipeline_id: int):
             subsplit = split
