@@ -55,8 +55,11 @@ def _passes(step, x: tf.Tensor) -> int:
         return t.shape.is_fully_defined() and t.shape.num_elements() == size
 
     ignored = {"Placeholder", "Const", "Identity", "IdentityN", "Reshape", "NoOp"}
-    return sum(sum(map(full, op.inputs)) + sum(map(full, op.outputs))
-               for op in graph.get_operations() if op.type not in ignored)
+    return sum(
+        sum(map(full, op.inputs)) + sum(map(full, op.outputs))
+        for op in graph.get_operations()
+        if op.type not in ignored
+    )
 
 
 def _copy_bandwidth(nbytes: int, repeats: int) -> float:
@@ -78,10 +81,21 @@ def main() -> None:
     if args.repeats < 10:
         parser.error("--repeats must be at least 10")
     rng = np.random.default_rng(0)
-    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPU cores, "
-          f"median of {args.repeats} interleaved runs, forward + backward, float32")
-    header = ("shape", "keras ms", "ours ms", "speed-up", "keras passes", "ours passes",
-              "keras GB/s", "ours GB/s", "copy GB/s")
+    print(
+        f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPU cores, "
+        f"median of {args.repeats} interleaved runs, forward + backward, float32"
+    )
+    header = (
+        "shape",
+        "keras ms",
+        "ours ms",
+        "speed-up",
+        "keras passes",
+        "ours passes",
+        "keras GB/s",
+        "ours GB/s",
+        "copy GB/s",
+    )
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for hwc in SHAPES:
@@ -105,11 +119,17 @@ def main() -> None:
         passes = {name: _passes(step, x) for name, step in steps.items()}
         nbytes = x.shape.num_elements() * 4
         copy = _copy_bandwidth(nbytes, args.repeats)
-        row = ["×".join(map(str, shape)), f"{median['keras'] * 1e3:.1f}",
-               f"{median['ours'] * 1e3:.1f}", f"{median['keras'] / median['ours']:.2f}×",
-               str(passes["keras"]), str(passes["ours"]),
-               f"{passes['keras'] * nbytes / median['keras'] / 1e9:.1f}",
-               f"{passes['ours'] * nbytes / median['ours'] / 1e9:.1f}", f"{copy / 1e9:.1f}"]
+        row = [
+            "×".join(map(str, shape)),
+            f"{median['keras'] * 1e3:.1f}",
+            f"{median['ours'] * 1e3:.1f}",
+            f"{median['keras'] / median['ours']:.2f}×",
+            str(passes["keras"]),
+            str(passes["ours"]),
+            f"{passes['keras'] * nbytes / median['keras'] / 1e9:.1f}",
+            f"{passes['ours'] * nbytes / median['ours'] / 1e9:.1f}",
+            f"{copy / 1e9:.1f}",
+        ]
         print("| " + " | ".join(row) + " |", flush=True)
 
 

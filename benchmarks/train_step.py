@@ -57,14 +57,26 @@ def _train_step(model: keras.Model):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="+", default=["32x64", "64x64", "224x8"],
-                        help="SIZExBATCH pairs, e.g. 224x8")
+    parser.add_argument(
+        "--sizes",
+        nargs="+",
+        default=["32x64", "64x64", "224x8"],
+        help="SIZExBATCH pairs, e.g. 224x8",
+    )
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
-    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPU cores; "
-          f"median of {args.repeats} interleaved training steps, float32, 10 classes")
-    header = ("input × batch", "keras ms/step", "ours ms/step", "speed-up",
-              "keras first step s", "ours first step s")
+    print(
+        f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPU cores; "
+        f"median of {args.repeats} interleaved training steps, float32, 10 classes"
+    )
+    header = (
+        "input × batch",
+        "keras ms/step",
+        "ours ms/step",
+        "speed-up",
+        "keras first step s",
+        "ours first step s",
+    )
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for spec in args.sizes:
@@ -74,8 +86,12 @@ def main() -> None:
         steps, first = {}, {}
         for name, cls in (("ours", None), ("keras", keras.layers.BatchNormalization)):
             with _bn_layer(cls or blocks.BatchNormalization):
-                model = BNInception(weights=None, classes=10, input_shape=(size, size, 3),
-                                    classifier_activation=None)
+                model = BNInception(
+                    weights=None,
+                    classes=10,
+                    input_shape=(size, size, 3),
+                    classifier_activation=None,
+                )
             steps[name] = _train_step(model)
             t0 = time.perf_counter()
             steps[name](images, labels).numpy()
@@ -87,9 +103,14 @@ def main() -> None:
                 step(images, labels).numpy()
                 times[name].append(time.perf_counter() - t0)
         median = {name: statistics.median(t) for name, t in times.items()}
-        row = [f"{size}×{size} × {batch}", f"{median['keras'] * 1e3:.0f}",
-               f"{median['ours'] * 1e3:.0f}", f"{median['keras'] / median['ours']:.2f}×",
-               f"{first['keras']:.1f}", f"{first['ours']:.1f}"]
+        row = [
+            f"{size}×{size} × {batch}",
+            f"{median['keras'] * 1e3:.0f}",
+            f"{median['ours'] * 1e3:.0f}",
+            f"{median['keras'] / median['ours']:.2f}×",
+            f"{first['keras']:.1f}",
+            f"{first['ours']:.1f}",
+        ]
         print("| " + " | ".join(row) + " |", flush=True)
 
 

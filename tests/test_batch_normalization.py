@@ -91,12 +91,16 @@ def test_gradient_equals_autodiff_of_textbook_formula(shape, axis):
     with tf.GradientTape(persistent=True) as tape:
         tape.watch([x, gamma, beta])
         y_hand = batch_norm_transform.batch_norm_train(
-            x, gamma, beta, axis=axis % len(shape), epsilon=1e-3)[0]
+            x, gamma, beta, axis=axis % len(shape), epsilon=1e-3
+        )[0]
         y_auto = _textbook(x, gamma, beta, axis, 1e-3)
         loss_hand, loss_auto = _loss(y_hand), _loss(y_auto)
     np.testing.assert_allclose(y_hand, y_auto, atol=1e-5)
-    for a, b in zip(tape.gradient(loss_hand, [x, gamma, beta]),
-                    tape.gradient(loss_auto, [x, gamma, beta]), strict=True):
+    for a, b in zip(
+        tape.gradient(loss_hand, [x, gamma, beta]),
+        tape.gradient(loss_auto, [x, gamma, beta]),
+        strict=True,
+    ):
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
@@ -133,7 +137,8 @@ def test_spec_identities_and_identity_recovery():
     x = _random([64, 3], mean=5.0, std=2.0, seed=13)
     eps = 1e-3
     y, mean, var, count = batch_norm_transform.batch_norm_train(
-        x, tf.ones([3]), tf.zeros([3]), axis=1, epsilon=eps)
+        x, tf.ones([3]), tf.zeros([3]), axis=1, epsilon=eps
+    )
     assert float(count) == 64
     x_hat = y.numpy().astype("float64")
     np.testing.assert_allclose(x_hat.sum(0), 0.0, atol=1e-4)  # Σ x̂_i = 0
@@ -142,8 +147,9 @@ def test_spec_identities_and_identity_recovery():
     np.testing.assert_allclose(mean, x.numpy().mean(0), rtol=1e-5)
     np.testing.assert_allclose(var, x.numpy().astype("float64").var(0), rtol=1e-5)
     # γ = sqrt(σ²_B + ε), β = μ_B recovers the identity y = x.
-    y_id = batch_norm_transform.batch_norm_train(
-        x, tf.sqrt(var + eps), mean, axis=1, epsilon=eps)[0]
+    y_id = batch_norm_transform.batch_norm_train(x, tf.sqrt(var + eps), mean, axis=1, epsilon=eps)[
+        0
+    ]
     np.testing.assert_allclose(y_id, x, rtol=1e-5, atol=1e-5)
 
 
@@ -151,7 +157,8 @@ def test_large_mean_keeps_variance_precision():
     # Mean 1e4, std 1: E[x²] − E[x]² would lose every digit of σ² in float32 (ulp(1e8) = 8).
     x = _random([4, 8, 8, 2], mean=1e4, std=1.0, seed=14)
     _, mean, var, _ = batch_norm_transform.batch_norm_train(
-        x, tf.ones([2]), tf.zeros([2]), axis=3, epsilon=1e-3)
+        x, tf.ones([2]), tf.zeros([2]), axis=3, epsilon=1e-3
+    )
     x64 = x.numpy().astype("float64").reshape(-1, 2)
     np.testing.assert_allclose(mean, x64.mean(0), rtol=1e-7)
     np.testing.assert_allclose(var, x64.var(0), rtol=1e-4)
@@ -211,8 +218,9 @@ def test_mask_statistics_and_gradient():
     x = _random([3, 7, 4], mean=1.0, std=2.0, seed=20)
     mask = tf.constant(np.random.default_rng(21).random([3, 7]) > 0.4)
     ours, ref = _paired_layers(x.shape, -1, momentum=0.0)
-    np.testing.assert_allclose(ours(x, training=True, mask=mask),
-                               ref(x, training=True, mask=mask), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(
+        ours(x, training=True, mask=mask), ref(x, training=True, mask=mask), atol=1e-4, rtol=1e-4
+    )
     kept = x.numpy()[mask.numpy()].astype("float64")
     np.testing.assert_allclose(ours.moving_mean, kept.mean(0), rtol=1e-5)
     np.testing.assert_allclose(ours.moving_variance, kept.var(0), rtol=1e-4)
@@ -222,8 +230,9 @@ def test_mask_statistics_and_gradient():
     beta = _random([4], seed=23, dtype="float64")
 
     def f(x, gamma, beta):
-        y = batch_norm_transform.batch_norm_train(x, gamma, beta, axis=2, epsilon=1e-3,
-                                                  mask=mask)[0]
+        y = batch_norm_transform.batch_norm_train(x, gamma, beta, axis=2, epsilon=1e-3, mask=mask)[
+            0
+        ]
         return tf.sin(y) * y
 
     theoretical, numerical = tf.test.compute_gradient(f, [x64, gamma, beta], delta=1e-6)
@@ -232,9 +241,12 @@ def test_mask_statistics_and_gradient():
 
 
 def test_regularizers_constraints_and_initializers():
-    layer = BatchNormalization(gamma_regularizer=keras.regularizers.L2(0.5),
-                               beta_regularizer="l1", gamma_initializer="random_uniform",
-                               beta_constraint="non_neg")
+    layer = BatchNormalization(
+        gamma_regularizer=keras.regularizers.L2(0.5),
+        beta_regularizer="l1",
+        gamma_initializer="random_uniform",
+        beta_constraint="non_neg",
+    )
     layer.build((None, 3))
     assert len(layer.losses) == 2
     expected = 0.5 * np.sum(layer.gamma.numpy() ** 2) + 0.01 * np.sum(np.abs(layer.beta.numpy()))
@@ -302,6 +314,7 @@ def test_runs_under_tf_function_and_xla(jit_compile):
                 tape.watch(x)
                 loss = _loss(layer(x, training=True))
             return loss, tape.gradient(loss, [x, *layer.trainable_weights])
+
         return run(x)
 
     (loss_a, grads_a), (loss_b, grads_b) = step(ours), step(ref)
@@ -331,7 +344,8 @@ def test_synchronized_mirrored_strategy_equals_one_device_on_global_batch(logica
     synced.set_weights(initial_weights)
     half = global_batch // 2
     shards = strategy.experimental_distribute_values_from_function(
-        lambda ctx: x[ctx.replica_id_in_sync_group * half:][:half])
+        lambda ctx: x[ctx.replica_id_in_sync_group * half :][:half]
+    )
 
     @tf.function
     def replica_step(x_local):
@@ -348,8 +362,10 @@ def test_synchronized_mirrored_strategy_equals_one_device_on_global_batch(logica
     # Per-replica ∂ℓ/∂γ, ∂ℓ/∂β add up (the optimizer's all-reduce) to the one-device gradient.
     np.testing.assert_allclose(tf.add_n(local(dgamma)), dparams_single[0], atol=1e-4)
     np.testing.assert_allclose(tf.add_n(local(dbeta)), dparams_single[1], atol=1e-4)
-    for variable, expected in ((synced.moving_mean, single.moving_mean),
-                               (synced.moving_variance, single.moving_variance)):
+    for variable, expected in (
+        (synced.moving_mean, single.moving_mean),
+        (synced.moving_variance, single.moving_variance),
+    ):
         replicas = [v.numpy() for v in strategy.experimental_local_results(variable.value)]
         assert len(replicas) == 2
         np.testing.assert_allclose(replicas[0], expected, atol=1e-5)
@@ -385,12 +401,16 @@ def test_inference_folds_into_the_convolution_for_tflite():
     inputs = keras.Input((12, 12, 3))
     h = keras.layers.Conv2D(8, 3, use_bias=False)(inputs)
     positive = keras.initializers.RandomUniform(0.5, 2.0)
-    h = BatchNormalization(gamma_initializer="random_normal", beta_initializer="random_normal",
-                           moving_mean_initializer="random_normal",
-                           moving_variance_initializer=positive)(h)
+    h = BatchNormalization(
+        gamma_initializer="random_normal",
+        beta_initializer="random_normal",
+        moving_mean_initializer="random_normal",
+        moving_variance_initializer=positive,
+    )(h)
     model = keras.Model(inputs, keras.layers.ReLU()(h))
     interpreter = tf.lite.Interpreter(
-        model_content=tf.lite.TFLiteConverter.from_keras_model(model).convert())
+        model_content=tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    )
     assert [op["op_name"] for op in interpreter._get_ops_details()] == ["CONV_2D"]
     interpreter.allocate_tensors()
     x = _random([1, 12, 12, 3], seed=31)

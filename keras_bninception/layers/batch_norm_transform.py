@@ -229,11 +229,15 @@ def batch_norm_train(
         gradient: they feed the moving averages); m is the number of values per feature.
     """
     if not 0 <= axis < x.shape.rank:
-        raise ValueError(f"axis must be in [0, {x.shape.rank}) for a rank-{x.shape.rank} input; "
-                         f"received axis={axis}")
+        raise ValueError(
+            f"axis must be in [0, {x.shape.rank}) for a rank-{x.shape.rank} input; "
+            f"received axis={axis}"
+        )
     if mask is not None and axis != x.shape.rank - 1:
-        raise ValueError("A mask needs the feature axis to be the last one (axis=-1); "
-                         f"received axis={axis} for a rank-{x.shape.rank} input")
+        raise ValueError(
+            "A mask needs the feature axis to be the last one (axis=-1); "
+            f"received axis={axis} for a rank-{x.shape.rank} input"
+        )
     stats_dtype = gamma.dtype
     x_view = _view(x, axis)
     w_view = None if mask is None else tf.reshape(tf.cast(mask, stats_dtype), [-1, 1])
@@ -243,15 +247,16 @@ def batch_norm_train(
     def transform(x_view, gamma, beta):
         if synchronized:
             y, mean, variance, inv_std, count = _forward(
-                x_view, w_view, gamma, beta, epsilon, _cross_replica_sum)
+                x_view, w_view, gamma, beta, epsilon, _cross_replica_sum
+            )
         else:
-            y, mean, variance, inv_std, count = _forward_fused(
-                x_view, w_view, gamma, beta, epsilon)
+            y, mean, variance, inv_std, count = _forward_fused(x_view, w_view, gamma, beta, epsilon)
 
         def backward(dy, *unused_statistics_grads):
             if synchronized:
-                return _backward(dy, x_view, w_view, mean, inv_std, gamma, count,
-                                 _cross_replica_sum)
+                return _backward(
+                    dy, x_view, w_view, mean, inv_std, gamma, count, _cross_replica_sum
+                )
             return _backward_fused(dy, x_view, w_view, mean, inv_std, gamma, count)
 
         return (y, mean, variance, count), backward

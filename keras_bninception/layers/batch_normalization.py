@@ -87,48 +87,74 @@ class BatchNormalization(keras.layers.BatchNormalization):
         **kwargs: Any,
     ) -> None:
         if isinstance(axis, bool) or not isinstance(axis, int):
-            raise ValueError(f"axis must be an int (the feature axis, negative counts from the "
-                             f"end); received axis={axis!r}")
+            raise ValueError(
+                f"axis must be an int (the feature axis, negative counts from the "
+                f"end); received axis={axis!r}"
+            )
         if not isinstance(momentum, (int, float)) or not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must be a float in [0, 1]; received momentum={momentum!r}")
         if not isinstance(epsilon, (int, float)) or not epsilon > 0.0:
-            raise ValueError(f"epsilon must be a float > 0 (it keeps 1/sqrt(σ²_B + ε) finite); "
-                             f"received epsilon={epsilon!r}")
+            raise ValueError(
+                f"epsilon must be a float > 0 (it keeps 1/sqrt(σ²_B + ε) finite); "
+                f"received epsilon={epsilon!r}"
+            )
         if renorm:
-            raise ValueError("renorm=True (Batch Renormalization) is not supported by "
-                             "keras_bninception's BatchNormalization; accepted: renorm=False. Use "
-                             "keras.layers.BatchNormalization(renorm=True) for it.")
-        for name, value in (("beta_initializer", beta_initializer),
-                            ("gamma_initializer", gamma_initializer),
-                            ("moving_mean_initializer", moving_mean_initializer),
-                            ("moving_variance_initializer", moving_variance_initializer)):
+            raise ValueError(
+                "renorm=True (Batch Renormalization) is not supported by "
+                "keras_bninception's BatchNormalization; accepted: renorm=False. Use "
+                "keras.layers.BatchNormalization(renorm=True) for it."
+            )
+        for name, value in (
+            ("beta_initializer", beta_initializer),
+            ("gamma_initializer", gamma_initializer),
+            ("moving_mean_initializer", moving_mean_initializer),
+            ("moving_variance_initializer", moving_variance_initializer),
+        ):
             _checked("initializers", keras.initializers.get, name, value)
-        for name, value in (("beta_regularizer", beta_regularizer),
-                            ("gamma_regularizer", gamma_regularizer)):
+        for name, value in (
+            ("beta_regularizer", beta_regularizer),
+            ("gamma_regularizer", gamma_regularizer),
+        ):
             _checked("regularizers", keras.regularizers.get, name, value)
-        for name, value in (("beta_constraint", beta_constraint),
-                            ("gamma_constraint", gamma_constraint)):
+        for name, value in (
+            ("beta_constraint", beta_constraint),
+            ("gamma_constraint", gamma_constraint),
+        ):
             _checked("constraints", keras.constraints.get, name, value)
         super().__init__(
-            axis=axis, momentum=momentum, epsilon=epsilon, center=center, scale=scale,
-            beta_initializer=beta_initializer, gamma_initializer=gamma_initializer,
+            axis=axis,
+            momentum=momentum,
+            epsilon=epsilon,
+            center=center,
+            scale=scale,
+            beta_initializer=beta_initializer,
+            gamma_initializer=gamma_initializer,
             moving_mean_initializer=moving_mean_initializer,
             moving_variance_initializer=moving_variance_initializer,
-            beta_regularizer=beta_regularizer, gamma_regularizer=gamma_regularizer,
-            beta_constraint=beta_constraint, gamma_constraint=gamma_constraint,
-            renorm=False, renorm_clipping=renorm_clipping, renorm_momentum=renorm_momentum,
-            synchronized=synchronized, **kwargs,
+            beta_regularizer=beta_regularizer,
+            gamma_regularizer=gamma_regularizer,
+            beta_constraint=beta_constraint,
+            gamma_constraint=gamma_constraint,
+            renorm=False,
+            renorm_clipping=renorm_clipping,
+            renorm_momentum=renorm_momentum,
+            synchronized=synchronized,
+            **kwargs,
         )
         self.population_variance = bool(population_variance)
 
     def build(self, input_shape) -> None:
         rank = len(input_shape)
         if not -rank <= self.axis < rank:
-            raise ValueError(f"axis={self.axis} is out of range for inputs of rank {rank} (shape "
-                             f"{tuple(input_shape)}); accepted: an int in [{-rank}, {rank - 1}]")
+            raise ValueError(
+                f"axis={self.axis} is out of range for inputs of rank {rank} (shape "
+                f"{tuple(input_shape)}); accepted: an int in [{-rank}, {rank - 1}]"
+            )
         if input_shape[self.axis] is None:
-            raise ValueError(f"The feature axis {self.axis} of the input must have a known size; "
-                             f"received input shape {tuple(input_shape)}")
+            raise ValueError(
+                f"The feature axis {self.axis} of the input must have a known size; "
+                f"received input shape {tuple(input_shape)}"
+            )
         super().build(input_shape)
 
     def _feature_shape(self, rank: int) -> list[int]:
@@ -140,20 +166,26 @@ class BatchNormalization(keras.layers.BatchNormalization):
         rank = len(inputs.shape)
         axis = self.axis % rank
         if mask is not None and len(mask.shape) != rank - 1:
-            raise ValueError("The mask provided should be one dimension less than the inputs. "
-                             f"Received: mask.shape={mask.shape}, inputs.shape={inputs.shape}")
+            raise ValueError(
+                "The mask provided should be one dimension less than the inputs. "
+                f"Received: mask.shape={mask.shape}, inputs.shape={inputs.shape}"
+            )
         # Statistics in float32 at least (float16/bfloat16 inputs overflow), as Keras does.
         stats_dtype = keras.backend.result_type(inputs.dtype, "float32")
         channels = inputs.shape[axis]
-        gamma = (tf.cast(self.gamma, stats_dtype) if self.scale
-                 else tf.ones([channels], stats_dtype))
-        beta = (tf.cast(self.beta, stats_dtype) if self.center
-                else tf.zeros([channels], stats_dtype))
+        gamma = tf.cast(self.gamma, stats_dtype) if self.scale else tf.ones([channels], stats_dtype)
+        beta = tf.cast(self.beta, stats_dtype) if self.center else tf.zeros([channels], stats_dtype)
 
         if training and self.trainable:
             outputs, mean, variance, count = batch_norm_train(
-                inputs, gamma, beta, axis=axis, epsilon=self.epsilon, mask=mask,
-                synchronized=self.synchronized)
+                inputs,
+                gamma,
+                beta,
+                axis=axis,
+                epsilon=self.epsilon,
+                mask=mask,
+                synchronized=self.synchronized,
+            )
             if self.population_variance:  # Algorithm 2, line 10: Var[x] = m/(m−1) · E_B[σ²_B]
                 variance = variance * count / tf.maximum(count - 1.0, 1.0)
             momentum = self.momentum
@@ -167,8 +199,9 @@ class BatchNormalization(keras.layers.BatchNormalization):
         multiplier = gamma * tf.math.rsqrt(variance + self.epsilon)
         offset = beta - mean * multiplier
         feature_shape = self._feature_shape(rank)
-        outputs = (tf.cast(inputs, stats_dtype) * tf.reshape(multiplier, feature_shape)
-                   + tf.reshape(offset, feature_shape))
+        outputs = tf.cast(inputs, stats_dtype) * tf.reshape(multiplier, feature_shape) + tf.reshape(
+            offset, feature_shape
+        )
         return tf.cast(outputs, self.compute_dtype)
 
     def get_config(self) -> dict[str, Any]:

@@ -111,8 +111,9 @@ def run(config: TrainConfig) -> dict:
         # A pipeline feeds num_replicas / num_pipelines replicas, one per-replica batch each per
         # step: the data position of step `start_step` is that many batches per step further.
         batches_per_step = context.num_replicas_in_sync // context.num_input_pipelines
-        return _dataset(context, info.train_split, training=True,
-                        start_step=start_step * batches_per_step)
+        return _dataset(
+            context, info.train_split, training=True, start_step=start_step * batches_per_step
+        )
 
     def eval_dataset(context: tf.distribute.InputContext) -> tf.data.Dataset:
         return _dataset(context, info.eval_split, training=False)
