@@ -122,3 +122,25 @@ def test_mismatched_checkpoints_are_rejected(ref224):
     # Nothing was assigned.
     for w, value in zip(model.weights, before, strict=True):
         np.testing.assert_array_equal(w.numpy(), value)
+
+
+def test_v1_checkpoint_file_loads(tmp_path):
+    # The published inception_v2.ckpt is a V1 checkpoint: one file, no .index.
+    ref = tf_slim_reference.build_checkpoint(
+        tmp_path, image_size=32, batch_size=2, depth_multiplier=0.25, seed=5, write_version="V1"
+    )
+    assert os.path.isfile(ref.checkpoint)
+    assert not os.path.exists(ref.checkpoint + ".index")
+    model = BNInception(
+        weights=ref.checkpoint,
+        classes=1001,
+        classifier_activation=None,
+        input_shape=(32, 32, 3),
+        depth_multiplier=0.25,
+    )
+    assert relative_error(model(ref.images, training=False), ref.logits) < 1e-4
+    # A file that is neither a checkpoint nor Keras weights is still rejected clearly.
+    junk = tmp_path / "not_a_checkpoint.ckpt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="received weights="):
+        BNInception(weights=str(junk), classes=1001)

@@ -158,6 +158,7 @@ def build_checkpoint(
     seed: int = 0,
     depth_multiplier: float = 1.0,
     return_end_points: bool = False,
+    write_version: str = "V2",
 ) -> SlimReference:
     """Builds tf_slim's inception_v2 with random weights, saves a checkpoint, runs it.
 
@@ -170,6 +171,8 @@ def build_checkpoint(
         seed: seeds the variable values and the input.
         depth_multiplier: tf_slim's width multiplier (``min_depth`` stays 16).
         return_end_points: also return every end point's value on the input.
+        write_version: "V2" (a prefix with ``.index`` and ``.data-*`` files) or "V1" (one file,
+            the format of the published ``inception_v2.ckpt``).
 
     Returns:
         A ``SlimReference``.
@@ -206,7 +209,9 @@ def build_checkpoint(
         }
         feeds = {v.op.name: tf.compat.v1.placeholder(tf.float32, v.shape) for v in variables}
         assign = tf.group(*[v.assign(feeds[v.op.name]) for v in variables])
-        saver = tf.compat.v1.train.Saver(var_list=variables)
+        saver = tf.compat.v1.train.Saver(
+            var_list=variables, write_version=getattr(tf.compat.v1.train.SaverDef, write_version)
+        )
         with tf.compat.v1.Session(graph=graph) as session:
             session.run(assign, {feeds[name]: values[name] for name in values})
             checkpoint = saver.save(session, prefix, write_meta_graph=False)

@@ -31,16 +31,17 @@ def _weights_kind(weights: Any) -> tuple[str | None, str | None]:
             'pass its path: BNInception(weights="inception_v2.ckpt", classes=1001).'
         )
     if isinstance(weights, str | os.PathLike):
+        path = os.fspath(weights)
+        if path.endswith(_KERAS_WEIGHTS_SUFFIXES) and os.path.isfile(path):
+            return "keras", path
         prefix = tf_slim_checkpoint.checkpoint_prefix(weights)
         if prefix is not None:
             return "tf_slim", prefix
-        path = os.fspath(weights)
-        if os.path.isfile(path) and path.endswith(_KERAS_WEIGHTS_SUFFIXES):
-            return "keras", path
     raise ValueError(
         "The `weights` argument should be either `None` (random initialization), the path to a "
-        "Keras weights file (.weights.h5 or .keras) or the path (prefix) of a TF-slim "
-        f"inception_v2 checkpoint (the prefix of its .index file); received weights={weights!r}"
+        "Keras weights file (.weights.h5 or .keras) or the path of a TF-slim inception_v2 "
+        "checkpoint (a V1 checkpoint file such as the published inception_v2.ckpt, or a V2 prefix, "
+        f"the prefix of its .index file); received weights={weights!r}"
     )
 
 
@@ -129,9 +130,10 @@ def BNInception(
     Args:
         include_top: whether to include the classifier (global average pool + Dense).
         weights: `None` (random initialization), the path to a Keras weights file
-            (`.weights.h5` / `.keras`), or the path (prefix) of a TF-slim `inception_v2`
-            checkpoint. A TF-slim checkpoint implies `slim_compatible=True`. `"imagenet"` raises
-            a ValueError that explains where to get the checkpoint.
+            (`.weights.h5` / `.keras`), or the path of a TF-slim `inception_v2` checkpoint (a
+            V1 checkpoint file such as the published `inception_v2.ckpt`, or a V2 prefix). A
+            TF-slim checkpoint implies `slim_compatible=True`. `"imagenet"` raises a ValueError
+            that explains where to get the checkpoint.
         input_tensor: optional Keras tensor (output of `keras.Input()`) to use as image input.
         input_shape: optional shape tuple, e.g. `(224, 224, 3)`; height and width at least 32 or
             `None`; 3 channels when loading weights. Defaults to `(224, 224, 3)` with

@@ -2,8 +2,9 @@
 
 The published checkpoint is ``inception_v2_2016_08_28.tar.gz`` from the TF-slim model zoo
 (https://github.com/tensorflow/models/tree/master/research/slim#pre-trained-models, file
-http://download.tensorflow.org/models/inception_v2_2016_08_28.tar.gz; it unpacks to
-``inception_v2.ckpt.index`` / ``.data-00000-of-00001``, whose prefix is ``inception_v2.ckpt``).
+http://download.tensorflow.org/models/inception_v2_2016_08_28.tar.gz). It unpacks to one file,
+``inception_v2.ckpt``: a V1 checkpoint (TF-slim's 2016 models were saved that way), not a V2
+prefix with ``.index`` / ``.data-*`` files. Both formats are read with ``tf.train.load_checkpoint``.
 """
 
 from __future__ import annotations
@@ -36,19 +37,31 @@ _MODEL_VARIABLE_LEAVES = frozenset(
 
 
 def checkpoint_prefix(path: str | os.PathLike[str]) -> str | None:
-    """The TF checkpoint prefix `path` designates, or None when it is not a TF checkpoint.
+    """The TF checkpoint `path` designates, or None when it is not a TF checkpoint.
 
-    Accepts the prefix itself (``.../inception_v2.ckpt``, detected by its ``.index`` file), the
-    ``.index`` file, or a directory holding a checkpoint (its latest one).
+    Accepts a V2 prefix (``.../model.ckpt``, detected by its ``.index`` file) or its ``.index``
+    file, a V1 checkpoint (one file, e.g. the published ``inception_v2.ckpt``), or a directory
+    holding a checkpoint (its latest one). Paths go through ``tf.io.gfile`` (``gs://`` works).
     """
     path = os.fspath(path)
     if path.endswith(".index"):
         path = path[: -len(".index")]
-    if os.path.isdir(path):
+    if tf.io.gfile.isdir(path):
         return tf.train.latest_checkpoint(path)
-    if os.path.isfile(path + ".index"):
+    if tf.io.gfile.exists(path + ".index"):
+        return path
+    if tf.io.gfile.exists(path) and _is_v1_checkpoint(path):
         return path
     return None
+
+
+def _is_v1_checkpoint(path: str) -> bool:
+    # A V1 checkpoint is a table of tensor slices; any other file fails to open as one.
+    try:
+        tf.train.load_checkpoint(path)
+    except (tf.errors.OpError, ValueError):
+        return False
+    return True
 
 
 def _model_variables(prefix: str) -> dict[str, tuple[int, ...]]:
