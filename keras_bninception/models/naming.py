@@ -30,6 +30,18 @@ _WEIGHT_NAMES = {
 _CONV_END_POINTS = frozenset(r.scope for r in STEM if r.kind != "max_pool")
 
 
+def tf_slim_scope(layer_name: str) -> str | None:
+    """tf_slim's scope of the Keras layer `layer_name`, without the "InceptionV2/" root.
+
+    ("Mixed_3b_Branch_1_Conv2d_0b_3x3_BatchNorm") -> "Mixed_3b/Branch_1/Conv2d_0b_3x3/BatchNorm";
+    None when the name is not made of tf_slim scope components.
+    """
+    parts = _COMPONENT.findall(layer_name)
+    if not parts or "_".join(parts) != layer_name:
+        return None
+    return "/".join(parts)
+
+
 def tf_slim_variable_name(layer_name: str, weight_name: str) -> str | None:
     """The tf_slim variable that holds Keras weight `weight_name` of layer `layer_name`.
 
