@@ -129,20 +129,6 @@ def layer_scope(layer: keras.layers.Layer) -> str:
 # 1. Resolving the source.
 
 
-def _tf_checkpoint_prefix(path: str) -> str | None:
-    """The TF checkpoint `path` designates (V2 prefix / .index / directory, or V1 file)."""
-    prefix = tf_slim_checkpoint.checkpoint_prefix(path)
-    if prefix is not None:
-        return prefix
-    if os.path.isfile(path):  # A V1 checkpoint is one file, with no .index next to it.
-        try:
-            tf.train.load_checkpoint(path)
-        except (tf.errors.OpError, ValueError):
-            return None
-        return path
-    return None
-
-
 def _is_tf_slim(prefix: str) -> bool:
     return any(name.startswith(_ROOT) for name, _ in tf.train.list_variables(prefix))
 
@@ -200,7 +186,7 @@ def resolve_init_source(path: str | os.PathLike[str]) -> InitSource:
         )
     path = os.path.expanduser(os.fspath(path))
     run_checkpoints = os.path.join(path, RUN_CHECKPOINTS)
-    if os.path.isdir(run_checkpoints):
+    if tf.io.gfile.isdir(run_checkpoints):
         prefix = tf.train.latest_checkpoint(run_checkpoints)
         if prefix is None:
             raise ValueError(
@@ -208,10 +194,10 @@ def resolve_init_source(path: str | os.PathLike[str]) -> InitSource:
                 "checkpoint yet; train that run first or pick another source"
             )
         return InitSource(RUN, prefix, _run_num_classes(prefix), model_dir=path)
-    if os.path.isfile(path) and path.endswith((".keras", ".weights.h5")):
+    if path.endswith((".keras", ".weights.h5")) and os.path.isfile(path):
         kind = KERAS_MODEL if path.endswith(".keras") else KERAS_WEIGHTS
         return InitSource(kind, path, _keras_file_num_classes(path))
-    prefix = _tf_checkpoint_prefix(path)
+    prefix = tf_slim_checkpoint.checkpoint_prefix(path)
     if prefix is not None and _is_tf_slim(prefix):
         return InitSource(TF_SLIM, prefix, tf_slim_checkpoint.checkpoint_num_classes(prefix))
     if prefix is not None:
@@ -219,7 +205,7 @@ def resolve_init_source(path: str | os.PathLike[str]) -> InitSource:
             f"`init_checkpoint` {path!r} is a TensorFlow checkpoint without tf_slim "
             f"inception_v2 variables ({naming.TF_SLIM_SCOPE}/...); it must be {_ACCEPTED}"
         )
-    what = "does not exist" if not os.path.exists(path) else "is not a checkpoint"
+    what = "does not exist" if not tf.io.gfile.exists(path) else "is not a checkpoint"
     raise ValueError(f"`init_checkpoint` {path!r} {what}; it must be {_ACCEPTED}")
 
 
