@@ -8,6 +8,11 @@ rebuilt with `start_step=step`, so a resumed run sees the batches it would have 
 `checkpoint` index file atomically, so a process killed in the middle of a save leaves the previous
 checkpoint as the latest valid one. Restarting the same command resumes from it.
 
+Files can still be damaged afterwards (a full disk, a copy cut short, a file system without atomic
+renames). `restore` therefore reads every tensor of a checkpoint (TF checks their CRC32C) before
+using it, and falls back from a damaged checkpoint to the next older one with a warning naming the
+damaged file; only when no checkpoint restores does it stop, with one error listing them.
+
 Under `MultiWorkerMirroredStrategy` every worker must take part in a save (saving may run
 collectives), but only the chief writes into `model_dir`; the others write into a private temporary
 directory that is deleted afterwards (the pattern of the TensorFlow multi-worker tutorial). All
@@ -17,10 +22,12 @@ workers restore from `model_dir`, which must therefore be on a file system they 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 
 import tensorflow as tf
+from absl import logging
 
 from keras_bninception.training.errors import TrainingError
 
@@ -54,23 +61,68 @@ class CheckpointHandler:
         """Path prefix of the newest complete checkpoint in `model_dir`, or None."""
         return tf.train.latest_checkpoint(self.directory)
 
+    def candidates(self) -> list[str]:
+        """Every checkpoint prefix of `model_dir`, newest (highest number) first.
+
+        Those of the `checkpoint` index file and every `ckpt-N.index` on disk: a damaged or
+        missing index file does not hide the checkpoints beside it.
+        """
+        prefixes = set()
+        try:
+            state = tf.train.get_checkpoint_state(self.directory)
+        except (tf.errors.OpError, ValueError) as e:  # an unparsable `checkpoint` file
+            logging.warning("Ignoring the unreadable %s (%s).", self._state_file, _first_line(e))
+            state = None
+        if state is not None:
+            prefixes.update(state.all_model_checkpoint_paths)
+        for index in tf.io.gfile.glob(os.path.join(self.directory, "ckpt-*.index")):
+            prefixes.add(index[: -len(".index")])
+        return sorted(prefixes, key=_checkpoint_number, reverse=True)
+
+    @property
+    def _state_file(self) -> str:
+        return os.path.join(self.directory, "checkpoint")
+
     def restore(self) -> str | None:
-        """Restores the newest checkpoint of `model_dir`, if any; returns its path.
+        """Restores the newest intact checkpoint of `model_dir`, if any; returns its path.
 
         Every object passed to the constructor must already have its variables (build the model
-        and the optimizer first) so that the restore is immediate, not deferred.
+        and the optimizer first) so that the restore is immediate, not deferred. A damaged
+        checkpoint (missing, truncated or corrupt file) is skipped with a warning naming the file.
+
+        Raises:
+            TrainingError: checkpoints exist but none is intact, or the newest intact one does not
+                match the model / optimizer.
         """
-        path = self.latest
-        if path is not None:
+        damaged = []
+        for path in self.candidates():
+            damage = checkpoint_damage(path)
+            if damage is not None:
+                logging.warning("Skipping the damaged checkpoint %s: %s.", path, damage)
+                damaged.append(f"{os.path.basename(path)}: {damage}")
+                continue
             try:
                 self.checkpoint.restore(path).assert_existing_objects_matched()
             except (AssertionError, ValueError, tf.errors.OpError) as e:
-                first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise TrainingError(
-                    f"The checkpoint {path} does not match this model / optimizer ({first_line}); "
-                    "rerun with the options it was trained with, or use another --model_dir."
+                    f"The checkpoint {path} does not match this model / optimizer "
+                    f"({_first_line(e)}); rerun with the options it was trained with, or use "
+                    "another --model_dir."
                 ) from e
-        return path
+            if damaged:
+                logging.warning(
+                    "Resuming from the older checkpoint %s; skipped the damaged: %s.",
+                    path,
+                    "; ".join(damaged),
+                )
+            return path
+        if damaged:
+            raise TrainingError(
+                f"No checkpoint in {self.directory} can be restored, all are damaged: "
+                f"{'; '.join(damaged)}. Restore them from a backup, or move the directory away "
+                "to start from scratch."
+            )
+        return None
 
     def save(self, step: int) -> str | None:
         """Writes a checkpoint numbered `step`; returns its path on the chief, None elsewhere."""
@@ -82,3 +134,38 @@ class CheckpointHandler:
         if self._temp_dir is not None:
             shutil.rmtree(self._temp_dir, ignore_errors=True)
             self._temp_dir = None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _checkpoint_number(prefix: str) -> int:
+    match = re.search(r"-(\d+)$", prefix)
+    return int(match.group(1)) if match else -1
+
+
+def checkpoint_damage(prefix: str) -> str | None:
+    """None if every file of the checkpoint `prefix` reads back intact, else what is damaged.
+
+    Reads every tensor: TF verifies each one's CRC32C, and a truncated or missing data file fails.
+    """
+    index = prefix + ".index"
+    if not tf.io.gfile.exists(index):
+        return f"{index} is missing"
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        names = list(reader.get_variable_to_shape_map())
+    except Exception as e:  # noqa: BLE001 - any failure to parse the index means it is damaged
+        return f"{index} is unreadable ({_first_line(e)})"
+    data_files = sorted(tf.io.gfile.glob(prefix + ".data-*-of-*"))
+    for name in names:
+        try:
+            reader.get_tensor(name)
+        except Exception as e:  # noqa: BLE001 - truncation shows as IndexError, OpError, ...
+            if not data_files:  # TF's message names the missing file
+                return f"its data file is missing ({_first_line(e)})"
+            shown = data_files[0] if len(data_files) == 1 else f"{prefix}.data-*"
+            return f"{shown} is truncated or corrupt ({_first_line(e)}, reading {name})"
+    return None
