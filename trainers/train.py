@@ -29,6 +29,17 @@ Examples:
   # ...and on host2 the same with "index": 1. `--batch_size` is the global batch over all
   # replicas of all workers; it must be divisible by their number.
 
+  # Fine-tune TF-slim's ImageNet checkpoint on your own images (root/train/<label>/*.jpg, ...):
+  # the last two modules and a new classifier train, BN frozen.
+  python -m trainers.train --dataset=image_folder --data_dir=/data/flowers \
+      --init_checkpoint=inception_v2.ckpt --trainable_scopes=Mixed_5b,Mixed_5c,Logits \
+      --freeze_batch_norm --model_dir=/tmp/flowers --batch_size=32 --epochs=5
+
+  # Evaluate the published checkpoint as it is (1001 outputs, class 0 = background, mapped to
+  # imagenet2012's 1000 labels):
+  python -m trainers.train --mode=eval --init_checkpoint=inception_v2.ckpt \
+      --dataset=imagenet2012 --manual_dir=/data/imagenet --model_dir=/tmp/eval_slim
+
   # Evaluate the newest checkpoint (top-1 / top-5, written to <model_dir>/metrics.json):
   python -m trainers.train --mode=eval --dataset=imagenet2012 --manual_dir=/data/imagenet \
       --model_dir=/ckpt/bn_x30
@@ -90,6 +101,41 @@ flags.DEFINE_float("bn_momentum", _D.bn_momentum, "Momentum of the BN moving sta
 flags.DEFINE_float("bn_epsilon", _D.bn_epsilon, "Epsilon of Batch Normalization.")
 flags.DEFINE_bool("sync_batch_norm", _D.sync_batch_norm, "BN statistics over all replicas.")
 flags.DEFINE_float("depth_multiplier", _D.depth_multiplier, "Scales every conv's channels.")
+flags.DEFINE_bool(
+    "slim_compatible",
+    _D.slim_compatible,
+    "tf_slim's exact inception_v2 variables (no gamma, biased first conv); implied by a TF-slim "
+    "--init_checkpoint.",
+)
+flags.DEFINE_string(
+    "init_checkpoint",
+    None,
+    "Start a new run from these weights (not used when --model_dir has a checkpoint): a TF-slim "
+    "inception_v2 checkpoint (V1 file or V2 prefix), a .keras / .weights.h5 file, or another "
+    "run's --model_dir.",
+)
+flags.DEFINE_string(
+    "init_exclude",
+    None,
+    "Comma-separated tf_slim scopes (prefixes by component, or globs) left at their initial "
+    "values, e.g. Logits; default: Logits when the class counts differ.",
+)
+flags.DEFINE_string(
+    "trainable_scopes",
+    None,
+    "Comma-separated tf_slim scopes that train, e.g. Mixed_5b,Mixed_5c,Logits; default all.",
+)
+flags.DEFINE_bool(
+    "freeze_batch_norm",
+    _D.freeze_batch_norm,
+    "BN layers frozen: inference mode with their moving statistics, nothing updated.",
+)
+flags.DEFINE_bool(
+    "background_class",
+    None,
+    "The classifier has TF-slim's class 0 (background), dropped from the outputs; default: when "
+    "a TF-slim --init_checkpoint has one class more than the dataset (1001 vs 1000).",
+)
 flags.DEFINE_integer("seed", None, "Random seed (weights, data order, augmentation).")
 flags.DEFINE_bool("deterministic", False, "Reproducible run (needs --seed; slower).")
 flags.DEFINE_integer("checkpoint_every", _D.checkpoint_every, "Steps between checkpoints.")

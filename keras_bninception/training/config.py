@@ -61,6 +61,13 @@ class TrainConfig:
     bn_epsilon: float = 1e-3
     sync_batch_norm: bool = False
     depth_multiplier: float = 1.0
+    slim_compatible: bool = False  # tf_slim's exact variables; set by a TF-slim init_checkpoint
+    # Fine-tuning: start from pretrained weights (`init_checkpoint.py`).
+    init_checkpoint: str | None = None
+    init_exclude: str | None = None  # None: the classifier when the class counts differ
+    trainable_scopes: str | None = None  # None: every layer trains
+    freeze_batch_norm: bool = False
+    background_class: bool | None = None  # None: as the init_checkpoint says (TF-slim's 1001)
     # Reproducibility and bookkeeping.
     seed: int | None = None
     deterministic: bool = False
@@ -109,6 +116,17 @@ class TrainConfig:
         _in_range("bn_momentum", self.bn_momentum, 0.0, 1.0, False)
         _positive("bn_epsilon", self.bn_epsilon)
         _positive("depth_multiplier", self.depth_multiplier)
+        if self.slim_compatible and not (self.batch_norm and self.activation == "relu"):
+            raise ValueError(
+                "`slim_compatible=True` (tf_slim's network, implied by a TF-slim init_checkpoint) "
+                "needs batch_norm=True and activation='relu'. Received: "
+                f"batch_norm={self.batch_norm!r}, activation={self.activation!r}"
+            )
+        if self.init_exclude is not None and not self.init_checkpoint:
+            raise ValueError(
+                "`init_exclude` applies to an `init_checkpoint`; set one or drop init_exclude. "
+                f"Received: init_exclude={self.init_exclude!r}"
+            )
         if self.seed is not None:
             _at_least("seed", self.seed, 0)
         if self.deterministic and self.seed is None:

@@ -6,7 +6,8 @@
 2. sets the Keras mixed-precision policy (`mixed_bfloat16` / `mixed_float16`),
 3. describes the dataset (`keras_bninception.data.get_info`) and creates the strategy,
 4. builds BN-Inception and the optimizer inside the strategy scope, restores the newest checkpoint
-   of `model_dir` (so rerunning the same command resumes),
+   of `model_dir` (so rerunning the same command resumes), or, when there is none, initializes
+   the model from `init_checkpoint` (fine-tuning, `init_checkpoint.py`),
 5. trains (`mode=train|train_and_eval`), evaluates top-1 / top-5 (`mode=eval|train_and_eval`),
 6. writes `model_dir/metrics.json` (chief only) and returns the same dictionary.
 
@@ -25,8 +26,10 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from keras_bninception.training import init_checkpoint
 from keras_bninception.training.config import TrainConfig
 from keras_bninception.training.errors import TrainingError
+from keras_bninception.training.init_checkpoint import InitSource
 from keras_bninception.training.optimizer import build_optimizer, learning_rate_schedule
 from keras_bninception.training.strategy import get_strategy
 from keras_bninception.training.trainer import Trainer, steps_for_epochs
@@ -35,14 +38,18 @@ _POLICIES = {None: "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_fl
 
 
 def build_model(config: TrainConfig, num_classes: int) -> keras.Model:
-    """BN-Inception producing logits, configured by `config` (call inside the strategy scope)."""
+    """BN-Inception producing logits, configured by `config` (call inside the strategy scope).
+
+    With `config.background_class` the classifier has TF-slim's extra class 0 ("background"),
+    dropped from the outputs: logits for the dataset's `num_classes` labels either way.
+    """
     from keras_bninception.models import BNInception
 
-    return BNInception(
+    model = BNInception(
         include_top=True,
         weights=None,
         input_shape=(config.image_size, config.image_size, 3),
-        classes=num_classes,
+        classes=num_classes + 1 if config.background_class else num_classes,
         classifier_activation=None,
         depth_multiplier=config.depth_multiplier,
         dropout_rate=config.dropout_rate,
@@ -51,6 +58,68 @@ def build_model(config: TrainConfig, num_classes: int) -> keras.Model:
         momentum=config.bn_momentum,
         epsilon=config.bn_epsilon,
         synchronized=config.sync_batch_norm,
+        slim_compatible=config.slim_compatible,
+    )
+    if config.background_class:
+        model = init_checkpoint.without_background_class(model)
+    return model
+
+
+def resolve_init(config: TrainConfig, num_classes: int) -> tuple[TrainConfig, InitSource | None]:
+    """Resolves `config.init_checkpoint`; returns the config to run, with the model it implies.
+
+    A TF-slim checkpoint implies tf_slim's network (`slim_compatible=True`) and, when it has one
+    class more than the dataset, TF-slim's background class 0 (`background_class=True`); both
+    are written into the returned config, hence into metrics.json, so that the run can be rebuilt
+    from its record alone.
+
+    Raises:
+        ValueError: the source does not exist, or contradicts the configured network.
+    """
+    if not config.init_checkpoint:
+        return config, None
+    source = init_checkpoint.resolve_init_source(config.init_checkpoint)
+    changes: dict = {}
+    if source.kind == init_checkpoint.TF_SLIM:
+        wrong = [
+            f"{name}={value!r} (needs {need!r})"
+            for name, value, need in (
+                ("batch_norm", config.batch_norm, True),
+                ("activation", config.activation, "relu"),
+                ("bn_epsilon", config.bn_epsilon, 1e-3),
+            )
+            if value != need
+        ]
+        if wrong:
+            raise ValueError(
+                f"The TF-slim init_checkpoint {source.path!r} needs tf_slim's network; these "
+                f"options contradict it: {', '.join(wrong)}"
+            )
+        changes["slim_compatible"] = True
+    if config.background_class is None:
+        changes["background_class"] = init_checkpoint.has_background_class(source, num_classes)
+    logging.info(
+        "init_checkpoint %s: %s, %s classes%s.",
+        source.path,
+        source.kind,
+        source.num_classes,
+        " (class 0 = background, dropped)" if changes.get("background_class") else "",
+    )
+    return dataclasses.replace(config, **changes), source
+
+
+def initialize_from(
+    model: keras.Model, config: TrainConfig, source: InitSource
+) -> init_checkpoint.InitReport:
+    """Loads `source` into `model` (a new run's), leaving `config.init_exclude` at init."""
+
+    def build_source_model(num_classes: int | None) -> keras.Model:
+        # A .weights.h5 file or a run: this run's architecture with the source's classifier.
+        source_config = dataclasses.replace(config, background_class=False)
+        return build_model(source_config, num_classes or 1)
+
+    return init_checkpoint.load_init_checkpoint(
+        model, source, config.init_exclude, build_source_model=build_source_model
     )
 
 
@@ -78,6 +147,8 @@ def run(config: TrainConfig) -> dict:
             f"The global batch size ({config.batch_size}) must be divisible by the number of "
             f"replicas ({replicas}). Received: batch_size={config.batch_size}"
         )
+    # Before anything is built or written: the init_checkpoint exists and fits the network.
+    config, init_source = resolve_init(config, info.num_classes)
     steps_per_epoch = info.num_train_examples / config.batch_size
     train_steps = config.train_steps or steps_for_epochs(
         config.epochs, info.num_train_examples, config.batch_size
@@ -132,7 +203,7 @@ def run(config: TrainConfig) -> dict:
     try:
         trainer = Trainer(
             strategy,
-            lambda: build_model(config, info.num_classes),
+            lambda: _model_fn(config, info.num_classes),
             optimizer_fn,
             model_dir=config.model_dir,
             global_batch_size=config.batch_size,
@@ -146,6 +217,10 @@ def run(config: TrainConfig) -> dict:
         keras.config.set_dtype_policy(previous_policy)
     try:
         restored = trainer.restore()
+        if restored is None and init_source is not None:
+            initialize_from(trainer.model, config, init_source)
+        elif init_source is not None:
+            logging.info("Resuming from %s: init_checkpoint not used.", restored)
         results: dict = {
             "dataset": info.name,
             "config": dataclasses.asdict(config),
@@ -155,10 +230,10 @@ def run(config: TrainConfig) -> dict:
         began = time.perf_counter()
         if config.mode in ("train", "train_and_eval"):
             results["train"] = trainer.train(train_dataset, train_steps)
-        elif restored is None:
+        elif restored is None and init_source is None:
             raise TrainingError(
                 f"mode=eval needs a checkpoint, but {trainer.checkpoints.directory} has none; "
-                "train first (--mode=train or train_and_eval)."
+                "train first (--mode=train or train_and_eval), or evaluate an --init_checkpoint."
             )
         if config.mode in ("eval", "train_and_eval"):
             results["eval"] = trainer.evaluate(eval_dataset, config.eval_steps)
@@ -178,6 +253,12 @@ def run(config: TrainConfig) -> dict:
         return results
     finally:
         trainer.close()
+
+
+def _model_fn(config: TrainConfig, num_classes: int) -> keras.Model:
+    model = build_model(config, num_classes)
+    init_checkpoint.apply_trainable_scopes(model, config.trainable_scopes, config.freeze_batch_norm)
+    return model
 
 
 def write_metrics(model_dir: str, results: dict) -> str:
