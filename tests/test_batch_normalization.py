@@ -164,6 +164,22 @@ def test_large_mean_keeps_variance_precision():
     np.testing.assert_allclose(var, x64.var(0), rtol=1e-4)
 
 
+def test_kernels_serve_both_views_after_many_shapes():
+    # Channels-first inputs use the [A, C, B] view, dense ones [m, C]: after several shapes of one,
+    # the compiled kernels must still reduce the right axes of the other.
+    for shape in ([2, 3, 4, 5], [3, 3, 5, 6], [4, 3, 6, 7], [5, 3, 7, 8]):
+        batch_norm_transform.batch_norm_train(
+            _random(shape, seed=16), tf.ones([3]), tf.zeros([3]), axis=1, epsilon=1e-3
+        )
+    for rows in (4, 5, 6):
+        x = _random([rows, 2], seed=17)
+        _, mean, var, _ = batch_norm_transform.batch_norm_train(
+            x, tf.ones([2]), tf.zeros([2]), axis=1, epsilon=1e-3
+        )
+        np.testing.assert_allclose(mean, x.numpy().mean(0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(var, x.numpy().var(0), rtol=1e-4)
+
+
 def test_constant_channel_and_batch_of_one_are_finite():
     layer = BatchNormalization()
     for x in (tf.fill([5, 3], 7.0), _random([1, 3], seed=15)):  # σ²_B = 0 both ways

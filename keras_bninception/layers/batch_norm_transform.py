@@ -77,12 +77,24 @@ def use_xla(enabled: bool) -> Iterator[None]:
 
 
 def _kernel(fn: Callable) -> Callable:
-    """One step of the algorithm: an XLA-fused loop, or the same ops run one by one."""
-    fused = tf.function(fn, jit_compile=True, reduce_retracing=True, autograph=False)
+    """One step of the algorithm: an XLA-fused loop, or the same ops run one by one.
+
+    One compiled function per rank of the view (2 or 3, see below): `reduce_retracing` generalizes
+    the shapes it has seen, and a function shared by both ranks would be retraced with an unknown
+    rank, where the kernels can no longer tell which axes to reduce.
+    """
+    fused_by_rank: dict[int, Callable] = {}
 
     @functools.wraps(fn)
     def run(*args):
-        return fused(*args) if _XLA["enabled"] else fn(*args)
+        if not _XLA["enabled"]:
+            return fn(*args)
+        rank = args[0].shape.rank
+        if rank not in fused_by_rank:
+            fused_by_rank[rank] = tf.function(
+                fn, jit_compile=True, reduce_retracing=True, autograph=False
+            )
+        return fused_by_rank[rank](*args)
 
     return run
 
