@@ -57,13 +57,19 @@ def test_mirrored_strategy_has_two_cpu_replicas(logical_cpus: list[str]) -> None
     assert [(d.device_type, d.device_index) for d in worker_devices] == [("CPU", 0), ("CPU", 1)]
 
 
-def _run_pytest_shim(test_file: str, cwd: str) -> subprocess.CompletedProcess:
+_BAZEL_VARIABLES = (
+    "TEST_TMPDIR",
+    "XML_OUTPUT_FILE",
+    "TESTBRIDGE_TEST_ONLY",
+    "TEST_TOTAL_SHARDS",
+    "TEST_SHARD_INDEX",
+    "TEST_SHARD_STATUS_FILE",
+)
+
+
+def _run_pytest_shim(test_file: str, cwd: str, **bazel_env: str) -> subprocess.CompletedProcess:
     """Runs tools/pytest_main.py (Bazel's py_test main) on ``test_file`` outside Bazel."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("TEST_TMPDIR", "XML_OUTPUT_FILE", "TESTBRIDGE_TEST_ONLY")
-    }
+    env = {k: v for k, v in os.environ.items() if k not in _BAZEL_VARIABLES} | bazel_env
     shim = os.path.join(REPO_ROOT, "tools", "pytest_main.py")
     return subprocess.run(
         [sys.executable, shim, test_file], cwd=cwd, env=env, capture_output=True, text=True
@@ -102,3 +108,47 @@ def test_pytest_shim_maps_bazel_environment_to_pytest_flags() -> None:
     assert args[args.index("--basetemp") + 1] == "/tmp/t/pytest"
     assert "tests/test_x.py" in args
     assert "-k" not in pytest_main.pytest_args(["tests/test_x.py"], {})
+
+
+def test_pytest_shim_splits_a_file_into_shards(tmp_path) -> None:
+    (tmp_path / "test_five.py").write_text(
+        "".join(f"def test_{i}():\n    pass\n\n\n" for i in range(5))
+    )
+    status = tmp_path / "shard_status"
+    ran = []
+    for index in range(3):
+        result = _run_pytest_shim(
+            "test_five.py",
+            str(tmp_path),
+            TEST_TOTAL_SHARDS="3",
+            TEST_SHARD_INDEX=str(index),
+            TEST_SHARD_STATUS_FILE=str(status),
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        ran.append(int(result.stdout.split(" passed")[0].split()[-1]))
+    assert ran == [2, 2, 1]  # Tests 0, 3 | 1, 4 | 2: each test in exactly one shard.
+    assert status.exists()  # Bazel's sign that the runner supports sharding.
+
+
+def test_pytest_shim_accepts_an_empty_shard_of_a_small_file(tmp_path) -> None:
+    (tmp_path / "test_one.py").write_text("def test_only():\n    pass\n")
+    result = _run_pytest_shim(
+        "test_one.py", str(tmp_path), TEST_TOTAL_SHARDS="2", TEST_SHARD_INDEX="1"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_test_summary_adds_up_junit_reports(tmp_path) -> None:
+    for name, counts in (("a", (3, 1, 0, 1)), ("b/shard_1_of_2", (2, 0, 1, 0))):
+        tests, failures, errors, skipped = counts
+        (tmp_path / name).mkdir(parents=True)
+        (tmp_path / name / "test.xml").write_text(
+            f'<testsuites><testsuite name="pytest" tests="{tests}" failures="{failures}" '
+            f'errors="{errors}" skipped="{skipped}"/></testsuites>'
+        )
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "tools", "test_summary.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.stdout.strip().splitlines()[-1] == "bazel: 2 passed, 2 failed, 1 skipped"

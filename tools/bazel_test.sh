@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Runs every Bazel test of the project (`bazel test //...`) with the project's virtual environment.
+# Runs every Bazel test of the project (`bazel test //...`) with the project's virtual environment,
+# then prints one closing line adding up every test file's pytest report (tools/test_summary.py).
 #
 #   tools/bazel_test.sh /absolute/path/to/.venv/bin/python [more `bazel test` flags...]
+#   BAZEL_TARGETS="//:test_flops //:test_infra" tools/bazel_test.sh ...   (some targets only)
 #
 # `make bazel-test` (part of `make test`) calls it. If `bazel` is missing it installs Debian's
 # Bazel 4.2 (needs root or sudo). Without internet, Bazel's few downloads are replaced by the local
@@ -51,11 +53,16 @@ venv_bin=$(dirname "$python")
 venv_hash=$("$python" -m pip freeze --all --exclude-editable | sha256sum | cut -c1-16)
 
 # .bazelrc has the other flags; the ones that matter most are repeated here.
-exec "${bazel[@]}" test //... \
+status=0
+"${bazel[@]}" test ${BAZEL_TARGETS:-//...} \
   --incompatible_use_python_toolchains=false \
   --python_path="$python" \
   --test_env=PATH="$venv_bin:/usr/local/bin:/usr/bin:/bin" \
   --test_env=PYTHON_PACKAGES_SHA256="$venv_hash" \
   --test_output=errors \
   --local_test_jobs=2 \
-  "$@"
+  "$@" || status=$?
+
+# One closing line over every test file: "bazel: N passed, N failed, N skipped".
+"$python" tools/test_summary.py "$("${bazel[@]}" info bazel-testlogs 2>/dev/null || echo bazel-testlogs)"
+exit "$status"
