@@ -19,12 +19,14 @@ import tf_slim_reference
 from PIL import Image
 
 from keras_bninception import data
+from keras_bninception.data import digits
 from keras_bninception.models import BNInception
 from keras_bninception.training import TrainConfig, build_model, run
 from keras_bninception.training import init_checkpoint as ic
 
 SIZE, DEPTH = 32, 0.25
 SCOPES = ("Mixed_5c/", "Logits/")
+PRETRAIN_STEPS, FINETUNE_STEPS = 120, 30
 
 
 @pytest.fixture(scope="module")
@@ -189,3 +191,50 @@ def test_published_checkpoint_on_imagenet2012_maps_1001_to_1000(slim, tmp_path):
     assert results["config"]["background_class"] is True
     assert results["eval"]["num_examples"] == 6
     assert results["eval"]["top_1_accuracy"] == 1.0
+
+
+def _digit_folder(root, classes: range) -> str:
+    """The embedded digits of `classes` as an image folder: root/{train,test}/<digit>/*.png."""
+    for split in ("train", "test"):
+        images, labels = digits.load_split(split)
+        for i in np.flatnonzero(np.isin(labels, classes)):
+            folder = root / split / str(labels[i])
+            folder.mkdir(parents=True, exist_ok=True)
+            pixels = np.round(images[i, :, :, 0] * 255).astype(np.uint8)
+            Image.fromarray(pixels).resize((SIZE, SIZE), Image.NEAREST).save(folder / f"{i}.png")
+    return str(root)
+
+
+@pytest.mark.slow
+def test_transfer_beats_scratch(tmp_path):
+    """Pretrain on digits 0-4, fine-tune the last modules on 5-9: better than from scratch."""
+    common = dict(dataset="image_folder", batch_size=32, learning_rate=0.05, checkpoint_every=1000)
+    pretrained = tmp_path / "pretrain_0_4"
+    run(
+        _config(
+            pretrained,
+            data_dir=_digit_folder(tmp_path / "digits_0_4", range(0, 5)),
+            train_steps=PRETRAIN_STEPS,
+            **common,
+        )
+    )
+    target = dict(
+        data_dir=_digit_folder(tmp_path / "digits_5_9", range(5, 10)),
+        mode="train_and_eval",
+        train_steps=FINETUNE_STEPS,
+        **common,
+    )
+    finetuned = run(
+        _config(
+            tmp_path / "finetune_5_9",
+            init_checkpoint=str(pretrained),
+            init_exclude="Logits",
+            trainable_scopes="Mixed_5b,Mixed_5c,Logits",
+            **target,
+        )
+    )
+    scratch = run(_config(tmp_path / "scratch_5_9", **target))
+    fine, base = finetuned["eval"]["top_1_accuracy"], scratch["eval"]["top_1_accuracy"]
+    print(f"digits 5-9 after {FINETUNE_STEPS} steps: fine-tuned {fine:.4f}, scratch {base:.4f}")
+    assert finetuned["eval"]["num_examples"] == scratch["eval"]["num_examples"] > 150
+    assert fine > base + 0.1

@@ -164,14 +164,11 @@ def _keras_file_num_classes(path: str) -> int | None:
 
 
 def _run_num_classes(prefix: str) -> int | None:
-    # A run's checkpoint holds model/..., optimizer/... and step; the classifier's kernel is the
-    # model's one 2-D variable.
-    shapes = [
-        shape
-        for name, shape in tf.train.list_variables(prefix)
-        if name.startswith("model/") and name.endswith("VARIABLE_VALUE") and len(shape) == 2
-    ]
-    return int(shapes[0][-1]) if len(shapes) == 1 else None
+    # A run's checkpoint holds the model, the optimizer and the step; the classifier's kernel is
+    # the model's one 2-D variable (saved under the model's or the optimizer's path, whichever
+    # the object graph reaches first; its optimizer slots have its shape).
+    shapes = {tuple(shape) for _, shape in tf.train.list_variables(prefix) if len(shape) == 2}
+    return int(next(iter(shapes))[-1]) if len(shapes) == 1 else None
 
 
 def resolve_init_source(path: str | os.PathLike[str]) -> InitSource:
