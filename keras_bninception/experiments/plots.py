@@ -96,7 +96,13 @@ def figure1bc(
         axes.set_title(f"({letter}) {label}")
         axes.set_xlabel(_steps_label(summary["batch_size"]))
         axes.grid(alpha=0.3)
-        axes.legend(title="percentile", loc="best", fontsize="small")
+    # Room above the curves for the legends (one row each).
+    values = [r[f"p{q}"] for r in rows for q in (15, 85)]
+    low, high = min(values), max(values)
+    span = max(high - low, 1e-6)
+    panels[0].set_ylim(low - 0.05 * span, high + 0.3 * span)
+    for axes in panels:
+        axes.legend(title="percentile", loc="upper center", ncol=3, fontsize="small")
     panels[0].set_ylabel(f"input of {summary['followed_unit']} (pre-activation, no unit)")
     figure.suptitle(
         "Figure 1(b, c) re-run: distribution over the held-out images of one last-layer "
