@@ -15,7 +15,7 @@ ARGS   ?= tests
 $(VENV)/.base: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet -e '.[plots]'
 	touch $@
 
 $(VENV)/.test: $(VENV)/.base
