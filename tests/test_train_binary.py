@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -137,6 +138,44 @@ def test_sigkill_then_restart_gives_the_uninterrupted_weights(reference, tmp_pat
     for name in names:
         np.testing.assert_array_equal(new.get_tensor(name), ref.get_tensor(name), err_msg=name)
     assert int(new.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")) == STEPS
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_the_step_reached_then_resumes_exactly(reference, tmp_path):
+    _, ref_log = reference
+    model_dir = str(tmp_path / "run")
+    # One tf.function call for all the steps: the stop must happen inside it.
+    args = [*REFERENCE, "--checkpoint_every=1000", "--log_every=1000", f"--model_dir={model_dir}"]
+    process = _popen(args)
+    for line in process.stderr:
+        if f"Training steps 1..{STEPS}," in line:
+            break
+    time.sleep(2.0)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == 128 + signal.SIGTERM, err[-3000:]
+    (line,) = _error_lines(err)
+    match = re.fullmatch(
+        r"error: Interrupted by SIGTERM at step (\d+); checkpoint (\S+) written\. Rerun the "
+        r"same command to resume from it\.",
+        line,
+    )
+    assert match, line
+    step = int(match.group(1))
+    assert 1 <= step < STEPS
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    assert latest == match.group(2) and latest.endswith(f"ckpt-{step}")
+    with open(os.path.join(model_dir, "metrics.json")) as f:
+        metrics = json.load(f)
+    assert metrics["interrupted"] is True and metrics["step"] == step
+    assert metrics["train"]["step"] == step
+
+    resumed = _run(args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Restored checkpoint {latest} (step {step})" in resumed.stderr
+    assert _digest(resumed.stderr) == _digest(ref_log)  # as if never interrupted
+    with open(os.path.join(model_dir, "metrics.json")) as f:
+        assert "interrupted" not in json.load(f)
 
 
 def _free_ports(count: int) -> list[int]:

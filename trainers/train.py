@@ -4,7 +4,9 @@ A thin absl-flags front end of `keras_bninception.training.run`; flag names foll
 `train_image_classifier.py` and the TF Model Garden. Rerunning the same command resumes from the
 newest checkpoint in `--model_dir`. Problems a user can fix (an unknown dataset, missing files, a
 flag out of range, a diverging loss, ...) end with one `error:` line on stderr and exit status 1
-(2 for a malformed flag); checkpoints already written are never touched.
+(2 for a malformed flag); checkpoints already written are never touched. SIGTERM (preemption) or
+SIGINT (Ctrl-C) stop training after the current step with a checkpoint of it, `metrics.json` with
+`"interrupted": true`, one `error:` line saying how to resume, and exit status 128 + the signal.
 
 Examples:
 
@@ -190,6 +192,8 @@ def main(argv: list[str]) -> None:
     try:
         config = config_from_flags()
         results = training.run(config)
+    except training.Interrupted as e:
+        fail(e, status=e.exit_status)
     except (ValueError, training.TrainingError) as e:
         fail(e)
     except tf.errors.OpError as e:

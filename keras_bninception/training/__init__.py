@@ -5,7 +5,7 @@ for custom models / data, the paper's `RECIPES` and `apply_recipe`, and `get_str
 """
 
 from keras_bninception.training.config import TrainConfig
-from keras_bninception.training.errors import DivergenceError, TrainingError
+from keras_bninception.training.errors import DivergenceError, Interrupted, TrainingError
 from keras_bninception.training.experiment import build_model, run, write_metrics
 from keras_bninception.training.recipes import RECIPES, apply_recipe
 from keras_bninception.training.strategy import get_strategy, is_chief
@@ -14,6 +14,7 @@ from keras_bninception.training.trainer import Trainer, steps_for_epochs
 __all__ = [
     "RECIPES",
     "DivergenceError",
+    "Interrupted",
     "TrainConfig",
     "Trainer",
     "TrainingError",

@@ -28,7 +28,7 @@ from absl import logging
 
 from keras_bninception.training import init_checkpoint
 from keras_bninception.training.config import TrainConfig
-from keras_bninception.training.errors import TrainingError
+from keras_bninception.training.errors import Interrupted, TrainingError
 from keras_bninception.training.init_checkpoint import InitSource
 from keras_bninception.training.optimizer import build_optimizer, learning_rate_schedule
 from keras_bninception.training.strategy import get_strategy
@@ -229,7 +229,15 @@ def run(config: TrainConfig) -> dict:
         }
         began = time.perf_counter()
         if config.mode in ("train", "train_and_eval"):
-            results["train"] = trainer.train(train_dataset, train_steps)
+            try:
+                results["train"] = trainer.train(train_dataset, train_steps)
+            except Interrupted as e:
+                # Preempted / Ctrl-C: the checkpoint is written; record how far training got.
+                results.update(train=e.metrics, interrupted=True, step=e.step)
+                results["seconds"] = time.perf_counter() - began
+                if trainer.chief:
+                    write_metrics(config.model_dir, results)
+                raise
         elif restored is None and init_source is None:
             raise TrainingError(
                 f"mode=eval needs a checkpoint, but {trainer.checkpoints.directory} has none; "

@@ -14,7 +14,9 @@ trainer drives the model itself:
 - several steps run inside one `tf.function` (`tf.range` loop) between two log / checkpoint
   points, so Python is not on the per-step hot path on GPUs;
 - a non-finite loss stops training at once (`DivergenceError` names the step); no checkpoint is
-  written after it, so the last good one stays the newest.
+  written after it, so the last good one stays the newest;
+- SIGTERM / SIGINT (preemption, Ctrl-C) stop every worker after the same step, with a checkpoint
+  of it (`Interrupted`, see `interruption.py`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from absl import logging
 
 from keras_bninception.training import losses
 from keras_bninception.training.checkpointing import CheckpointHandler
-from keras_bninception.training.errors import DivergenceError, TrainingError
+from keras_bninception.training.errors import DivergenceError, Interrupted, TrainingError
+from keras_bninception.training.interruption import StopRequest
 from keras_bninception.training.optimizer import current_learning_rate
 from keras_bninception.training.progress import Progress
 from keras_bninception.training.strategy import is_chief
@@ -100,6 +103,7 @@ class Trainer:
             optimizer=self.optimizer,
             step=self.step,
         )
+        self._stop = StopRequest()
         self._train_loop = None
         self._eval_step = None
 
@@ -132,6 +136,14 @@ class Trainer:
         def reduce_sum(value):
             return strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
 
+        stop_flag = self._stop.flag
+
+        def replica_step_and_stop(images, labels):
+            # The stop flag travels with the loss: one all-reduce gives every worker the same
+            # decision after the same step.
+            loss, correct, count = replica_step(images, labels)
+            return tf.stack([tf.cast(loss, tf.float32), stop_flag.read_value()]), correct, count
+
         @tf.function
         def train_loop(iterator, num_steps):
             loss_sum = tf.constant(0.0)
@@ -139,9 +151,13 @@ class Trainer:
             count_sum = tf.constant(0.0)
             done = tf.constant(0, tf.int64)
             finite = tf.constant(True)
+            stopped = tf.constant(False)
             for _ in tf.range(num_steps):
-                loss, correct, count = strategy.run(replica_step, args=next(iterator))
-                loss = reduce_sum(loss)
+                loss_and_stop, correct, count = strategy.run(
+                    replica_step_and_stop, args=next(iterator)
+                )
+                loss_and_stop = reduce_sum(loss_and_stop)
+                loss = loss_and_stop[0]
                 self.step.assign_add(1)
                 done += 1
                 if not tf.math.is_finite(loss):
@@ -150,7 +166,10 @@ class Trainer:
                 loss_sum += loss
                 correct_sum += reduce_sum(correct)
                 count_sum += reduce_sum(count)
-            return loss_sum, correct_sum, count_sum, done, finite
+                if loss_and_stop[1] > 0:
+                    stopped = tf.constant(True)
+                    break
+            return loss_sum, correct_sum, count_sum, done, finite, stopped
 
         return train_loop
 
@@ -185,6 +204,8 @@ class Trainer:
 
         Raises:
             DivergenceError: the loss became NaN or infinite (no checkpoint written after it).
+            Interrupted: SIGTERM or SIGINT; a checkpoint of the step reached was written. Its
+                `metrics` hold what this method would have returned.
         """
         start = int(self.step.numpy())
         if start >= train_steps:
@@ -198,6 +219,7 @@ class Trainer:
         iterator = iter(dataset)
         writer = SummaryWriter(self.model_dir, "train", self.chief)
         progress = Progress(train_steps, self.global_batch_size, start)
+        self._stop.__enter__()  # (before the line below: tests wait for it to send signals)
         logging.info(
             "Training steps %d..%d, global batch %d over %d replica(s).",
             start + 1,
@@ -216,7 +238,7 @@ class Trainer:
                     _next_multiple(step, self.log_every),
                     _next_multiple(step, self.checkpoint_every),
                 )
-                loss_sum, correct, count, done, finite = self._train_loop(
+                loss_sum, correct, count, done, finite, stopped = self._train_loop(
                     iterator, tf.constant(boundary - step, tf.int64)
                 )
                 step += int(done)
@@ -234,7 +256,17 @@ class Trainer:
                 if step % self.checkpoint_every == 0 or step == train_steps:
                     self.save(step)
                     progress.restart_clock(step)
+                if bool(stopped) and step < train_steps:
+                    if window["steps"]:
+                        result = self._log(step, window, progress, writer)
+                    if step % self.checkpoint_every:
+                        self.save(step)
+                    result.update(step=step, train_seconds=time.perf_counter() - began)
+                    raise Interrupted(
+                        self._stop.signal_number, step, self.checkpoints.latest, result
+                    )
         finally:
+            self._stop.__exit__(None, None, None)
             writer.close()
         result.update(step=step, train_seconds=time.perf_counter() - began)
         return result
