@@ -66,8 +66,9 @@ def test_without_matplotlib_writes_tables_only(tmp_path, monkeypatch):
         "speedup_curves.csv",
     ]
     text = (tmp_path / "speedup.md").read_text()
-    assert "| BN-x5 | 10 | 4.0× | 85.0 % (40) | 2.1M | 73.0 % |" in text
-    assert "| BN-x5-Sigmoid | not reached | — | 60.0 % (40) | never | 69.8 % |" in text
+    assert "| network | accuracy at step 10 | steps to target |" in text
+    assert "| BN-x5 | 70.0 % | 10 | 4.0× | 85.0 % (40) | 2.1M | 73.0 % |" in text
+    assert "| BN-x5-Sigmoid | 30.0 % | not reached | — | 60.0 % (40) | never | 69.8 % |" in text
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 from absl import app, flags, logging  # noqa: E402
 
 from keras_bninception.experiments import figure1  # noqa: E402
+from keras_bninception.training import TrainingError  # noqa: E402
 
 _D = figure1.Figure1Config()
 FLAGS = flags.FLAGS
@@ -78,7 +79,8 @@ def main(argv: list[str]) -> None:
         output_dir = outputs.prepare_output_dir(FLAGS.output_dir)
         print(f"Figure 1: training both networks for {config.steps:,} steps...", flush=True)
         result = figure1.run(config)
-    except ValueError as e:
+    except (ValueError, TrainingError) as e:
+        # TrainingError: a network diverged (e.g. a learning rate raised by flags), or SIGTERM.
         fail(e)
     written = figure1.write_outputs(result, output_dir)
     print(report(result["summary"], written), flush=True)

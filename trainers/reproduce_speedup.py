@@ -33,6 +33,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 from absl import app, flags, logging  # noqa: E402
 
 from keras_bninception.experiments import speedup  # noqa: E402
+from keras_bninception.training import TrainingError  # noqa: E402
 
 _D = speedup.SpeedupConfig()
 FLAGS = flags.FLAGS
@@ -84,7 +85,8 @@ def main(argv: list[str]) -> None:
             flush=True,
         )
         result = speedup.run(config)
-    except ValueError as e:
+    except (ValueError, TrainingError) as e:
+        # TrainingError: a network diverged (e.g. a learning rate raised by flags), or SIGTERM.
         fail(e)
     written = speedup.write_outputs(result, output_dir)
     print(speedup.markdown(result["table"], result["summary"]), flush=True)

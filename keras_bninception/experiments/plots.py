@@ -139,7 +139,8 @@ def speedup(
         )
     axes.set_xlabel(_steps_label(summary["batch_size"]))
     axes.set_ylabel("held-out top-1 accuracy (%)")
-    axes.set_ylim(0, 100)
+    lowest = min(100 * r["accuracy"] for r in rows)
+    axes.set_ylim(max(0, 10 * (lowest // 10) - 5), 100.5)
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right", fontsize="small")
     axes.set_title(

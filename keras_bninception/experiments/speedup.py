@@ -248,6 +248,8 @@ def speedup_table(rows: list[dict], networks: tuple[str, ...]) -> list[dict]:
                 "speedup": (
                     round(reached[BASELINE] / steps, 2) if steps and reached[BASELINE] else None
                 ),
+                "first_step": curve[0]["step"],
+                "first_accuracy": curve[0]["accuracy"],
                 "max_accuracy": best["accuracy"],
                 "step_of_max": best["step"],
                 "final_accuracy": curve[-1]["accuracy"],
@@ -278,14 +280,15 @@ def markdown(table: list[dict], summary: dict) -> str:
         f"steps, seed {summary['seed']}. Target: Inception's final held-out accuracy, "
         f"{pct(target)} (the paper's: 72.2 %).",
         "",
-        "| network | steps to target | speed-up | max accuracy (at step) | paper: steps to 72.2 % "
-        "| paper: max accuracy |",
-        "|---|---|---|---|---|---|",
+        f"| network | accuracy at step {table[0]['first_step']:,} | steps to target | speed-up "
+        "| max accuracy (at step) | paper: steps to 72.2 % | paper: max accuracy |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in table:
         speedup = "—" if row["speedup"] is None else f"{row['speedup']:.1f}×"
         lines.append(
-            f"| {row['network']} | {count(row['steps_to_target'])} | {speedup} | "
+            f"| {row['network']} | {pct(row['first_accuracy'])} | "
+            f"{count(row['steps_to_target'])} | {speedup} | "
             f"{pct(row['max_accuracy'])} ({row['step_of_max']:,}) | "
             f"{row['paper_steps_to_72.2%'] or 'never'} | {pct(row['paper_max_accuracy'])} |"
         )
