@@ -10,8 +10,9 @@ sigmoid (`keras_bninception.experiments.figure1`). Writes into `--output_dir`:
 - `figure1.csv`: every plotted number; `figure1.json`: the headline figures.
 
 The pictures need matplotlib (`pip install 'keras-bninception[plots]'`); without it the CSV and
-JSON are still written. The default run (embedded digits, 5,000 steps) takes about 2 minutes on
-two CPU cores. Bad input ends with one `error:` line and exit status 1.
+JSON are still written. The default run (embedded digits, 5,000 steps) took 1 min 56 s on two
+CPU cores shared with other jobs (26 s of CPU time). Bad input ends with one `error:` line and
+exit status 1.
 
 Examples:
 

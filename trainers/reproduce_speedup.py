@@ -9,10 +9,10 @@ data, seed and step budget (`keras_bninception.experiments.speedup`). Writes int
   the speed-up, the maximum accuracy) beside the paper's numbers;
 - `speedup_curves.csv` (every plotted number) and `speedup.json` (settings, recipes, table).
 
-The default run (embedded digits at 32x32, depth multiplier 0.25, 1,500 steps per network) takes
-about 12 minutes on two otherwise idle CPU cores. The pictures need matplotlib
-(`pip install 'keras-bninception[plots]'`); without it the other files are still written. Bad
-input ends with one `error:` line and exit status 1.
+The default run (embedded digits at 32x32, depth multiplier 0.25, 1,500 steps per network) used
+12 minutes of CPU time on a 2-core machine (26 minutes of wall time while shared with other
+jobs). The pictures need matplotlib (`pip install 'keras-bninception[plots]'`); without it the
+other files are still written. Bad input ends with one `error:` line and exit status 1.
 
 Examples:
 
