@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -98,6 +99,20 @@ def test_unwritable_output_dir(tmp_path):
     with pytest.raises(ValueError, match="`output_dir` must be a writable directory"):
         outputs.prepare_output_dir(str(blocker / "out"))
     assert outputs.prepare_output_dir(str(tmp_path / "new" / "dir")) == str(tmp_path / "new/dir")
+
+
+def test_mnist_when_prepared_is_read_flat():
+    """TFDS `mock_data` (offline) stands in for a prepared mnist."""
+    import tensorflow_datasets as tfds
+
+    with (
+        tfds.testing.mock_data(num_examples=30),
+        mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True),
+    ):
+        data = figure1.load_data("mnist")
+    assert data.x_train.shape == (30, 784) and data.x_test.shape == (30, 784)
+    assert data.x_train.dtype == np.float32 and 0.0 <= data.x_train.min() <= data.x_train.max() <= 1
+    assert data.y_train.dtype == np.int32 and data.description == "TFDS mnist (28x28)"
 
 
 def test_mnist_not_prepared_says_so(tmp_path):

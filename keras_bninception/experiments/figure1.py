@@ -140,10 +140,12 @@ def load_data(dataset: str, data_dir: str | None = None) -> FlatData:
             )
         splits = {}
         for split in ("train", "test"):
-            images, labels = tfds.as_numpy(
-                builder.as_dataset(split=split, batch_size=-1, as_supervised=True)
+            dataset = builder.as_dataset(split=split, as_supervised=True).batch(10_000)
+            images, labels = zip(*tfds.as_numpy(dataset), strict=True)
+            splits[split] = (
+                np.concatenate(images).astype(np.float32) / 255.0,
+                np.concatenate(labels).astype(np.int32),
             )
-            splits[split] = (images.astype(np.float32) / 255.0, labels.astype(np.int32))
         (x_train, y_train), (x_test, y_test) = splits["train"], splits["test"]
         description = "TFDS mnist (28x28)"
     else:
