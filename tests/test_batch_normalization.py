@@ -434,3 +434,35 @@ def test_inference_folds_into_the_convolution_for_tflite():
     interpreter.invoke()
     y = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
     np.testing.assert_allclose(y, model(x, training=False), atol=1e-5)
+
+
+def test_blocked_and_single_reduce_formulations_agree():
+    # 512 features: blocks of 64 rows, so m = 2·9·11 = 198 is 3 full blocks and a 6-row rest.
+    x = _random([2, 9, 11, 512], mean=1.0, std=2.0, seed=32)
+    gamma, beta = _random([512], mean=1.0, seed=33), _random([512], seed=34)
+    outputs = []
+    for blocked in (True, False):
+        with batch_norm_transform.use_blocked_reductions(blocked), tf.GradientTape() as tape:
+            tape.watch([x, gamma, beta])
+            y, mean, var, count = batch_norm_transform.batch_norm_train(
+                x, gamma, beta, axis=3, epsilon=1e-3
+            )
+            loss = _loss(y)
+        outputs.append([[y, mean, var, count], tape.gradient(loss, [x, gamma, beta])])
+    (forward_a, grads_a), (forward_b, grads_b) = outputs
+    for a, b in zip(forward_a, forward_b, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+    for a, b in zip(grads_a, grads_b, strict=True):  # the tolerance of the gradient tests above
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_blocked_moments_keep_variance_precision_at_large_mean():
+    # Mean 1e4, std 1 over several blocks and a rest: the blocks' merge must not lose σ².
+    x = _random([3, 7, 9, 512], mean=1e4, std=1.0, seed=35)
+    with batch_norm_transform.use_blocked_reductions(True):
+        _, mean, var, _ = batch_norm_transform.batch_norm_train(
+            x, tf.ones([512]), tf.zeros([512]), axis=3, epsilon=1e-3
+        )
+    x64 = x.numpy().astype("float64").reshape(-1, 512)
+    np.testing.assert_allclose(mean, x64.mean(0), rtol=1e-7)
+    np.testing.assert_allclose(var, x64.var(0), rtol=1e-4)

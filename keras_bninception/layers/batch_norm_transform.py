@@ -30,13 +30,19 @@ view of the activations (channels-last needs no copy for it), and XLA compiles a
 one computation: the forward (Σx, Σ(x − μ_B)², y) and the backward ((Σ ∂ℓ/∂y, Σ ∂ℓ/∂y·x̂), ∂ℓ/∂x).
 Only y and ∂ℓ/∂x are written at full size; everything else is a per-feature vector. A layer costs
 two XLA launches per training step (five when synchronized, where all-reduces separate the steps).
+On a CPU the reductions run over cache-sized blocks of rows (`use_blocked_reductions`): XLA's CPU
+backend would otherwise write (x_i − μ_B)² and ∂ℓ/∂y_i · x̂_i out as full-size temporaries before
+summing them; blocked, the forward reads x twice (moments, y) and the backward reads ∂ℓ/∂y and x
+twice (sums, ∂ℓ/∂x), with no temporary. Every kernel is cut off the GradientTape (its gradient is
+the hand-written one), so no function keeps intermediates for an autodiff that never comes.
 `benchmarks/bn_layer.py` and `benchmarks/train_step.py` measure it against
 `keras.layers.BatchNormalization`; `use_xla(False)` runs the very same kernels op by op.
 
-Precision. σ²_B is computed from the deviations x_i − μ_B (two passes), never as E[x²] − E[x]², so a
-feature with mean 1e4 and standard deviation 1 keeps its precision in float32. float16/bfloat16
-inputs are cast to float32 inside the kernels; statistics and the backward are float32, y and ∂ℓ/∂x
-come back in the input's dtype.
+Precision. σ²_B is computed from the deviations x_i − μ_B (two passes; blocked: from each block's
+deviations from its own mean, after a shift by the first row, merged pairwise), never as
+E[x²] − E[x]², so a feature with mean 1e4 and standard deviation 1 keeps its precision in float32.
+float16/bfloat16 inputs are cast to float32 inside the kernels; statistics and the backward are
+float32, y and ∂ℓ/∂x come back in the input's dtype.
 
 Masks. With a 0/1 mask w (Keras' masking: one weight per position, shared by every feature) only
 positions with w_i = 1 enter the statistics, m = Σ w_i, and the same derivation gives
@@ -57,9 +63,11 @@ from collections.abc import Callable, Iterator
 
 import tensorflow as tf
 
-__all__ = ["batch_norm_train", "use_xla"]
+__all__ = ["batch_norm_train", "use_blocked_reductions", "use_xla"]
 
 _XLA = {"enabled": True}
+# None: blocked reductions exactly when no GPU is visible (read when a function is traced).
+_BLOCKED = {"enabled": None}
 
 
 @contextlib.contextmanager
@@ -76,25 +84,53 @@ def use_xla(enabled: bool) -> Iterator[None]:
         _XLA["enabled"] = previous
 
 
+@contextlib.contextmanager
+def use_blocked_reductions(enabled: bool | None) -> Iterator[None]:
+    """Within the block, reduce over the batch in cache-sized blocks (True) or as one XLA reduce.
+
+    `None` (the default) picks blocks when no GPU is visible: XLA's CPU backend writes the
+    elementwise input of a reduction such as (x_i − μ_B)² out as a full-size temporary before
+    summing it, while a loop over blocks of rows keeps it in cache; on GPUs XLA fuses the
+    reduction with its input and the loop would only add launches. Both formulations compute the
+    same statistics (tested one against the other). Read when a function is traced.
+    """
+    previous = _BLOCKED["enabled"]
+    _BLOCKED["enabled"] = None if enabled is None else bool(enabled)
+    try:
+        yield
+    finally:
+        _BLOCKED["enabled"] = previous
+
+
+def _blocked_reductions() -> bool:
+    if _BLOCKED["enabled"] is None:
+        return not tf.config.list_logical_devices("GPU")
+    return _BLOCKED["enabled"]
+
+
 def _kernel(fn: Callable) -> Callable:
     """One step of the algorithm: an XLA-fused loop, or the same ops run one by one.
 
-    One compiled function per rank of the view (2 or 3, see below): `reduce_retracing` generalizes
-    the shapes it has seen, and a function shared by both ranks would be retraced with an unknown
-    rank, where the kernels can no longer tell which axes to reduce.
+    One compiled function per rank of the view (2 or 3, see below) and number of features:
+    `reduce_retracing` generalizes the shapes it has seen, and a function shared by both ranks
+    would be retraced with an unknown rank, where the kernels can no longer tell which axes to
+    reduce; the blocked reductions need the number of features as a Python int. Only m varies.
     """
-    fused_by_rank: dict[int, Callable] = {}
+    fused_by_view: dict[tuple, Callable] = {}
 
     @functools.wraps(fn)
     def run(*args):
         if not _XLA["enabled"]:
             return fn(*args)
-        rank = args[0].shape.rank
-        if rank not in fused_by_rank:
-            fused_by_rank[rank] = tf.function(
+        # The kernels are never differentiated (the gradient is the hand-written one): cut them
+        # off any GradientTape, which would otherwise have the function keep its intermediates.
+        args = [tf.stop_gradient(a) if isinstance(a, tf.Tensor) else a for a in args]
+        key = (args[0].shape.rank, args[0].shape[1])
+        if key not in fused_by_view:
+            fused_by_view[key] = tf.function(
                 fn, jit_compile=True, reduce_retracing=True, autograph=False
             )
-        return fused_by_rank[rank](*args)
+        return fused_by_view[key](*args)
 
     return run
 
@@ -203,6 +239,88 @@ _forward_fused = _kernel(_forward)
 _backward_fused = _kernel(_backward)
 
 
+# Blocked reductions, on the [m, C] view: rows are taken in blocks of about _BLOCK_ELEMENTS values
+# (128 KiB of float32, cache-resident), each block reduced exactly, and the blocks combined.
+_BLOCK_ELEMENTS = 32768
+
+
+def _blocks(tensors: tuple, dtype: tf.DType, step: Callable, initial: tuple) -> tuple:
+    """Folds `step(carry, blocks, n)` over blocks of rows of the [m, C] tensors.
+
+    Full blocks of `rows` rows go through a loop, then the remaining m mod rows rows (maybe none);
+    `blocks` are the tensors' blocks cast to `dtype`, n their number of rows as `dtype`.
+    """
+    channels = tensors[0].shape[1]
+    rows = max(1, _BLOCK_ELEMENTS // channels)
+    m = tf.shape(tensors[0])[0]
+    full = m // rows
+
+    def body(i, *carry):
+        # The loop runs only when m ≥ rows, but XLA compiles its body for every m: clipping the
+        # (compile-time) block size to m keeps the slice valid when m < rows.
+        size = tf.minimum(rows, tf.shape(tensors[0])[0])
+        blocks = [tf.cast(tf.slice(t, [i * rows, 0], [size, channels]), dtype) for t in tensors]
+        return (i + 1, *step(carry, blocks, tf.constant(rows, dtype)))
+
+    _, *carry = tf.while_loop(lambda i, *_: i < full, body, (tf.constant(0), *initial))
+    rest = [tf.cast(t[full * rows :], dtype) for t in tensors]
+    return step(tuple(carry), rest, tf.cast(m - full * rows, dtype))
+
+
+def _blocked_moments(x: tf.Tensor, dtype: tf.DType) -> tuple:
+    """m, μ_B and Σ (x_i − μ_B)² in one read of x.
+
+    Values are first shifted by the batch's first row K (x_i − K is exact for x_i near K, so a
+    feature of mean 1e4 and standard deviation 1 is summed as values of size 1); each block's
+    mean and squared deviations from it are computed exactly (two passes over a block in cache),
+    and blocks are merged by the pairwise update of Chan, Golub & LeVeque: no E[x²] − E[x]²
+    anywhere, so the precision of the two-pass form.
+    """
+    shift = tf.reduce_sum(tf.cast(x[:1], dtype), 0)  # K, the first row (zeros when m = 0)
+
+    def merge(carry, blocks, n_b):
+        n_a, mean_a, ssd_a = carry
+        block = blocks[0] - shift
+        mean_b = tf.reduce_sum(block, 0) / tf.maximum(n_b, 1)
+        ssd_b = tf.reduce_sum(tf.square(block - mean_b), 0)
+        n = n_a + n_b
+        delta = mean_b - mean_a
+        share = n_b / tf.maximum(n, 1)
+        return n, mean_a + delta * share, ssd_a + ssd_b + tf.square(delta) * n_a * share
+
+    zeros = tf.zeros([x.shape[1]], dtype)
+    count, mean, ssd = _blocks((x,), dtype, merge, (tf.constant(0, dtype), zeros, zeros))
+    return count, mean + shift, ssd
+
+
+@_kernel
+def _forward_blocked(x, gamma, beta, epsilon):
+    """Algorithm 1 with blocked reductions: what `_forward` computes without a mask."""
+    count, mean, ssd = _blocked_moments(x, gamma.dtype)
+    count = tf.maximum(count, 1)
+    variance = ssd / count  # σ²_B, line 2
+    inv_std = tf.math.rsqrt(variance + epsilon)
+    return _normalize(x, mean, inv_std, gamma, beta), mean, variance, inv_std, count
+
+
+@_kernel
+def _backward_blocked(dy, x, mean, inv_std, gamma, count):
+    """The section-3 chain with blocked reductions: what `_backward` computes without a mask."""
+
+    def accumulate(carry, blocks, unused_n):
+        dbeta, dgamma = carry
+        dy_block, x_block = blocks
+        return dbeta + tf.reduce_sum(dy_block, 0), dgamma + tf.reduce_sum(
+            dy_block * (x_block - mean), 0
+        )
+
+    zeros = tf.zeros_like(mean)
+    dbeta, dgamma = _blocks((dy, x), mean.dtype, accumulate, (zeros, zeros))
+    dgamma = dgamma * inv_std  # Σ ∂ℓ/∂y_i · x̂_i
+    dx = _grad_input(dy, x, None, mean, inv_std, gamma, dbeta, dgamma, count)
+    return dx, dgamma, dbeta
+
+
 def _view(x: tf.Tensor, axis: int) -> tf.Tensor:
     """The [m, C] or [A, C, B] view of x (a reshape, no copy)."""
     rank = x.shape.rank
@@ -253,6 +371,7 @@ def batch_norm_train(
     stats_dtype = gamma.dtype
     x_view = _view(x, axis)
     w_view = None if mask is None else tf.reshape(tf.cast(mask, stats_dtype), [-1, 1])
+    blocked = not synchronized and mask is None and x_view.shape.rank == 2 and _blocked_reductions()
 
     @tf.autograph.experimental.do_not_convert
     @tf.custom_gradient
@@ -261,6 +380,8 @@ def batch_norm_train(
             y, mean, variance, inv_std, count = _forward(
                 x_view, w_view, gamma, beta, epsilon, _cross_replica_sum
             )
+        elif blocked:
+            y, mean, variance, inv_std, count = _forward_blocked(x_view, gamma, beta, epsilon)
         else:
             y, mean, variance, inv_std, count = _forward_fused(x_view, w_view, gamma, beta, epsilon)
 
@@ -269,6 +390,8 @@ def batch_norm_train(
                 return _backward(
                     dy, x_view, w_view, mean, inv_std, gamma, count, _cross_replica_sum
                 )
+            if blocked:
+                return _backward_blocked(dy, x_view, mean, inv_std, gamma, count)
             return _backward_fused(dy, x_view, w_view, mean, inv_std, gamma, count)
 
         return (y, mean, variance, count), backward
