@@ -30,6 +30,7 @@ def test_info_and_split_sizes():
         num_train_examples=1437,
         num_eval_examples=360,
         flip_changes_label=True,
+        class_names=("0", "1", "2", "3", "4", "5", "6", "7", "8", "9"),
     )
 
 

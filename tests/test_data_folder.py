@@ -62,6 +62,7 @@ def test_info(folder):
         num_train_examples=12,
         num_eval_examples=6,
         flip_changes_label=False,
+        class_names=("blue", "red"),
     )
 
 

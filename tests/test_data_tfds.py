@@ -31,6 +31,8 @@ def mocked():
 def test_imagenet2012_info(mocked):
     info = data.get_info("imagenet2012")
     assert info.num_classes == 1000
+    # The ClassLabel names: imagenet2012's WordNet ids, in label order.
+    assert len(info.class_names) == 1000 and info.class_names[0] == "n01440764"
     assert (info.train_split, info.eval_split) == ("train", "validation")
     assert (info.num_train_examples, info.num_eval_examples) == (NUM_EXAMPLES, NUM_EXAMPLES)
     assert info.flip_changes_label is False

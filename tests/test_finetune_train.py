@@ -1,4 +1,4 @@
-"""The trainer started from pretrained weights: `run(TrainConfig(init_checkpoint=...))`.
+"""The trainer started from pretrained weights: `run(TrainConfig().replace(init_checkpoint=...))`.
 
 A random tf_slim inception_v2 checkpoint (tests/tf_slim_reference.py, depth multiplier 0.25,
 1001 classes) fine-tuned on the 32x32 digits, and evaluated on mocked imagenet2012.
@@ -53,7 +53,7 @@ def _config(model_dir, **kwargs) -> TrainConfig:
         model_dir=str(model_dir),
     )
     values.update(kwargs)
-    return TrainConfig(**values)
+    return TrainConfig().replace(**values)
 
 
 def _checkpoint_values(config: TrainConfig, prefix: str, num_classes: int) -> dict:
@@ -73,12 +73,12 @@ def test_finetune_scopes_and_frozen_batch_norm(slim, tmp_path, caplog):
     with caplog.at_level(logging.INFO):
         results = run(config)
     # The run records the network the TF-slim checkpoint implies; no background class (10 != 1000).
-    assert results["config"]["slim_compatible"] is True
-    assert results["config"]["background_class"] is False
+    assert results["config"]["model"]["slim_compatible"] is True
+    assert results["config"]["init"]["background_class"] is False
     assert "Left at their initial values (2):" in caplog.text
     assert "Logits/Conv2d_1c_1x1/biases" in caplog.text
 
-    recorded = TrainConfig(**results["config"])
+    recorded = TrainConfig.from_dict(results["config"])
     directory = os.path.join(config.model_dir, "checkpoints")
     step1 = _checkpoint_values(recorded, os.path.join(directory, "ckpt-1"), 10)
     step2 = _checkpoint_values(recorded, os.path.join(directory, "ckpt-2"), 10)
@@ -98,15 +98,9 @@ def test_finetune_scopes_and_frozen_batch_norm(slim, tmp_path, caplog):
     # Rerunning resumes from the run's own checkpoint; the init_checkpoint is not used again.
     caplog.clear()
     with caplog.at_level(logging.INFO):
-        again = run(dataclasses_replace(config, train_steps=3))
+        again = run(config.replace(train_steps=3))
     assert again["step"] == 3
     assert "init_checkpoint not used" in caplog.text
-
-
-def dataclasses_replace(config: TrainConfig, **changes) -> TrainConfig:
-    import dataclasses
-
-    return dataclasses.replace(config, **changes)
 
 
 def test_bad_init_input_writes_nothing(slim, tmp_path):
@@ -188,7 +182,7 @@ def test_published_checkpoint_on_imagenet2012_maps_1001_to_1000(slim, tmp_path):
                 init_checkpoint=slim.checkpoint,
             )
         )
-    assert results["config"]["background_class"] is True
+    assert results["config"]["init"]["background_class"] is True
     assert results["eval"]["num_examples"] == 6
     assert results["eval"]["top_1_accuracy"] == 1.0
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 
 import pytest
 
+from keras_bninception.models import BNInception
 from keras_bninception.training import RECIPES, TrainConfig, apply_recipe
 from keras_bninception.training.optimizer import build_optimizer, learning_rate_schedule
 from keras_bninception.training.progress import Progress
@@ -14,60 +16,90 @@ from keras_bninception.training.progress import Progress
 def test_recipes_follow_section_4_2():
     base = TrainConfig()
     inception = apply_recipe(base, "inception")
-    assert inception.learning_rate == pytest.approx(0.0015)
-    assert (inception.batch_norm, inception.dropout_rate, inception.batch_size) == (False, 0.4, 32)
-    assert inception.num_epochs_per_decay == 8.0
-    assert inception.learning_rate_decay_factor == pytest.approx(0.96)
+    assert inception.optimizer.learning_rate == pytest.approx(0.0015)
+    assert (
+        inception.model.batch_norm,
+        inception.model.dropout_rate,
+        inception.trainer.batch_size,
+    ) == (False, 0.4, 32)
+    assert inception.optimizer.num_epochs_per_decay == 8.0
+    assert inception.optimizer.learning_rate_decay_factor == pytest.approx(0.96)
     bn_baseline = apply_recipe(base, "bn_baseline")
     # "Same as Inception with Batch Normalization before each nonlinearity".
-    assert dataclasses.replace(bn_baseline, batch_norm=False) == inception
+    assert bn_baseline.replace(batch_norm=False) == inception
     bn_x5 = apply_recipe(base, "bn_x5")
-    assert bn_x5.batch_norm and bn_x5.dropout_rate == 0.0
-    assert bn_x5.learning_rate == pytest.approx(5 * inception.learning_rate)
-    assert bn_x5.weight_decay == pytest.approx(inception.weight_decay / 5)
-    assert bn_x5.num_epochs_per_decay == pytest.approx(inception.num_epochs_per_decay / 6)
+    assert bn_x5.model.batch_norm and bn_x5.model.dropout_rate == 0.0
+    assert bn_x5.optimizer.learning_rate == pytest.approx(5 * inception.optimizer.learning_rate)
+    assert bn_x5.trainer.weight_decay == pytest.approx(inception.trainer.weight_decay / 5)
+    assert bn_x5.optimizer.num_epochs_per_decay == pytest.approx(
+        inception.optimizer.num_epochs_per_decay / 6
+    )
     bn_x30 = apply_recipe(base, "bn_x30")
-    assert bn_x30.learning_rate == pytest.approx(30 * inception.learning_rate)
-    assert dataclasses.replace(bn_x30, learning_rate=bn_x5.learning_rate) == bn_x5
+    assert bn_x30.optimizer.learning_rate == pytest.approx(30 * inception.optimizer.learning_rate)
+    assert bn_x30.replace(learning_rate=bn_x5.optimizer.learning_rate) == bn_x5
     sigmoid = apply_recipe(base, "bn_x5_sigmoid")
-    assert dataclasses.replace(sigmoid, activation="relu") == bn_x5
-    assert sigmoid.activation == "sigmoid"
+    assert sigmoid.replace(activation="relu") == bn_x5
+    assert sigmoid.model.activation == "sigmoid"
     assert set(RECIPES) == {"inception", "bn_baseline", "bn_x5", "bn_x30", "bn_x5_sigmoid"}
 
 
 def test_explicit_options_override_the_recipe():
-    config = dataclasses.replace(TrainConfig(), learning_rate=0.1, batch_size=8)
+    config = TrainConfig().replace(learning_rate=0.1, batch_size=8)
     result = apply_recipe(config, "bn_x30", explicit=["learning_rate"])
-    assert result.learning_rate == 0.1  # kept: given explicitly
-    assert result.batch_size == 32  # the recipe's: 8 was not marked explicit
+    assert result.optimizer.learning_rate == 0.1  # kept: given explicitly
+    assert result.trainer.batch_size == 32  # the recipe's: 8 was not marked explicit
     assert apply_recipe(config, None) is config
 
 
 def test_unknown_recipe_names_the_choices():
-    with pytest.raises(ValueError, match=r"should be one of \['bn_baseline', .*Received: recipe="):
+    with pytest.raises(ValueError, match=r"must be one of \['bn_baseline', .*; received recipe="):
         apply_recipe(TrainConfig(), "bn_x100")
 
 
 @pytest.mark.parametrize(
     "change, pattern",
     [
-        (dict(batch_size=0), r"`batch_size` .* integer >= 1\. Received: batch_size=0"),
-        (dict(learning_rate=-1.0), r"`learning_rate` .* > 0\. Received: learning_rate=-1\.0"),
+        (dict(batch_size=0), r"`batch_size` must be an integer >= 1; received batch_size=0"),
+        (dict(learning_rate=-1.0), r"`learning_rate` .* > 0; received learning_rate=-1\.0"),
         (dict(learning_rate=float("nan")), r"`learning_rate` .* > 0"),
-        (dict(image_size=16), r"`image_size` argument should be an integer >= 32"),
-        (dict(momentum=1.0), r"`momentum` argument should be in \[0\.0, 1\.0\)"),
+        (dict(image_size=16), r"`image_size` must be an integer >= 32"),
+        (dict(momentum=1.0), r"`momentum` must be in \[0\.0, 1\.0\)"),
         (dict(label_smoothing=-0.1), r"`label_smoothing`"),
-        (dict(optimizer="lamb"), r"`optimizer` argument should be one of \['momentum'"),
-        (dict(mode="predict"), r"`mode` argument should be one of \['train', 'eval'"),
+        (dict(optimizer="lamb"), r"`optimizer` must be one of \['momentum'"),
+        (dict(mode="predict"), r"`mode` must be one of \['train', 'eval'"),
         (dict(distribution_strategy="ps"), r"one of \['default', 'one_device', 'mirrored'"),
         (dict(deterministic=True, seed=None), r"`deterministic=True` needs a `seed`"),
         (dict(learning_rate_decay_factor=1.5), r"`learning_rate_decay_factor` .* \(0, 1\]"),
-        (dict(train_steps=0, epochs=0.0), r"`epochs` argument should be a finite number > 0"),
+        (dict(train_steps=0, epochs=0.0), r"`epochs` must be a finite number > 0"),
+        (
+            dict(bn_momentum=1.5),
+            r"`bn_momentum` must be in \[0\.0, 1\.0\); received bn_momentum=1\.5",
+        ),
     ],
 )
 def test_out_of_range_options_are_rejected(change, pattern):
     with pytest.raises(ValueError, match=pattern):
-        dataclasses.replace(TrainConfig(), **change).validate()
+        TrainConfig().replace(**change).validate()
+
+
+def test_sections_use_bninception_argument_names():
+    config = TrainConfig().replace(
+        bn_momentum=0.5, bn_epsilon=1e-4, sync_batch_norm=True, momentum=0.8, optimizer="adam"
+    )
+    assert (config.model.momentum, config.model.epsilon, config.model.synchronized) == (
+        0.5,
+        1e-4,
+        True,
+    )
+    assert (config.optimizer.momentum, config.optimizer.name) == (0.8, "adam")
+    # The model section is BNInception's keyword arguments, unrenamed.
+    accepted = inspect.signature(BNInception).parameters
+    assert set(dataclasses.asdict(config.model)) <= set(accepted)
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match=r"`bn_mometum` is not an option; .*bn_mometum=0\.5"):
+        TrainConfig().replace(bn_mometum=0.5)
+    with pytest.raises(ValueError, match=r"`model` must be a mapping of \['activation'"):
+        TrainConfig.from_dict({"model": {"bn_momentum": 0.5}})
 
 
 def test_defaults_are_valid():

@@ -16,7 +16,9 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from keras_bninception.models import BNInception
-from keras_bninception.training import TrainConfig, Trainer, run
+from keras_bninception.training import TrainConfig, Trainer, build_model, run
+from keras_bninception.training.config import TrainerConfig
+from keras_bninception.training.run_config import load_run_config, save_run_config
 
 SIZE, CLASSES, GLOBAL_BATCH = 32, 10, 8
 
@@ -51,11 +53,10 @@ def _train(strategy, weights, model_dir) -> tuple[list[float], list[np.ndarray]]
         strategy,
         lambda: _small_model(weights),
         lambda: keras.optimizers.SGD(0.01, momentum=0.9),
-        model_dir=str(model_dir),
-        global_batch_size=GLOBAL_BATCH,
-        weight_decay=4e-5,
-        checkpoint_every=100,
-        log_every=1,
+        str(model_dir),
+        TrainerConfig(
+            batch_size=GLOBAL_BATCH, weight_decay=4e-5, checkpoint_every=100, log_every=1
+        ),
     )
     losses = [trainer.train(_fixed_batches, 1)["loss"]]
     after_one_step = [np.array(w) for w in trainer.model.weights]
@@ -99,7 +100,7 @@ def _config(tmp_path, **kwargs) -> TrainConfig:
         bn_momentum=0.9,
     )
     values.update(kwargs)
-    return TrainConfig(**values)
+    return TrainConfig().replace(**values)
 
 
 def _check_run(results: dict, model_dir: str, eval_examples: int) -> None:
@@ -156,6 +157,31 @@ def test_image_folder_bfloat16(tmp_path):
     again = run(config)
     assert again["train"]["train_seconds"] == 0.0
     assert again["weights_sha256"] == results["weights_sha256"]
+    # config.json beside the checkpoints rebuilds the trained network: the checkpoint restores
+    # into it exactly.
+    loaded, class_names = load_run_config(config.model_dir)
+    assert loaded == config and class_names == ["blue", "red"]
+    model = build_model(loaded, len(class_names))
+    tf.train.Checkpoint(model=model).restore(
+        tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints"))
+    ).assert_existing_objects_matched()
+
+
+def test_run_config_round_trip(tmp_path):
+    config = _config(tmp_path, dataset="imagenet2012", bn_epsilon=1e-5, mixed_precision="float16")
+    path = save_run_config(str(tmp_path / "run"), config, ["cat", "dog", "tench"])
+    assert path == os.path.join(config.model_dir, "config.json")
+    assert sorted(os.listdir(config.model_dir)) == ["config.json"]  # no temporary file left
+    with open(path) as f:
+        written = json.load(f)
+    assert written["model"]["epsilon"] == 1e-5 and written["num_classes"] == 3
+    assert load_run_config(config.model_dir) == (config, ["cat", "dog", "tench"])
+    with pytest.raises(ValueError, match=r"`model_dir` must hold the config\.json"):
+        load_run_config(str(tmp_path / "elsewhere"))
+    with open(path, "w") as f:
+        f.write('{"model": {"momentum": 0.9}, "class_names": ["a"]')  # truncated
+    with pytest.raises(ValueError, match=r"config\.json is not a run configuration"):
+        load_run_config(config.model_dir)
 
 
 def test_global_batch_must_divide_over_replicas(logical_cpus, tmp_path):

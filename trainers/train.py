@@ -51,64 +51,89 @@ TensorBoard: `tensorboard --logdir <model_dir>/logs`.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
+from typing import NoReturn
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+# Eager imports: the configuration's registries (optimizers, strategies) load TensorFlow anyway.
+import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
+from keras_bninception import training  # noqa: E402
+from keras_bninception.errors import first_line  # noqa: E402
 from keras_bninception.training import config as config_lib  # noqa: E402
 from keras_bninception.training import recipes  # noqa: E402
 
 _D = config_lib.TrainConfig()
+_M, _DATA, _T, _O, _R, _I = _D.model, _D.data, _D.trainer, _D.optimizer, _D.runtime, _D.init
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("dataset", _D.dataset, "'digits' (embedded), 'image_folder' or a TFDS name.")
+# Data.
+flags.DEFINE_string("dataset", _DATA.dataset, "'digits' (embedded), 'image_folder' or a TFDS name.")
 flags.DEFINE_string(
     "data_dir", None, "TFDS data directory, or the root/<split>/<label>/ image folder."
 )
 flags.DEFINE_string("manual_dir", None, "Where manually downloaded files are (imagenet2012).")
-flags.DEFINE_string("model_dir", _D.model_dir, "Checkpoints, TensorBoard logs and metrics.json.")
+flags.DEFINE_integer(
+    "image_size", _DATA.image_size, f"Input height and width (>= {config_lib.MIN_INPUT_SIZE})."
+)
+# Run.
+flags.DEFINE_string(
+    "model_dir", _D.model_dir, "Checkpoints, TensorBoard logs, config.json and metrics.json."
+)
 flags.DEFINE_enum("mode", _D.mode, config_lib.MODES, "What to do.")
+# Runtime.
 flags.DEFINE_enum(
-    "distribution_strategy", _D.distribution_strategy, config_lib.STRATEGIES, "tf.distribute."
+    "distribution_strategy",
+    _R.distribution_strategy,
+    list(config_lib.STRATEGIES),
+    "tf.distribute.",
 )
-flags.DEFINE_integer("num_gpus", _D.num_gpus, "GPUs per worker to use; -1 = all visible.")
+flags.DEFINE_integer("num_gpus", _R.num_gpus, "GPUs per worker to use; -1 = all visible.")
 flags.DEFINE_string("tpu", None, "TPU name or grpc:// address, for --distribution_strategy=tpu.")
-flags.DEFINE_integer("batch_size", _D.batch_size, "Global batch size (all replicas).")
-flags.DEFINE_integer("image_size", _D.image_size, "Input height and width (>= 32).")
-flags.DEFINE_integer("train_steps", _D.train_steps, "Training steps; 0 = use --epochs.")
-flags.DEFINE_float("epochs", _D.epochs, "Passes over the training split when --train_steps=0.")
-flags.DEFINE_enum("optimizer", _D.optimizer, config_lib.OPTIMIZERS, "Keras optimizer.")
-flags.DEFINE_float("momentum", _D.momentum, "Momentum of 'momentum' and 'rmsprop'.")
-flags.DEFINE_float("learning_rate", _D.learning_rate, "Initial learning rate.")
-flags.DEFINE_float(
-    "learning_rate_decay_factor", _D.learning_rate_decay_factor, "Exponential decay factor."
-)
-flags.DEFINE_float(
-    "num_epochs_per_decay", _D.num_epochs_per_decay, "Epochs between two decays (staircase)."
-)
-flags.DEFINE_float("weight_decay", _D.weight_decay, "L2 coefficient: wd * sum(w^2) / 2.")
-flags.DEFINE_float("label_smoothing", _D.label_smoothing, "Label smoothing of the loss.")
 flags.DEFINE_enum(
     "mixed_precision", None, ["bfloat16", "float16"], "Mixed precision (float16: loss scaling)."
 )
-flags.DEFINE_bool("batch_norm", _D.batch_norm, "Batch Normalization after every conv.")
-flags.DEFINE_enum("activation", _D.activation, config_lib.ACTIVATIONS, "Non-linearity.")
-flags.DEFINE_float("dropout_rate", _D.dropout_rate, "Dropout before the classifier.")
-flags.DEFINE_float("bn_momentum", _D.bn_momentum, "Momentum of the BN moving statistics.")
-flags.DEFINE_float("bn_epsilon", _D.bn_epsilon, "Epsilon of Batch Normalization.")
-flags.DEFINE_bool("sync_batch_norm", _D.sync_batch_norm, "BN statistics over all replicas.")
-flags.DEFINE_float("depth_multiplier", _D.depth_multiplier, "Scales every conv's channels.")
+flags.DEFINE_integer("seed", None, "Random seed (weights, data order, augmentation).")
+flags.DEFINE_bool("deterministic", False, "Reproducible run (needs --seed; slower).")
+# Trainer.
+flags.DEFINE_integer("batch_size", _T.batch_size, "Global batch size (all replicas).")
+flags.DEFINE_integer("train_steps", _T.train_steps, "Training steps; 0 = use --epochs.")
+flags.DEFINE_float("epochs", _T.epochs, "Passes over the training split when --train_steps=0.")
+flags.DEFINE_integer("eval_steps", _T.eval_steps, "Evaluation batches; 0 = the whole split.")
+flags.DEFINE_float("weight_decay", _T.weight_decay, "L2 coefficient: wd * sum(w^2) / 2.")
+flags.DEFINE_float("label_smoothing", _T.label_smoothing, "Label smoothing of the loss.")
+flags.DEFINE_integer("checkpoint_every", _T.checkpoint_every, "Steps between checkpoints.")
+flags.DEFINE_integer("keep_checkpoints", _T.keep_checkpoints, "Checkpoints kept.")
+flags.DEFINE_integer("log_every", _T.log_every, "Steps between progress lines / summaries.")
+# Optimizer.
+flags.DEFINE_enum("optimizer", _O.name, list(config_lib.OPTIMIZERS), "Keras optimizer.")
+flags.DEFINE_float("momentum", _O.momentum, "Momentum of 'momentum' and 'rmsprop'.")
+flags.DEFINE_float("learning_rate", _O.learning_rate, "Initial learning rate.")
+flags.DEFINE_float(
+    "learning_rate_decay_factor", _O.learning_rate_decay_factor, "Exponential decay factor."
+)
+flags.DEFINE_float(
+    "num_epochs_per_decay", _O.num_epochs_per_decay, "Epochs between two decays (staircase)."
+)
+# Model (BNInception's arguments; three flags keep TF-slim's names, see config.FLAG_NAMES).
+flags.DEFINE_bool("batch_norm", _M.batch_norm, "Batch Normalization after every conv.")
+flags.DEFINE_enum("activation", _M.activation, config_lib.ACTIVATIONS, "Non-linearity.")
+flags.DEFINE_float("dropout_rate", _M.dropout_rate, "Dropout before the classifier.")
+flags.DEFINE_float("bn_momentum", _M.momentum, "Momentum of the BN moving statistics.")
+flags.DEFINE_float("bn_epsilon", _M.epsilon, "Epsilon of Batch Normalization.")
+flags.DEFINE_bool("sync_batch_norm", _M.synchronized, "BN statistics over all replicas.")
+flags.DEFINE_float("depth_multiplier", _M.depth_multiplier, "Scales every conv's channels.")
 flags.DEFINE_bool(
     "slim_compatible",
-    _D.slim_compatible,
+    _M.slim_compatible,
     "tf_slim's exact inception_v2 variables (no gamma, biased first conv); implied by a TF-slim "
     "--init_checkpoint.",
 )
+# Initialization (fine-tuning).
 flags.DEFINE_string(
     "init_checkpoint",
     None,
@@ -129,7 +154,7 @@ flags.DEFINE_string(
 )
 flags.DEFINE_bool(
     "freeze_batch_norm",
-    _D.freeze_batch_norm,
+    _I.freeze_batch_norm,
     "BN layers frozen: inference mode with their moving statistics, nothing updated.",
 )
 flags.DEFINE_bool(
@@ -138,12 +163,6 @@ flags.DEFINE_bool(
     "The classifier has TF-slim's class 0 (background), dropped from the outputs; default: when "
     "a TF-slim --init_checkpoint has one class more than the dataset (1001 vs 1000).",
 )
-flags.DEFINE_integer("seed", None, "Random seed (weights, data order, augmentation).")
-flags.DEFINE_bool("deterministic", False, "Reproducible run (needs --seed; slower).")
-flags.DEFINE_integer("checkpoint_every", _D.checkpoint_every, "Steps between checkpoints.")
-flags.DEFINE_integer("keep_checkpoints", _D.keep_checkpoints, "Checkpoints kept.")
-flags.DEFINE_integer("log_every", _D.log_every, "Steps between progress lines / summaries.")
-flags.DEFINE_integer("eval_steps", _D.eval_steps, "Evaluation batches; 0 = the whole split.")
 flags.DEFINE_enum(
     "recipe",
     None,
@@ -152,18 +171,16 @@ flags.DEFINE_enum(
     "dropout, BN, activation); explicit flags override it.",
 )
 
-_FIELDS = [f.name for f in dataclasses.fields(config_lib.TrainConfig)]
-
 
 def config_from_flags() -> config_lib.TrainConfig:
     """The `TrainConfig` the parsed flags describe (recipe first, explicit flags on top)."""
-    values = {name: FLAGS[name].value for name in _FIELDS}
-    config = config_lib.TrainConfig(**values)
-    explicit = [name for name in _FIELDS if FLAGS[name].present]
+    names = config_lib.flag_fields()
+    config = config_lib.TrainConfig().replace(**{name: FLAGS[name].value for name in names})
+    explicit = [name for name in names if FLAGS[name].present]
     return recipes.apply_recipe(config, FLAGS.recipe, explicit)
 
 
-def fail(message: object, status: int = 1) -> None:
+def fail(message: object, status: int = 1) -> NoReturn:
     """Prints `error: <message>` as one line on stderr and exits with `status`."""
     text = " ".join(str(message).split())
     sys.stderr.write(f"error: {text}\n")
@@ -177,7 +194,6 @@ def parse_flags(argv: list[str]) -> list[str]:
         return FLAGS(argv)
     except flags.Error as e:
         fail(f"{e} (see --helpfull)", status=2)
-    return []  # Unreachable.
 
 
 def main(argv: list[str]) -> None:
@@ -185,10 +201,6 @@ def main(argv: list[str]) -> None:
         fail(f"unexpected arguments {argv[1:]}; every option is a --flag", status=2)
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.INFO)
-    import tensorflow as tf
-
-    from keras_bninception import training
-
     try:
         config = config_from_flags()
         results = training.run(config)
@@ -197,11 +209,8 @@ def main(argv: list[str]) -> None:
     except (ValueError, training.TrainingError) as e:
         fail(e)
     except tf.errors.OpError as e:
-        # A data problem found while iterating (e.g. an undecodable file), with TF's op context
-        # removed: keep the first line of its message.
-        fail((e.message or str(e)).strip().splitlines()[0])
-    if results.get("weights_sha256") is None:
-        return
+        # A data problem found while iterating (e.g. an undecodable file), without TF's op context.
+        fail(first_line(e))
     print(summary(config, results), flush=True)
 
 

@@ -28,6 +28,7 @@ from absl import logging
 from keras_bninception.data import digits
 from keras_bninception.data.errors import DataError
 from keras_bninception.data.preprocessing import DEFAULT_CONFIG, PreprocessConfig
+from keras_bninception.errors import first_line
 
 DIGITS = digits.NAME
 IMAGE_FOLDER = "image_folder"
@@ -77,6 +78,7 @@ class DatasetInfo:
     num_train_examples: int
     num_eval_examples: int
     flip_changes_label: bool
+    class_names: tuple[str, ...]  # label i's name: digits "0".."9", folder names, TFDS names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,11 +124,6 @@ def _choices() -> str:
     )
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def _fits_in_memory(num_bytes: int) -> bool:
     """Whether an encoded split of `num_bytes` (0 = unknown) is held in memory."""
     return 0 < num_bytes <= IN_MEMORY_MAX_BYTES
@@ -158,7 +155,7 @@ def check_image_bytes(images: list[bytes], filenames: list[str]) -> None:
                 image.draft("RGB", (1, 1))  # JPEG: decode at 1/8 scale, still reads every block
                 image.load()
         except Exception as error:  # noqa: BLE001 - any failure means the file is unusable
-            return f"corrupt image file {name}: {_first_line(error)}"
+            return f"corrupt image file {name}: {first_line(error)}"
         return None
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
@@ -205,6 +202,7 @@ class DigitsSource(Source):
             num_train_examples=int(train.shape[0]),
             num_eval_examples=int(test.shape[0]),
             flip_changes_label=True,
+            class_names=tuple(str(i) for i in range(digits.NUM_CLASSES)),
         )
 
     def splits(self) -> tuple[str, ...]:
@@ -241,7 +239,7 @@ class FolderSource(Source):
             self._builder = tfds.ImageFolder(root)
         except (OSError, tf.errors.OpError) as error:
             raise DataError(
-                f"image folder {root} is unreadable ({_first_line(error)}); expected {layout}"
+                f"image folder {root} is unreadable ({first_line(error)}); expected {layout}"
             ) from error
         self._root = root
         self._counts = {
@@ -269,6 +267,7 @@ class FolderSource(Source):
             num_train_examples=self._counts["train"],
             num_eval_examples=self._counts[eval_split],
             flip_changes_label=False,
+            class_names=tuple(self._builder.info.features["label"].names),
         )
 
     def splits(self) -> tuple[str, ...]:
@@ -288,7 +287,7 @@ class FolderSource(Source):
                 loaded = _encoded_in_memory(self._read(split))
             except tf.errors.OpError as error:
                 raise DataError(
-                    f"image folder {self._root} is unreadable: {_first_line(error)}"
+                    f"image folder {self._root} is unreadable: {first_line(error)}"
                 ) from error
             check_image_bytes(list(loaded.images), list(loaded.filenames))
             return loaded
@@ -311,7 +310,7 @@ class TfdsSource(Source):
             builder = tfds.builder(name, data_dir=data_dir)
         except Exception as error:  # noqa: BLE001 - tfds raises several types for bad names
             raise DataError(
-                f"dataset {name!r}: {_first_line(error)}; choose {_choices()}"
+                f"dataset {name!r}: {first_line(error)}; choose {_choices()}"
             ) from error
         keys = builder.info.supervised_keys
         features = builder.info.features
@@ -352,6 +351,7 @@ class TfdsSource(Source):
             num_train_examples=self._num_examples(train_split),
             num_eval_examples=self._num_examples(eval_split),
             flip_changes_label=base in FLIP_CHANGES_LABEL,
+            class_names=tuple(features[self._label_key].names),
         )
 
     def _manual_error(self, base: str, manual_dir: str, missing: list[str]) -> DataError:
@@ -404,7 +404,7 @@ class TfdsSource(Source):
         except Exception as error:  # a download or preparation failure, e.g. no network
             raise DataError(
                 f"could not download and prepare dataset {builder.name!r} in "
-                f"{builder.data_dir_root}: {_first_line(error)}"
+                f"{builder.data_dir_root}: {first_line(error)}"
             ) from error
 
     def _num_examples(self, split: str) -> int:

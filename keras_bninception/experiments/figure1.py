@@ -224,7 +224,7 @@ def run(config: Figure1Config) -> dict:
     Raises:
         ValueError: a bad option or dataset.
     """
-    from keras_bninception.training import Trainer
+    from keras_bninception.training import Trainer, TrainerConfig
     from keras_bninception.training.optimizer import build_optimizer
 
     config.validate()
@@ -245,11 +245,14 @@ def run(config: Figure1Config) -> dict:
                     network == "batch_norm", input_dim, num_classes, config
                 ),
                 lambda: build_optimizer("sgd", config.learning_rate),
-                model_dir=model_dir,
-                global_batch_size=config.batch_size,
-                checkpoint_every=config.steps,
-                keep_checkpoints=1,
-                log_every=points[0],
+                model_dir,
+                TrainerConfig(
+                    batch_size=config.batch_size,
+                    weight_decay=0.0,
+                    checkpoint_every=config.steps,
+                    keep_checkpoints=1,
+                    log_every=points[0],
+                ),
             )
             # The logits and the followed sigmoid's input, in one inference-mode pass.
             model = trainer.model

@@ -103,7 +103,7 @@ class SpeedupConfig:
 
     def train_config(self, network: str, model_dir: str = "unused") -> TrainConfig:
         """The trainer's configuration of `network`: its recipe over the shared options."""
-        shared = TrainConfig(
+        shared = TrainConfig().replace(
             dataset=self.dataset,
             data_dir=self.data_dir,
             image_size=self.image_size,
@@ -125,12 +125,12 @@ def _trainer(config: TrainConfig, info: data_lib.DatasetInfo):
 
     def dataset(context: tf.distribute.InputContext, split: str, **kwargs) -> tf.data.Dataset:
         return data_lib.build_dataset(
-            config.dataset,
+            config.data.dataset,
             split,
-            image_size=config.image_size,
-            batch_size=context.get_per_replica_batch_size(config.batch_size),
-            seed=config.seed,
-            data_dir=config.data_dir,
+            image_size=config.data.image_size,
+            batch_size=context.get_per_replica_batch_size(config.trainer.batch_size),
+            seed=config.runtime.seed,
+            data_dir=config.data.data_dir,
             input_context=context,
             **kwargs,
         )
@@ -143,24 +143,21 @@ def _trainer(config: TrainConfig, info: data_lib.DatasetInfo):
         return dataset(context, info.eval_split, training=False)
 
     def optimizer_fn() -> keras.optimizers.Optimizer:
+        optimizer = config.optimizer
         schedule = learning_rate_schedule(
-            config.learning_rate,
-            config.learning_rate_decay_factor,
-            config.num_epochs_per_decay,
-            info.num_train_examples / config.batch_size,
+            optimizer.learning_rate,
+            optimizer.learning_rate_decay_factor,
+            optimizer.num_epochs_per_decay,
+            info.num_train_examples / config.trainer.batch_size,
         )
-        return build_optimizer(config.optimizer, schedule, config.momentum)
+        return build_optimizer(optimizer.name, schedule, optimizer.momentum)
 
     trainer = Trainer(
         strategy,
         lambda: build_model(config, info.num_classes),
         optimizer_fn,
-        model_dir=config.model_dir,
-        global_batch_size=config.batch_size,
-        weight_decay=config.weight_decay,
-        checkpoint_every=config.checkpoint_every,
-        keep_checkpoints=config.keep_checkpoints,
-        log_every=config.log_every,
+        config.model_dir,
+        config.trainer,
     )
     return trainer, train_fn, eval_fn
 
@@ -204,7 +201,7 @@ def run(config: SpeedupConfig) -> dict:
         "num_train_examples": info.num_train_examples,
         "num_heldout_examples": info.num_eval_examples,
         "steps": config.steps,
-        "batch_size": config.train_config(BASELINE).batch_size,
+        "batch_size": config.train_config(BASELINE).trainer.batch_size,
         "image_size": config.image_size,
         "depth_multiplier": config.depth_multiplier,
         "evaluated_every": config.evaluation_steps[0],

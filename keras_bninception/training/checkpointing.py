@@ -29,6 +29,7 @@ import tempfile
 import tensorflow as tf
 from absl import logging
 
+from keras_bninception.errors import first_line
 from keras_bninception.training.errors import TrainingError
 
 
@@ -71,7 +72,7 @@ class CheckpointHandler:
         try:
             state = tf.train.get_checkpoint_state(self.directory)
         except (tf.errors.OpError, ValueError) as e:  # an unparsable `checkpoint` file
-            logging.warning("Ignoring the unreadable %s (%s).", self._state_file, _first_line(e))
+            logging.warning("Ignoring the unreadable %s (%s).", self._state_file, first_line(e))
             state = None
         if state is not None:
             prefixes.update(state.all_model_checkpoint_paths)
@@ -106,7 +107,7 @@ class CheckpointHandler:
             except (AssertionError, ValueError, tf.errors.OpError) as e:
                 raise TrainingError(
                     f"The checkpoint {path} does not match this model / optimizer "
-                    f"({_first_line(e)}); rerun with the options it was trained with, or use "
+                    f"({first_line(e)}); rerun with the options it was trained with, or use "
                     "another --model_dir."
                 ) from e
             if damaged:
@@ -136,11 +137,6 @@ class CheckpointHandler:
             self._temp_dir = None
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def _checkpoint_number(prefix: str) -> int:
     match = re.search(r"-(\d+)$", prefix)
     return int(match.group(1)) if match else -1
@@ -158,14 +154,14 @@ def checkpoint_damage(prefix: str) -> str | None:
         reader = tf.train.load_checkpoint(prefix)
         names = list(reader.get_variable_to_shape_map())
     except Exception as e:  # noqa: BLE001 - any failure to parse the index means it is damaged
-        return f"{index} is unreadable ({_first_line(e)})"
+        return f"{index} is unreadable ({first_line(e)})"
     data_files = sorted(tf.io.gfile.glob(prefix + ".data-*-of-*"))
     for name in names:
         try:
             reader.get_tensor(name)
         except Exception as e:  # noqa: BLE001 - truncation shows as IndexError, OpError, ...
             if not data_files:  # TF's message names the missing file
-                return f"its data file is missing ({_first_line(e)})"
+                return f"its data file is missing ({first_line(e)})"
             shown = data_files[0] if len(data_files) == 1 else f"{prefix}.data-*"
-            return f"{shown} is truncated or corrupt ({_first_line(e)}, reading {name})"
+            return f"{shown} is truncated or corrupt ({first_line(e)}, reading {name})"
     return None

@@ -11,14 +11,14 @@
 5. trains (`mode=train|train_and_eval`), evaluates top-1 / top-5 (`mode=eval|train_and_eval`),
 6. writes `model_dir/metrics.json` (chief only) and returns the same dictionary.
 
-Layout of `model_dir`: `checkpoints/` (tf.train checkpoints), `logs/train`, `logs/eval`
-(TensorBoard), `metrics.json`.
+Layout of `model_dir`: `config.json` (the run's configuration and class names, written by the
+chief when training starts, see `run_config.py`), `checkpoints/` (tf.train checkpoints),
+`logs/train`, `logs/eval` (TensorBoard), `metrics.json`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 
@@ -31,6 +31,7 @@ from keras_bninception.training.config import TrainConfig
 from keras_bninception.training.errors import Interrupted, TrainingError
 from keras_bninception.training.init_checkpoint import InitSource
 from keras_bninception.training.optimizer import build_optimizer, learning_rate_schedule
+from keras_bninception.training.run_config import save_run_config, write_json_atomically
 from keras_bninception.training.strategy import get_strategy
 from keras_bninception.training.trainer import Trainer, steps_for_epochs
 
@@ -38,29 +39,25 @@ _POLICIES = {None: "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_fl
 
 
 def build_model(config: TrainConfig, num_classes: int) -> keras.Model:
-    """BN-Inception producing logits, configured by `config` (call inside the strategy scope).
+    """BN-Inception producing logits, as `config` describes it (call inside the strategy scope).
 
-    With `config.background_class` the classifier has TF-slim's extra class 0 ("background"),
-    dropped from the outputs: logits for the dataset's `num_classes` labels either way.
+    With `config.init.background_class` the classifier has TF-slim's extra class 0
+    ("background"), dropped from the outputs: logits for the dataset's `num_classes` labels either
+    way. With the `config` and class count of `load_run_config(model_dir)` this is the trained
+    network, ready for its checkpoint.
     """
     from keras_bninception.models import BNInception
 
+    size = config.data.image_size
     model = BNInception(
         include_top=True,
         weights=None,
-        input_shape=(config.image_size, config.image_size, 3),
-        classes=num_classes + 1 if config.background_class else num_classes,
+        input_shape=(size, size, 3),
+        classes=num_classes + 1 if config.init.background_class else num_classes,
         classifier_activation=None,
-        depth_multiplier=config.depth_multiplier,
-        dropout_rate=config.dropout_rate,
-        batch_norm=config.batch_norm,
-        activation=config.activation,
-        momentum=config.bn_momentum,
-        epsilon=config.bn_epsilon,
-        synchronized=config.sync_batch_norm,
-        slim_compatible=config.slim_compatible,
+        **dataclasses.asdict(config.model),
     )
-    if config.background_class:
+    if config.init.background_class:
         model = init_checkpoint.without_background_class(model)
     return model
 
@@ -76,17 +73,17 @@ def resolve_init(config: TrainConfig, num_classes: int) -> tuple[TrainConfig, In
     Raises:
         ValueError: the source does not exist, or contradicts the configured network.
     """
-    if not config.init_checkpoint:
+    if not config.init.init_checkpoint:
         return config, None
-    source = init_checkpoint.resolve_init_source(config.init_checkpoint)
+    source = init_checkpoint.resolve_init_source(config.init.init_checkpoint)
     changes: dict = {}
     if source.kind == init_checkpoint.TF_SLIM:
         wrong = [
             f"{name}={value!r} (needs {need!r})"
             for name, value, need in (
-                ("batch_norm", config.batch_norm, True),
-                ("activation", config.activation, "relu"),
-                ("bn_epsilon", config.bn_epsilon, 1e-3),
+                ("batch_norm", config.model.batch_norm, True),
+                ("activation", config.model.activation, "relu"),
+                ("bn_epsilon", config.model.epsilon, 1e-3),
             )
             if value != need
         ]
@@ -96,7 +93,7 @@ def resolve_init(config: TrainConfig, num_classes: int) -> tuple[TrainConfig, In
                 f"options contradict it: {', '.join(wrong)}"
             )
         changes["slim_compatible"] = True
-    if config.background_class is None:
+    if config.init.background_class is None:
         changes["background_class"] = init_checkpoint.has_background_class(source, num_classes)
     logging.info(
         "init_checkpoint %s: %s, %s classes%s.",
@@ -105,7 +102,7 @@ def resolve_init(config: TrainConfig, num_classes: int) -> tuple[TrainConfig, In
         source.num_classes,
         " (class 0 = background, dropped)" if changes.get("background_class") else "",
     )
-    return dataclasses.replace(config, **changes), source
+    return config.replace(**changes), source
 
 
 def initialize_from(
@@ -115,11 +112,11 @@ def initialize_from(
 
     def build_source_model(num_classes: int | None) -> keras.Model:
         # A .weights.h5 file or a run: this run's architecture with the source's classifier.
-        source_config = dataclasses.replace(config, background_class=False)
+        source_config = config.replace(background_class=False)
         return build_model(source_config, num_classes or 1)
 
     return init_checkpoint.load_init_checkpoint(
-        model, source, config.init_exclude, build_source_model=build_source_model
+        model, source, config.init.init_exclude, build_source_model=build_source_model
     )
 
 
@@ -134,24 +131,24 @@ def run(config: TrainConfig) -> dict:
     from keras_bninception import data
 
     config.validate()
+    runtime = config.runtime
     # First: MultiWorkerMirroredStrategy must configure collectives before TF runs anything.
-    strategy = get_strategy(config.distribution_strategy, config.num_gpus, config.tpu)
-    if config.seed is not None:
-        keras.utils.set_random_seed(config.seed)
-    if config.deterministic:
+    strategy = get_strategy(runtime.distribution_strategy, runtime.num_gpus, runtime.tpu)
+    if runtime.seed is not None:
+        keras.utils.set_random_seed(runtime.seed)
+    if runtime.deterministic:
         tf.config.experimental.enable_op_determinism()
-    info = data.get_info(config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir)
+    info = data.get_info(
+        config.data.dataset, data_dir=config.data.data_dir, manual_dir=config.data.manual_dir
+    )
     replicas = strategy.num_replicas_in_sync
-    if config.batch_size % replicas:
-        raise ValueError(
-            f"The global batch size ({config.batch_size}) must be divisible by the number of "
-            f"replicas ({replicas}). Received: batch_size={config.batch_size}"
-        )
     # Before anything is built or written: the init_checkpoint exists and fits the network.
     config, init_source = resolve_init(config, info.num_classes)
-    steps_per_epoch = info.num_train_examples / config.batch_size
-    train_steps = config.train_steps or steps_for_epochs(
-        config.epochs, info.num_train_examples, config.batch_size
+    trainer_config, optimizer = config.trainer, config.optimizer
+    batch_size = trainer_config.batch_size
+    steps_per_epoch = info.num_train_examples / batch_size
+    train_steps = trainer_config.train_steps or steps_for_epochs(
+        trainer_config.epochs, info.num_train_examples, batch_size
     )
     logging.info(
         "Dataset %s: %d classes, %d training / %d evaluation examples (%s / %s); %d replica(s).",
@@ -166,14 +163,14 @@ def run(config: TrainConfig) -> dict:
 
     def _dataset(context: tf.distribute.InputContext, split: str, **kwargs) -> tf.data.Dataset:
         return data.build_dataset(
-            config.dataset,
+            config.data.dataset,
             split,
-            image_size=config.image_size,
-            batch_size=context.get_per_replica_batch_size(config.batch_size),
-            seed=config.seed,
-            deterministic=config.deterministic,
-            data_dir=config.data_dir,
-            manual_dir=config.manual_dir,
+            image_size=config.data.image_size,
+            batch_size=context.get_per_replica_batch_size(batch_size),
+            seed=runtime.seed,
+            deterministic=runtime.deterministic,
+            data_dir=config.data.data_dir,
+            manual_dir=config.data.manual_dir,
             input_context=context,
             **kwargs,
         )
@@ -191,27 +188,24 @@ def run(config: TrainConfig) -> dict:
 
     def optimizer_fn() -> keras.optimizers.Optimizer:
         schedule = learning_rate_schedule(
-            config.learning_rate,
-            config.learning_rate_decay_factor,
-            config.num_epochs_per_decay,
+            optimizer.learning_rate,
+            optimizer.learning_rate_decay_factor,
+            optimizer.num_epochs_per_decay,
             steps_per_epoch,
         )
-        return build_optimizer(config.optimizer, schedule, config.momentum, config.mixed_precision)
+        return build_optimizer(
+            optimizer.name, schedule, optimizer.momentum, runtime.mixed_precision
+        )
 
     previous_policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(_POLICIES[config.mixed_precision])
+    keras.config.set_dtype_policy(_POLICIES[runtime.mixed_precision])
     try:
         trainer = Trainer(
             strategy,
             lambda: _model_fn(config, info.num_classes),
             optimizer_fn,
-            model_dir=config.model_dir,
-            global_batch_size=config.batch_size,
-            weight_decay=config.weight_decay,
-            label_smoothing=config.label_smoothing,
-            checkpoint_every=config.checkpoint_every,
-            keep_checkpoints=config.keep_checkpoints,
-            log_every=config.log_every,
+            config.model_dir,
+            trainer_config,
         )
     finally:
         keras.config.set_dtype_policy(previous_policy)
@@ -223,12 +217,14 @@ def run(config: TrainConfig) -> dict:
             logging.info("Resuming from %s: init_checkpoint not used.", restored)
         results: dict = {
             "dataset": info.name,
-            "config": dataclasses.asdict(config),
+            "config": config.to_dict(),
             "train_steps": train_steps,
             "num_replicas": replicas,
         }
         began = time.perf_counter()
         if config.mode in ("train", "train_and_eval"):
+            if trainer.chief:
+                save_run_config(config.model_dir, config, info.class_names)
             try:
                 results["train"] = trainer.train(train_dataset, train_steps)
             except Interrupted as e:
@@ -244,7 +240,7 @@ def run(config: TrainConfig) -> dict:
                 "train first (--mode=train or train_and_eval), or evaluate an --init_checkpoint."
             )
         if config.mode in ("eval", "train_and_eval"):
-            results["eval"] = trainer.evaluate(eval_dataset, config.eval_steps)
+            results["eval"] = trainer.evaluate(eval_dataset, trainer_config.eval_steps)
             results["eval"]["split"] = info.eval_split
         results["step"] = int(trainer.step.numpy())
         results["seconds"] = time.perf_counter() - began
@@ -265,18 +261,13 @@ def run(config: TrainConfig) -> dict:
 
 def _model_fn(config: TrainConfig, num_classes: int) -> keras.Model:
     model = build_model(config, num_classes)
-    init_checkpoint.apply_trainable_scopes(model, config.trainable_scopes, config.freeze_batch_norm)
+    init = config.init
+    init_checkpoint.apply_trainable_scopes(model, init.trainable_scopes, init.freeze_batch_norm)
     return model
 
 
 def write_metrics(model_dir: str, results: dict) -> str:
     """Writes `results` to `model_dir/metrics.json` atomically; returns the path."""
-    os.makedirs(model_dir, exist_ok=True)
-    path = os.path.join(model_dir, "metrics.json")
-    temp = path + ".tmp"
-    with open(temp, "w") as f:
-        json.dump(results, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(temp, path)
+    path = write_json_atomically(os.path.join(model_dir, "metrics.json"), results)
     logging.info("Wrote %s.", path)
     return path

@@ -14,8 +14,19 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 
 import keras
+
+# name -> (learning_rate, momentum) -> optimizer. TF-slim's RMSProp: rho 0.9, epsilon 1.0.
+OPTIMIZERS: Mapping[str, Callable[..., keras.optimizers.Optimizer]] = {
+    "momentum": lambda lr, momentum: keras.optimizers.SGD(lr, momentum=momentum),
+    "sgd": lambda lr, momentum: keras.optimizers.SGD(lr),
+    "rmsprop": lambda lr, momentum: keras.optimizers.RMSprop(
+        lr, rho=0.9, momentum=momentum, epsilon=1.0
+    ),
+    "adam": lambda lr, momentum: keras.optimizers.Adam(lr),
+}
 
 
 def learning_rate_schedule(
@@ -40,24 +51,16 @@ def build_optimizer(
     momentum: float = 0.9,
     mixed_precision: str | None = None,
 ) -> keras.optimizers.Optimizer:
-    """Creates the Keras optimizer `name` (`momentum`, `sgd`, `rmsprop` or `adam`).
+    """Creates the Keras optimizer `name`, one of `OPTIMIZERS`.
 
     Call it inside `strategy.scope()`. Weight decay is not applied here: the training step adds
     the L2 penalty to the loss, as the paper and TF-slim do.
     """
-    if name == "momentum":
-        optimizer = keras.optimizers.SGD(learning_rate, momentum=momentum)
-    elif name == "sgd":
-        optimizer = keras.optimizers.SGD(learning_rate)
-    elif name == "rmsprop":
-        optimizer = keras.optimizers.RMSprop(learning_rate, rho=0.9, momentum=momentum, epsilon=1.0)
-    elif name == "adam":
-        optimizer = keras.optimizers.Adam(learning_rate)
-    else:
+    if name not in OPTIMIZERS:
         raise ValueError(
-            "The `optimizer` argument should be one of ['momentum', 'sgd', 'rmsprop', 'adam']. "
-            f"Received: optimizer={name!r}"
+            f"`optimizer` must be one of {list(OPTIMIZERS)}; received optimizer={name!r}"
         )
+    optimizer = OPTIMIZERS[name](learning_rate, momentum)
     if mixed_precision == "float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer

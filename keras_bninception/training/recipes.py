@@ -21,12 +21,12 @@ Values the paper does not state, and where they come from:
   The penalty is TF-slim's: `weight_decay * sum(w ** 2) / 2` over the convolution kernels.
 - The baseline's dropout rate: 0.4, GoogLeNet's (Szegedy et al. 2014, section 5).
 
-A recipe sets defaults only: an option given explicitly (a flag on the command line) wins.
+A recipe names options by their flag names (see `config.FLAG_NAMES`) and sets defaults only: an
+option given explicitly (a flag on the command line) wins.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
@@ -81,7 +81,7 @@ def apply_recipe(
         config: the configuration to start from.
         recipe: one of `RECIPES` (`inception`, `bn_baseline`, `bn_x5`, `bn_x30`,
             `bn_x5_sigmoid`), or `None` to return `config` unchanged.
-        explicit: names of `TrainConfig` fields the user set explicitly; they are kept.
+        explicit: flag names of the options the user set explicitly; they are kept.
 
     Raises:
         ValueError: if `recipe` is not a known recipe.
@@ -89,9 +89,7 @@ def apply_recipe(
     if recipe is None or recipe == "":
         return config
     if recipe not in RECIPES:
-        raise ValueError(
-            f"The `recipe` argument should be one of {sorted(RECIPES)}. Received: recipe={recipe!r}"
-        )
+        raise ValueError(f"`recipe` must be one of {sorted(RECIPES)}; received recipe={recipe!r}")
     keep = set(explicit)
     updates = {k: v for k, v in RECIPES[recipe].items() if k not in keep}
-    return dataclasses.replace(config, **updates)
+    return config.replace(**updates)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Mapping
 
 import tensorflow as tf
 
@@ -31,10 +32,63 @@ def _num_tasks_in_tf_config() -> int:
     return sum(len(tasks) for tasks in cluster.values())
 
 
+def _one_device(num_gpus: int, tpu: str | None) -> tf.distribute.Strategy:
+    return tf.distribute.OneDeviceStrategy("/gpu:0" if num_gpus > 0 else "/cpu:0")
+
+
+def _mirrored(num_gpus: int, tpu: str | None) -> tf.distribute.Strategy:
+    if num_gpus > 0:
+        devices = [f"/gpu:{i}" for i in range(num_gpus)]
+    else:
+        devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+    return tf.distribute.MirroredStrategy(devices)
+
+
+def _multi_worker_mirrored(num_gpus: int, tpu: str | None) -> tf.distribute.Strategy:
+    implementation = (
+        tf.distribute.experimental.CommunicationImplementation.NCCL
+        if num_gpus > 0
+        else tf.distribute.experimental.CommunicationImplementation.RING
+    )
+    return tf.distribute.MultiWorkerMirroredStrategy(
+        communication_options=tf.distribute.experimental.CommunicationOptions(
+            implementation=implementation
+        )
+    )
+
+
+def _tpu(num_gpus: int, tpu: str | None) -> tf.distribute.Strategy:
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "")
+    if tpu not in (None, "", "local"):
+        tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def _default(num_gpus: int, tpu: str | None) -> tf.distribute.Strategy:
+    if tpu:
+        return _tpu(num_gpus, tpu)
+    if _num_tasks_in_tf_config() > 1:
+        return _multi_worker_mirrored(num_gpus, tpu)
+    if num_gpus > 1:
+        return _mirrored(num_gpus, tpu)
+    return _one_device(num_gpus, tpu)
+
+
+# name -> (num_gpus >= 0, tpu) -> strategy.
+STRATEGIES: Mapping[str, Callable[[int, str | None], tf.distribute.Strategy]] = {
+    "default": _default,
+    "one_device": _one_device,
+    "mirrored": _mirrored,
+    "multi_worker_mirrored": _multi_worker_mirrored,
+    "tpu": _tpu,
+}
+
+
 def get_strategy(
     distribution_strategy: str = "default", num_gpus: int = -1, tpu: str | None = None
 ) -> tf.distribute.Strategy:
-    """Creates the strategy named `distribution_strategy` (see the module docstring).
+    """Creates the strategy named `distribution_strategy`, one of `STRATEGIES` (module docstring).
 
     Args:
         distribution_strategy: `default`, `one_device`, `mirrored`, `multi_worker_mirrored` or
@@ -45,6 +99,11 @@ def get_strategy(
     Raises:
         ValueError: for an unknown name, or more GPUs than are visible.
     """
+    if distribution_strategy not in STRATEGIES:
+        raise ValueError(
+            f"`distribution_strategy` must be one of {list(STRATEGIES)}; "
+            f"received distribution_strategy={distribution_strategy!r}"
+        )
     # Physical, not logical, devices: listing logical ones initializes the TensorFlow context,
     # after which MultiWorkerMirroredStrategy can no longer configure its collectives.
     gpus = tf.config.list_physical_devices("GPU")
@@ -52,47 +111,10 @@ def get_strategy(
         num_gpus = len(gpus)
     if num_gpus > len(gpus):
         raise ValueError(
-            f"`num_gpus={num_gpus}` but only {len(gpus)} GPU(s) are visible to TensorFlow."
+            f"`num_gpus` must be at most the {len(gpus)} GPU(s) visible to TensorFlow; "
+            f"received num_gpus={num_gpus}"
         )
-    name = distribution_strategy
-    if name == "default":
-        if tpu:
-            name = "tpu"
-        elif _num_tasks_in_tf_config() > 1:
-            name = "multi_worker_mirrored"
-        elif num_gpus > 1:
-            name = "mirrored"
-        else:
-            name = "one_device"
-    if name == "one_device":
-        return tf.distribute.OneDeviceStrategy("/gpu:0" if num_gpus > 0 else "/cpu:0")
-    if name == "mirrored":
-        if num_gpus > 0:
-            devices = [f"/gpu:{i}" for i in range(num_gpus)]
-        else:
-            devices = [d.name for d in tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(devices)
-    if name == "multi_worker_mirrored":
-        implementation = (
-            tf.distribute.experimental.CommunicationImplementation.NCCL
-            if num_gpus > 0
-            else tf.distribute.experimental.CommunicationImplementation.RING
-        )
-        return tf.distribute.MultiWorkerMirroredStrategy(
-            communication_options=tf.distribute.experimental.CommunicationOptions(
-                implementation=implementation
-            )
-        )
-    if name == "tpu":
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "")
-        if tpu not in (None, "", "local"):
-            tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-        return tf.distribute.TPUStrategy(resolver)
-    raise ValueError(
-        "The `distribution_strategy` argument should be one of ['default', 'one_device', "
-        f"'mirrored', 'multi_worker_mirrored', 'tpu']. Received: {distribution_strategy!r}"
-    )
+    return STRATEGIES[distribution_strategy](num_gpus, tpu)
 
 
 def task_info(strategy: tf.distribute.Strategy) -> tuple[str | None, int | None]:

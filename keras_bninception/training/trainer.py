@@ -33,6 +33,7 @@ from absl import logging
 
 from keras_bninception.training import losses
 from keras_bninception.training.checkpointing import CheckpointHandler
+from keras_bninception.training.config import TrainerConfig
 from keras_bninception.training.errors import DivergenceError, Interrupted, TrainingError
 from keras_bninception.training.interruption import StopRequest
 from keras_bninception.training.optimizer import current_learning_rate
@@ -53,12 +54,13 @@ class Trainer:
         model_fn: returns a new `keras.Model` mapping images to logits (called in the scope).
         optimizer_fn: returns a new Keras optimizer (called in the scope).
         model_dir: where checkpoints (`checkpoints/`) and summaries (`logs/`) go.
-        global_batch_size: images per step over all replicas; must divide evenly.
-        weight_decay: L2 coefficient (TF-slim convention, see `losses.py`).
-        label_smoothing: label smoothing of the cross-entropy.
-        checkpoint_every: save every this many steps (and at the end).
-        keep_checkpoints: how many checkpoints to keep.
-        log_every: print a progress line and write summaries every this many steps.
+        config: the trainer section of the run: `batch_size` (global: images per step over all
+            replicas, divisible by their number), `weight_decay` (L2, TF-slim convention, see
+            `losses.py`), `label_smoothing`, `checkpoint_every` (and at the end),
+            `keep_checkpoints`, `log_every` (progress line and summaries).
+
+    Raises:
+        ValueError: the global batch does not divide over the replicas.
     """
 
     def __init__(
@@ -66,28 +68,18 @@ class Trainer:
         strategy: tf.distribute.Strategy,
         model_fn: Callable[[], keras.Model],
         optimizer_fn: Callable[[], keras.optimizers.Optimizer],
-        *,
         model_dir: str,
-        global_batch_size: int,
-        weight_decay: float = 0.0,
-        label_smoothing: float = 0.0,
-        checkpoint_every: int = 1000,
-        keep_checkpoints: int = 3,
-        log_every: int = 100,
+        config: TrainerConfig,
     ):
         replicas = strategy.num_replicas_in_sync
-        if global_batch_size % replicas:
+        if config.batch_size % replicas:
             raise ValueError(
-                f"The global batch size ({global_batch_size}) must be divisible by the number of "
-                f"replicas ({replicas}). Received: batch_size={global_batch_size}"
+                f"The global batch size ({config.batch_size}) must be divisible by the number of "
+                f"replicas ({replicas}); received batch_size={config.batch_size}"
             )
         self.strategy = strategy
         self.model_dir = model_dir
-        self.global_batch_size = global_batch_size
-        self.weight_decay = weight_decay
-        self.label_smoothing = label_smoothing
-        self.checkpoint_every = checkpoint_every
-        self.log_every = log_every
+        self.config = config
         self.chief = is_chief(strategy)
         with strategy.scope():
             self.model = model_fn()
@@ -98,7 +90,7 @@ class Trainer:
         self.checkpoints = CheckpointHandler(
             model_dir,
             self.chief,
-            keep_checkpoints,
+            config.keep_checkpoints,
             model=self.model,
             optimizer=self.optimizer,
             step=self.step,
@@ -117,11 +109,11 @@ class Trainer:
         def replica_step(images, labels):
             with tf.GradientTape() as tape:
                 logits = model(images, training=True)
-                per_example = losses.cross_entropy(labels, logits, self.label_smoothing)
+                per_example = losses.cross_entropy(labels, logits, self.config.label_smoothing)
                 data_loss = tf.nn.compute_average_loss(
-                    per_example, global_batch_size=self.global_batch_size
+                    per_example, global_batch_size=self.config.batch_size
                 )
-                loss = data_loss + losses.regularization(model, self.weight_decay)
+                loss = data_loss + losses.regularization(model, self.config.weight_decay)
                 scaled_loss = optimizer.scale_loss(loss)
             variables = model.trainable_variables
             grads = tape.gradient(scaled_loss, variables)
@@ -218,13 +210,13 @@ class Trainer:
         )
         iterator = iter(dataset)
         writer = SummaryWriter(self.model_dir, "train", self.chief)
-        progress = Progress(train_steps, self.global_batch_size, start)
+        progress = Progress(train_steps, self.config.batch_size, start)
         self._stop.__enter__()  # (before the line below: tests wait for it to send signals)
         logging.info(
             "Training steps %d..%d, global batch %d over %d replica(s).",
             start + 1,
             train_steps,
-            self.global_batch_size,
+            self.config.batch_size,
             self.strategy.num_replicas_in_sync,
         )
         began = time.perf_counter()
@@ -235,8 +227,8 @@ class Trainer:
             while step < train_steps:
                 boundary = min(
                     train_steps,
-                    _next_multiple(step, self.log_every),
-                    _next_multiple(step, self.checkpoint_every),
+                    _next_multiple(step, self.config.log_every),
+                    _next_multiple(step, self.config.checkpoint_every),
                 )
                 loss_sum, correct, count, done, finite, stopped = self._train_loop(
                     iterator, tf.constant(boundary - step, tf.int64)
@@ -250,16 +242,16 @@ class Trainer:
                 window["correct"] += float(correct)
                 window["count"] += float(count)
                 window["steps"] += int(done)
-                if step % self.log_every == 0 or step == train_steps:
+                if step % self.config.log_every == 0 or step == train_steps:
                     result = self._log(step, window, progress, writer)
                     window = {"loss": 0.0, "correct": 0.0, "count": 0.0, "steps": 0}
-                if step % self.checkpoint_every == 0 or step == train_steps:
+                if step % self.config.checkpoint_every == 0 or step == train_steps:
                     self.save(step)
                     progress.restart_clock(step)
                 if bool(stopped) and step < train_steps:
                     if window["steps"]:
                         result = self._log(step, window, progress, writer)
-                    if step % self.checkpoint_every:
+                    if step % self.config.checkpoint_every:
                         self.save(step)
                     result.update(step=step, train_seconds=time.perf_counter() - began)
                     raise Interrupted(
