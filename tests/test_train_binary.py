@@ -259,8 +259,8 @@ def test_multi_worker_mirrored_two_processes(tmp_path):
     for status, _, err in _workers(bad_batch, tmp_path):
         assert status == 1
         assert _error_lines(err) == [
-            "error: The global batch size (15) must be divisible by the number of replicas (2). "
-            "Received: batch_size=15"
+            "error: The global batch size (15) must be divisible by the number of replicas (2); "
+            "received batch_size=15"
         ]
 
 
@@ -330,13 +330,13 @@ def test_bad_input_one_line_nonzero_exit_checkpoint_intact(reference, tmp_path):
         "learning rate out of range": (
             [*small, "--learning_rate=-0.1"],
             1,
-            r"^error: The `learning_rate` argument should be a finite number > 0\. "
-            r"Received: learning_rate=-0\.1$",
+            r"^error: `learning_rate` must be a finite number > 0; "
+            r"received learning_rate=-0\.1$",
         ),
         "image size out of range": (
             [*small, "--image_size=16"],
             1,
-            r"^error: The `image_size` argument should be an integer >= 32\. Received: "
+            r"^error: `image_size` must be an integer >= 32; received "
             r"image_size=16$",
         ),
         "malformed flag": ([*small, "--mode=predict"], 2, r"^error: flag --mode=predict: "),
