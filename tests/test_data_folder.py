@@ -198,3 +198,17 @@ def test_unknown_split_lists_the_splits(folder):
         data.build_dataset(
             "image_folder", "test", image_size=32, batch_size=4, training=False, data_dir=folder
         )
+
+
+def test_skip_corrupt_images_leaves_them_out_and_lists_them(folder, mode):
+    bad = os.path.join(folder, "validation", "blue", "notes.png")
+    with open(bad, "w") as f:
+        f.write("this is not an image\n")
+    kwargs = dict(image_size=32, batch_size=2, training=False, data_dir=folder)
+    if mode == "in_memory":  # without the option: one DataError naming the file
+        with pytest.raises(data.DataError, match=r"^corrupt image file .*notes\.png"):
+            data.build_dataset("image_folder", "validation", **kwargs)
+    ds = data.build_dataset("image_folder", "validation", skip_corrupt_images=True, **kwargs)
+    labels = np.concatenate([y for _, y in ds.as_numpy_iterator()])
+    assert len(labels) == 2 * PER_CLASS["validation"]  # every good image, the bad one left out
+    assert bad in data.skipped_corrupt_images()

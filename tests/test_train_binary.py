@@ -31,10 +31,12 @@ SMALL = [
     "--batch_size=16",
     "--seed=3",
 ]
-# The reference run: 24 deterministic steps, a checkpoint every 4.
+# The reference run: 24 deterministic steps, a checkpoint every 4, with dropout (its random state
+# must be checkpointed too).
 STEPS, EVERY = 24, 4
 REFERENCE = [
     *SMALL,
+    "--dropout_rate=0.4",
     "--deterministic",
     "--mode=train",
     f"--train_steps={STEPS}",
@@ -188,8 +190,11 @@ def _free_ports(count: int) -> list[int]:
     return ports
 
 
-def _workers(args: list[str], log_dir) -> list[tuple[int, str, str]]:
-    """Runs `args` as the two workers of a local cluster; returns (status, stdout, stderr).
+def _workers(
+    args: list[str], log_dir, per_worker: tuple[list[str], list[str]] = ([], [])
+) -> list[tuple[int, str, str]]:
+    """Runs `args` (+ `per_worker[i]`) as the two workers of a local cluster; returns (status,
+    stdout, stderr).
 
     Output goes to files, not pipes: a worker blocked on a full pipe would stall the collectives
     of the other.
@@ -202,7 +207,7 @@ def _workers(args: list[str], log_dir) -> list[tuple[int, str, str]]:
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
         processes.append(
             subprocess.Popen(
-                _command(["--distribution_strategy=multi_worker_mirrored", *args]),
+                _command(["--distribution_strategy=multi_worker_mirrored", *args, *per_worker[i]]),
                 cwd=REPO_ROOT,
                 env=_env(TF_CONFIG=tf_config),
                 stdout=out,
@@ -262,6 +267,23 @@ def test_multi_worker_mirrored_two_processes(tmp_path):
             "error: The global batch size (15) must be divisible by the number of replicas (2); "
             "received batch_size=15"
         ]
+
+
+@pytest.mark.slow
+def test_multi_worker_model_dir_not_shared_is_one_clear_error(reference, tmp_path):
+    ref_dir, _ = reference
+    shutil.copytree(ref_dir, tmp_path / "chief")  # the chief finds step 24, worker 1 nothing
+    args = [*REFERENCE, f"--train_steps={STEPS + 4}"]
+    dirs = ([f"--model_dir={tmp_path}/chief"], [f"--model_dir={tmp_path}/worker1"])
+    for status, _, err in _workers(args, tmp_path, dirs):
+        assert status == 1, err[-3000:]
+        (line,) = _error_lines(err)
+        assert re.match(
+            rf"error: The workers restored different steps from --model_dir=\S+ \(the chief "
+            rf"step {STEPS}, this worker step (0|{STEPS}), at least one differs\): every worker "
+            "must use the same directory",
+            line,
+        ), line
 
 
 def _error_lines(stderr: str) -> list[str]:

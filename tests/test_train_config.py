@@ -69,6 +69,7 @@ def test_unknown_recipe_names_the_choices():
         (dict(mode="predict"), r"`mode` must be one of \['train', 'eval'"),
         (dict(distribution_strategy="ps"), r"one of \['default', 'one_device', 'mirrored'"),
         (dict(deterministic=True, seed=None), r"`deterministic=True` needs a `seed`"),
+        (dict(seed=2**32), r"`seed` must be an integer in \[0, 4294967295\]; received seed="),
         (dict(learning_rate_decay_factor=1.5), r"`learning_rate_decay_factor` .* \(0, 1\]"),
         (dict(train_steps=0, epochs=0.0), r"`epochs` must be a finite number > 0"),
         (
@@ -130,3 +131,16 @@ def test_progress_line():
     assert line == (
         "step 120/600 (20%)  loss 0.8123  top-1 74.22%  lr 0.0075  320.0 img/s  ETA 0:01:36"
     )
+
+
+def test_seed_flag_is_bounded_at_parse_time():
+    from absl import flags
+
+    from trainers import train
+
+    with pytest.raises(flags.IllegalFlagValueError, match=r"--seed=4294967296"):
+        train.FLAGS(["train", "--seed=4294967296"])
+    train.FLAGS.unparse_flags()
+    assert train.FLAGS(["train", "--seed=4294967295"]) == ["train"]
+    assert train.FLAGS.seed == 2**32 - 1
+    train.FLAGS.unparse_flags()

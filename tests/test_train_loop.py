@@ -150,8 +150,11 @@ def test_image_folder_bfloat16(tmp_path):
         dataset="image_folder",
         data_dir=str(tmp_path / "images"),
         mixed_precision="bfloat16",
+        seed=None,
     )
     results = run(config)
+    seed = results["config"]["runtime"]["seed"]  # drawn once, shared by the workers, recorded
+    assert isinstance(seed, int) and 0 <= seed < 2**32
     _check_run(results, config.model_dir, eval_examples=6)
     # Rerunning the same command resumes: nothing left to train, the checkpoint is evaluated.
     again = run(config)
@@ -182,6 +185,37 @@ def test_run_config_round_trip(tmp_path):
         f.write('{"model": {"momentum": 0.9}, "class_names": ["a"]')  # truncated
     with pytest.raises(ValueError, match=r"config\.json is not a run configuration"):
         load_run_config(config.model_dir)
+
+
+def test_agreed_value_is_replica_zeros(logical_cpus):
+    from keras_bninception.training.strategy import agreed_value
+
+    strategy = tf.distribute.MirroredStrategy(logical_cpus)
+    assert agreed_value(strategy, 2**32 - 1) == 2**32 - 1  # int64, not truncated
+
+
+def test_corrupt_image_in_a_streamed_split_is_named(tmp_path, monkeypatch):
+    from keras_bninception.data import DataError, sources
+
+    monkeypatch.setattr(sources, "IN_MEMORY_MAX_BYTES", 0)  # stream the folder from disk
+    for label in ("blue", "red"):
+        os.makedirs(tmp_path / "images" / "train" / label)
+        for i in range(3):
+            pixels = np.full((36, 36, 3), 60 * i + (label == "red") * 100, np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "images" / "train" / label / f"{i}.png")
+    broken = tmp_path / "images" / "train" / "red" / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not a JPEG")
+    config = _config(
+        tmp_path,
+        dataset="image_folder",
+        data_dir=str(tmp_path / "images"),
+        mode="train",
+        train_steps=4,
+        checkpoint_every=4,
+        log_every=4,
+    )
+    with pytest.raises(DataError, match=rf"^corrupt image file {broken}: not a JPEG"):
+        run(config)
 
 
 def test_global_batch_must_divide_over_replicas(logical_cpus, tmp_path):

@@ -80,6 +80,12 @@ flags.DEFINE_string("manual_dir", None, "Where manually downloaded files are (im
 flags.DEFINE_integer(
     "image_size", _DATA.image_size, f"Input height and width (>= {config_lib.MIN_INPUT_SIZE})."
 )
+flags.DEFINE_bool(
+    "skip_corrupt_images",
+    _DATA.skip_corrupt_images,
+    "Leave out image files that do not decode (logged, counted in metrics.json) instead of "
+    "stopping at the first.",
+)
 # Run.
 flags.DEFINE_string(
     "model_dir", _D.model_dir, "Checkpoints, TensorBoard logs, config.json and metrics.json."
@@ -97,7 +103,13 @@ flags.DEFINE_string("tpu", None, "TPU name or grpc:// address, for --distributio
 flags.DEFINE_enum(
     "mixed_precision", None, ["bfloat16", "float16"], "Mixed precision (float16: loss scaling)."
 )
-flags.DEFINE_integer("seed", None, "Random seed (weights, data order, augmentation).")
+flags.DEFINE_integer(
+    "seed",
+    None,
+    "Random seed (weights, data order, augmentation), in [0, 2**32 - 1].",
+    lower_bound=0,
+    upper_bound=config_lib.MAX_SEED,
+)
 flags.DEFINE_bool("deterministic", False, "Reproducible run (needs --seed; slower).")
 # Trainer.
 flags.DEFINE_integer("batch_size", _T.batch_size, "Global batch size (all replicas).")
@@ -216,7 +228,7 @@ def main(argv: list[str]) -> None:
 
 def summary(config: config_lib.TrainConfig, results: dict) -> str:
     """Where the run's artifacts are, and its final metrics, for the console."""
-    model_dir = os.path.abspath(config.model_dir)
+    model_dir = config.model_dir if "://" in config.model_dir else os.path.abspath(config.model_dir)
     lines = [f"Done: step {results['step']} of {results['train_steps']}."]
     if "eval" in results:
         ev = results["eval"]

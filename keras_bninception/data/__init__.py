@@ -10,7 +10,7 @@ Datasets: `digits` (scikit-learn's bundled 8x8 digits, no download), `image_fold
 """
 
 from keras_bninception.data.errors import DataError, explain_error
-from keras_bninception.data.pipeline import build_dataset, get_info
+from keras_bninception.data.pipeline import build_dataset, get_info, skipped_corrupt_images
 from keras_bninception.data.preprocessing import (
     PreprocessConfig,
     preprocess_for_eval,
@@ -29,4 +29,5 @@ __all__ = [
     "get_info",
     "preprocess_for_eval",
     "preprocess_for_train",
+    "skipped_corrupt_images",
 ]

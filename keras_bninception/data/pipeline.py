@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import math
 import secrets
+import threading
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from keras_bninception.data import preprocessing, sources
 from keras_bninception.data.errors import CORRUPT_FILE_ASSERTION, DataError
@@ -100,6 +102,38 @@ def _checked(contents: tf.Tensor, filename: tf.Tensor) -> tf.Tensor:
         return tf.identity(contents)
 
 
+_skipped_lock = threading.Lock()
+_skipped_files: set[str] = set()
+
+
+def skipped_corrupt_images() -> list[str]:
+    """The corrupt image files `skip_corrupt_images=True` pipelines of this process skipped."""
+    with _skipped_lock:
+        return sorted(_skipped_files)
+
+
+def _skip(problem: str, filename: str) -> None:
+    with _skipped_lock:
+        new = filename not in _skipped_files
+        _skipped_files.add(filename)
+    if new:
+        logging.warning("Skipping %s (skip_corrupt_images).", problem)
+
+
+def _usable(contents: tf.Tensor, filename: tf.Tensor) -> tf.Tensor:
+    """Whether the header is an image's; logs and counts the file when not."""
+
+    def report():
+        def record(name):
+            name = name.numpy().decode(errors="replace")
+            _skip(f"corrupt image file {name}: not a JPEG, PNG, GIF or BMP file", name)
+            return False
+
+        return tf.py_function(record, [filename], tf.bool)
+
+    return tf.cond(_header_ok(contents), lambda: tf.constant(True), report)
+
+
 def build_dataset(
     dataset: str,
     split: str,
@@ -115,6 +149,7 @@ def build_dataset(
     repeat: bool | None = None,
     drop_remainder: bool | None = None,
     start_step: int = 0,
+    skip_corrupt_images: bool = False,
 ) -> tf.data.Dataset:
     """Builds the input pipeline of one split.
 
@@ -140,6 +175,8 @@ def build_dataset(
             run restarts from. With `deterministic=True` and a seed, the result equals
             `build_dataset(..., start_step=0).skip(start_step)`; the skip happens before any
             image is decoded (in-memory splits: at no cost at all).
+        skip_corrupt_images: leave out image files that do not decode (each logged once, listed
+            by `skipped_corrupt_images()`) instead of stopping with a `DataError` naming the first.
 
     Returns:
         A `tf.data.Dataset` of (images float32 [B, image_size, image_size, 3] in [-1, 1],
@@ -180,6 +217,18 @@ def build_dataset(
             )
         return preprocessing.decode_and_preprocess_for_eval(contents, image_size, config)
 
+    if isinstance(data, sources.InMemorySplit) and data.corrupt:
+        if not skip_corrupt_images:
+            raise DataError(data.corrupt[0][1])
+        for index, problem in data.corrupt:
+            _skip(problem, str(data.filenames[index]))
+        keep = np.setdiff1d(np.arange(data.num_examples), [i for i, _ in data.corrupt])
+        data = sources.InMemorySplit(
+            images=data.images[keep],
+            labels=data.labels[keep],
+            encoded=data.encoded,
+            filenames=data.filenames[keep],
+        )
     if isinstance(data, sources.InMemorySplit):
         n = data.num_examples
         if n == 0:
@@ -231,6 +280,8 @@ def build_dataset(
         if repeat:
             ds = ds.repeat()
         ds = ds.enumerate().skip(start)
+        if skip_corrupt_images:
+            ds = ds.filter(lambda _, element: _usable(element[0], element[2]))
 
         def decode(local_index, element):
             contents, label, filename = element
@@ -238,6 +289,8 @@ def build_dataset(
             return decode_and_preprocess(_checked(contents, filename), key_seed), label
 
         ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+        if skip_corrupt_images:  # a valid header but truncated data: TF logs the error
+            ds = ds.ignore_errors(log_warning=True)
 
     ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.prefetch(tf.data.AUTOTUNE)

@@ -87,13 +87,14 @@ class InMemorySplit:
 
     `images` is either decoded pixels ([N, H, W, C], `encoded=False`) or encoded image files (an
     object array of N bytes, `encoded=True`); `labels` is int32 [N]; `filenames` names each example
-    (used in error messages).
+    (used in error messages); `corrupt` lists (index, problem) of the files that do not decode.
     """
 
     images: np.ndarray
     labels: np.ndarray
     encoded: bool
     filenames: np.ndarray | None = None
+    corrupt: tuple[tuple[int, str], ...] = ()
 
     @property
     def num_examples(self) -> int:
@@ -144,8 +145,8 @@ def _encoded_in_memory(examples: tf.data.Dataset) -> InMemorySplit:
     )
 
 
-def check_image_bytes(images: list[bytes], filenames: list[str]) -> None:
-    """Decodes every image with PIL; raises `DataError` naming the first file that fails."""
+def find_corrupt_images(images: list[bytes], filenames: list[str]) -> list[tuple[int, str]]:
+    """Decodes every image with PIL; (index, "corrupt image file <name>: ...") of each failure."""
     from PIL import Image
 
     def check(item: tuple[bytes, str]) -> str | None:
@@ -159,9 +160,8 @@ def check_image_bytes(images: list[bytes], filenames: list[str]) -> None:
         return None
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        for problem in pool.map(check, zip(images, filenames, strict=True)):
-            if problem is not None:
-                raise DataError(problem)
+        problems = pool.map(check, zip(images, filenames, strict=True))
+        return [(i, problem) for i, problem in enumerate(problems) if problem is not None]
 
 
 class Source:
@@ -289,8 +289,9 @@ class FolderSource(Source):
                 raise DataError(
                     f"image folder {self._root} is unreadable: {first_line(error)}"
                 ) from error
-            check_image_bytes(list(loaded.images), list(loaded.filenames))
-            return loaded
+            # Reported (or skipped, with skip_corrupt_images) by the pipeline.
+            corrupt = find_corrupt_images(list(loaded.images), list(loaded.filenames))
+            return dataclasses.replace(loaded, corrupt=tuple(corrupt))
 
         def make(shuffle_files: bool, seed: int, num_pipelines: int, pipeline_id: int):
             del shuffle_files, seed  # the pipeline shuffles with a seeded buffer

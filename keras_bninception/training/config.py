@@ -29,6 +29,7 @@ MIXED_PRECISION = (None, "bfloat16", "float16")
 ACTIVATIONS = ("relu", "sigmoid")
 # The smallest input side: BN-Inception halves the resolution five times.
 MIN_INPUT_SIZE = 32
+MAX_SEED = 2**32 - 1  # numpy.random.seed accepts [0, 2**32 - 1]
 
 
 @dataclasses.dataclass
@@ -53,6 +54,7 @@ class DataConfig:
     data_dir: str | None = None
     manual_dir: str | None = None
     image_size: int = 224
+    skip_corrupt_images: bool = False  # leave out (and count) files that do not decode
 
 
 @dataclasses.dataclass
@@ -262,6 +264,10 @@ class TrainConfig:
             )
         if r.seed is not None:
             _at_least("seed", r.seed, 0)
+            if r.seed > MAX_SEED:  # numpy's and Keras' seeds are 32-bit
+                raise ValueError(
+                    f"`seed` must be an integer in [0, {MAX_SEED}]; received seed={r.seed!r}"
+                )
         if r.deterministic and r.seed is None:
             raise ValueError(
                 "`deterministic=True` needs a `seed` (an integer >= 0); received seed=None"

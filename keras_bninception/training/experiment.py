@@ -19,7 +19,9 @@ chief when training starts, see `run_config.py`), `checkpoints/` (tf.train check
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import secrets
 import time
 
 import keras
@@ -27,12 +29,12 @@ import tensorflow as tf
 from absl import logging
 
 from keras_bninception.training import init_checkpoint
-from keras_bninception.training.config import TrainConfig
+from keras_bninception.training.config import MAX_SEED, TrainConfig
 from keras_bninception.training.errors import Interrupted, TrainingError
 from keras_bninception.training.init_checkpoint import InitSource
 from keras_bninception.training.optimizer import build_optimizer, learning_rate_schedule
 from keras_bninception.training.run_config import save_run_config, write_json_atomically
-from keras_bninception.training.strategy import get_strategy
+from keras_bninception.training.strategy import agreed_value, any_replica, get_strategy
 from keras_bninception.training.trainer import Trainer, steps_for_epochs
 
 _POLICIES = {None: "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
@@ -124,7 +126,8 @@ def run(config: TrainConfig) -> dict:
     """Trains and/or evaluates as `config` says; returns the metrics written to metrics.json.
 
     Raises:
-        ValueError: a bad option or dataset (`keras_bninception.data.DataError` is one).
+        ValueError: a bad option or dataset (`keras_bninception.data.DataError` is one, e.g. a
+            corrupt image of a streamed split, named).
         TrainingError: training cannot go on (e.g. `DivergenceError`), or `mode=eval` without a
             checkpoint. In every case the checkpoints already in `model_dir` are left untouched.
     """
@@ -134,8 +137,13 @@ def run(config: TrainConfig) -> dict:
     runtime = config.runtime
     # First: MultiWorkerMirroredStrategy must configure collectives before TF runs anything.
     strategy = get_strategy(runtime.distribution_strategy, runtime.num_gpus, runtime.tpu)
-    if runtime.seed is not None:
-        keras.utils.set_random_seed(runtime.seed)
+    if runtime.seed is None:
+        # One seed for every worker (their data shards must come from one shuffle), recorded
+        # in config.json and metrics.json.
+        config = config.replace(seed=agreed_value(strategy, secrets.randbelow(MAX_SEED + 1)))
+        runtime = config.runtime
+        logging.info("No seed given: drew seed %d (recorded with the run).", runtime.seed)
+    keras.utils.set_random_seed(runtime.seed)
     if runtime.deterministic:
         tf.config.experimental.enable_op_determinism()
     info = data.get_info(
@@ -172,6 +180,7 @@ def run(config: TrainConfig) -> dict:
             data_dir=config.data.data_dir,
             manual_dir=config.data.manual_dir,
             input_context=context,
+            skip_corrupt_images=config.data.skip_corrupt_images,
             **kwargs,
         )
 
@@ -211,6 +220,7 @@ def run(config: TrainConfig) -> dict:
         keras.config.set_dtype_policy(previous_policy)
     try:
         restored = trainer.restore()
+        _check_workers_agree_on_step(strategy, int(trainer.step.numpy()), config.model_dir)
         if restored is None and init_source is not None:
             initialize_from(trainer.model, config, init_source)
         elif init_source is not None:
@@ -244,6 +254,11 @@ def run(config: TrainConfig) -> dict:
             results["eval"]["split"] = info.eval_split
         results["step"] = int(trainer.step.numpy())
         results["seconds"] = time.perf_counter() - began
+        if config.data.skip_corrupt_images:
+            skipped = data.skipped_corrupt_images()
+            results["skipped_corrupt_images"] = len(skipped)
+            if skipped:
+                logging.warning("Skipped %d corrupt image file(s).", len(skipped))
         results["weights_sha256"] = trainer.weights_digest()
         results["trainable_weights_sha256"] = trainer.weights_digest(trainable_only=True)
         logging.info(
@@ -255,8 +270,30 @@ def run(config: TrainConfig) -> dict:
         if trainer.chief:
             write_metrics(config.model_dir, results)
         return results
+    except tf.errors.OpError as e:
+        # A corrupt image met while iterating a streamed split: one DataError naming the file.
+        explained = data.explain_error(e)
+        if explained is None:
+            raise
+        raise explained from e
     finally:
         trainer.close()
+
+
+def _check_workers_agree_on_step(strategy: tf.distribute.Strategy, step: int, model_dir: str):
+    """Every worker must have restored the chief's step: else `model_dir` is not shared.
+
+    A local path on each machine gives the chief its checkpoint and the others none; their
+    collectives would then not match (a hang or a crash). Two all-reduces, once per run.
+    """
+    chief_step = agreed_value(strategy, step)
+    if any_replica(strategy, step != chief_step):
+        raise TrainingError(
+            f"The workers restored different steps from --model_dir={model_dir} (the chief step "
+            f"{chief_step}, this worker step {step}, at least one differs): every worker must "
+            "use the same directory on a shared file system (e.g. gs://..., NFS), not a local "
+            "path on each machine."
+        )
 
 
 def _model_fn(config: TrainConfig, num_classes: int) -> keras.Model:
@@ -267,7 +304,36 @@ def _model_fn(config: TrainConfig, num_classes: int) -> keras.Model:
 
 
 def write_metrics(model_dir: str, results: dict) -> str:
-    """Writes `results` to `model_dir/metrics.json` atomically; returns the path."""
-    path = write_json_atomically(os.path.join(model_dir, "metrics.json"), results)
+    """Writes `results` to `model_dir/metrics.json` atomically; returns the path.
+
+    Through `tf.io.gfile` (a `gs://` model_dir works), as a temporary file renamed over the old one.
+    A section this run did not produce (`train` for an eval run or a rerun with nothing left to
+    train, `eval` for a train run) is kept from the previous file, with its own `step`.
+
+    Raises:
+        TrainingError: the file cannot be written (its path and the reason).
+    """
+    path = os.path.join(model_dir, "metrics.json")
+    previous = _read_metrics(path)
+    merged = dict(results)
+    for section in ("train", "eval"):
+        new = results.get(section)
+        trained_nothing = section == "train" and new is not None and "loss" not in new
+        if section in previous and (new is None or trained_nothing):
+            merged[section] = previous[section]
+    try:
+        write_json_atomically(path, merged)
+    except (tf.errors.OpError, OSError) as e:
+        message = getattr(e, "message", None) or str(e)
+        raise TrainingError(f"Cannot write the metrics file {path}: {message}") from e
     logging.info("Wrote %s.", path)
     return path
+
+
+def _read_metrics(path: str) -> dict:
+    try:
+        with tf.io.gfile.GFile(path) as f:
+            previous = json.loads(f.read())
+    except (tf.errors.OpError, ValueError):  # none yet, or unreadable: nothing to keep
+        return {}
+    return previous if isinstance(previous, dict) else {}

@@ -138,3 +138,25 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
         return False
     cluster = strategy.cluster_resolver.cluster_spec().as_dict()
     return "chief" not in cluster
+
+
+def agreed_value(strategy: tf.distribute.Strategy, value: int) -> int:
+    """Replica 0's `value` (on the chief), given to every worker by one all-reduce.
+
+    Each process passes its own `value`; all get back the one of the process holding replica 0, so
+    e.g. a seed drawn at random is the same on every worker.
+    """
+
+    def replica_share() -> tf.Tensor:
+        first = tf.equal(tf.distribute.get_replica_context().replica_id_in_sync_group, 0)
+        return tf.where(first, tf.constant(value, tf.int64), tf.constant(0, tf.int64))
+
+    total = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica_share), axis=None)
+    return int(total)
+
+
+def any_replica(strategy: tf.distribute.Strategy, flag: bool) -> bool:
+    """Whether `flag` is True on any worker (one all-reduce; every worker gets the same answer)."""
+    value = tf.constant(1 if flag else 0, tf.int64)
+    total = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: value), axis=None)
+    return int(total) > 0

@@ -94,6 +94,7 @@ class Trainer:
             model=self.model,
             optimizer=self.optimizer,
             step=self.step,
+            random_states=random_states(self.model),
         )
         self._stop = StopRequest()
         self._train_loop = None
@@ -397,6 +398,17 @@ def _consistent_replica_gradients(grads: list) -> list:
     summed = iter(context.all_reduce(tf.distribute.ReduceOp.SUM, present))
     scale = 1.0 / context.num_replicas_in_sync
     return [None if g is None else next(summed) * scale for g in grads]
+
+
+def random_states(model: keras.Model) -> list[tf.Variable]:
+    """The variables of `model` that are not weights: its `keras.random.SeedGenerator` states.
+
+    Dropout draws its masks from a SeedGenerator whose state advances at every call; Keras leaves
+    it out of `model.weights` and of the model's checkpoint, so a resumed run would replay the
+    masks from the start. The trainer checkpoints these states beside the model.
+    """
+    weights = {id(w) for w in model.weights}
+    return [v.value for v in model.variables if id(v) not in weights]
 
 
 def _next_multiple(step: int, every: int) -> int:
