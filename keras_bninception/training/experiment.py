@@ -275,7 +275,7 @@ def run(config: TrainConfig) -> dict:
         explained = data.explain_error(e)
         if explained is None:
             raise
-        raise explained from e
+        raise data.DataError(f"{explained} (--skip_corrupt_images leaves such files out)") from e
     finally:
         trainer.close()
 
