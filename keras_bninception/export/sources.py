@@ -1,0 +1,203 @@
+"""What `trainers/export.py` exports from: a training run, a `.keras` file or a TF-slim checkpoint.
+
+Each loader returns an `ExportSource`: the Keras model, its class names, the evaluation
+preprocessing of its data and, when the source has training data, calibration pixels for int8.
+
+- `from_model_dir(model_dir)`: the run's configuration (`<model_dir>/config.json`) rebuilds the
+  model exactly as it was trained (`training.experiment.build_model`), its newest checkpoint in
+  `<model_dir>/checkpoints` gives the weights; class names and calibration images come from the
+  run's dataset (its training split, evaluation preprocessing).
+- `from_keras_file(path)`: a model saved with `model.save("x.keras")`.
+- `from_tf_slim_checkpoint(prefix)`: the published ImageNet checkpoint (1001 classes, class 0
+  "background"), tf_slim's network, depth multiplier read from the checkpoint.
+- `calibration_from_folder(directory, image_size)`: JPEG / PNG images under a folder, for sources
+  without training data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_bninception.data import preprocessing
+from keras_bninception.export.exporter import MIN_CALIBRATION_IMAGES, ExportError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+
+@dataclasses.dataclass
+class ExportSource:
+    """A model ready to export, with what the exporter needs to know about it."""
+
+    model: keras.Model
+    class_names: list[str]
+    description: dict
+    preprocess_config: preprocessing.PreprocessConfig = preprocessing.DEFAULT_CONFIG
+    calibration_images: np.ndarray | None = None
+
+
+def imagenet_class_names(num_classes: int) -> list[str]:
+    """The ImageNet names of a 1000- or 1001-way classifier (1001: class 0 is "background")."""
+    from keras_bninception.imagenet_utils import imagenet_classes
+
+    names = [name for _, name in imagenet_classes()]
+    if num_classes == len(names) + 1:
+        return ["background", *names]
+    if num_classes == len(names):
+        return names
+    raise ExportError(f"ImageNet names exist for 1000 or 1001 classes, not {num_classes}")
+
+
+def read_labels(path: str, num_classes: int) -> list[str]:
+    """Class names from a text file, one a line; their number must match the model's."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            names = [line.rstrip("\r\n") for line in f if line.strip()]
+    except OSError as error:
+        raise ExportError(f"Cannot read the labels file {path}: {error.strerror}") from error
+    if len(names) != num_classes:
+        raise ExportError(
+            f"The labels file {path} must have one name a line for each of the model's "
+            f"{num_classes} classes; received {len(names)} names"
+        )
+    return names
+
+
+def default_class_names(num_classes: int) -> list[str]:
+    """ImageNet names for 1000 / 1001 classes, else the class ids as names ("0", "1", ...)."""
+    if num_classes in (1000, 1001):
+        return imagenet_class_names(num_classes)
+    return [str(i) for i in range(num_classes)]
+
+
+def _num_classes(model: keras.Model) -> int:
+    return int(model.outputs[0].shape[-1])
+
+
+def from_keras_file(path: str, labels: str | None = None) -> ExportSource:
+    """Loads a `.keras` model file (saved by Keras 3, e.g. `BNInception(...).save(path)`)."""
+    import keras_bninception  # noqa: F401  (registers the custom BN layer for deserialization)
+
+    if not os.path.isfile(path):
+        raise ExportError(f"--keras_model must be an existing .keras file; received {path!r}")
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as error:  # noqa: BLE001 - Keras raises several types for non-model files
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ExportError(
+            f"{path} is not a Keras model file (.keras, saved by model.save): {first[:300]}"
+        ) from error
+    if not isinstance(model, keras.Model) or len(model.inputs) != 1:
+        raise ExportError(f"{path} must hold a Keras model with one image input")
+    classes = _num_classes(model)
+    names = read_labels(labels, classes) if labels else default_class_names(classes)
+    return ExportSource(model, names, {"kind": "keras_model", "path": os.path.abspath(path)})
+
+
+def _slim_depth_multiplier(prefix: str) -> float:
+    """The depth multiplier of a tf_slim inception_v2 checkpoint (Conv2d_2c_3x3 has 192·m)."""
+    shapes = dict(tf.train.list_variables(prefix))
+    name = "InceptionV2/Conv2d_2c_3x3/weights"
+    if name not in shapes:
+        raise ExportError(
+            f"{prefix} is not a TF-slim inception_v2 checkpoint (it has no {name} variable)"
+        )
+    return shapes[name][-1] / 192.0
+
+
+def from_tf_slim_checkpoint(path: str, image_size: int = 224) -> ExportSource:
+    """The TF-slim inception_v2 checkpoint as BNInception (1001 classes), ImageNet names."""
+    from keras_bninception.models import BNInception, tf_slim_checkpoint
+
+    prefix = tf_slim_checkpoint.checkpoint_prefix(path)
+    if prefix is None:
+        raise ExportError(
+            "--tf_slim_checkpoint must be a TF checkpoint prefix (e.g. inception_v2.ckpt, with "
+            f"its .index file beside it); received {path!r}"
+        )
+    classes = tf_slim_checkpoint.checkpoint_num_classes(prefix)
+    if classes is None:
+        raise ExportError(f"{prefix} has no classifier (InceptionV2/Logits) to export")
+    model = BNInception(
+        weights=prefix,
+        classes=classes,
+        input_shape=(image_size, image_size, 3),
+        depth_multiplier=_slim_depth_multiplier(prefix),
+    )
+    return ExportSource(
+        model,
+        default_class_names(classes),
+        {"kind": "tf_slim_checkpoint", "path": os.path.abspath(prefix)},
+    )
+
+
+def calibration_from_folder(directory: str, image_size: int, limit: int = 1000) -> np.ndarray:
+    """Pixels [N, S, S, 3] (float32, 0..255) of the JPEG / PNG images under `directory`.
+
+    Images are sorted by path, at most `limit` are used, each decoded, centrally cropped and
+    resized like evaluation images. At least `MIN_CALIBRATION_IMAGES` must be readable.
+    """
+    if not os.path.isdir(directory):
+        raise ExportError(
+            f"--calibration_dir must be a directory of images; received {directory!r}"
+        )
+    paths = sorted(
+        os.path.join(root, name)
+        for root, _, names in os.walk(directory)
+        for name in names
+        if name.lower().endswith(IMAGE_EXTENSIONS)
+    )[:limit]
+    if len(paths) < MIN_CALIBRATION_IMAGES:
+        raise ExportError(
+            f"--calibration_dir {directory} must hold at least {MIN_CALIBRATION_IMAGES} .jpg / "
+            f".png images; found {len(paths)}"
+        )
+    pixels = []
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                contents = tf.constant(f.read())
+            x = preprocessing.decode_and_preprocess_for_eval(contents, image_size)
+        except (OSError, tf.errors.OpError) as error:
+            message = getattr(error, "message", None) or str(error)
+            raise ExportError(
+                f"Calibration image {path} cannot be read: {message.strip().splitlines()[0]}"
+            ) from error
+        pixels.append((x.numpy() + 1.0) * 127.5)
+    return np.stack(pixels).astype(np.float32)
+
+
+def calibration_from_dataset(
+    dataset: str,
+    split: str,
+    image_size: int,
+    preprocess_config: preprocessing.PreprocessConfig,
+    count: int = 500,
+    data_dir: str | None = None,
+    manual_dir: str | None = None,
+) -> np.ndarray:
+    """Pixels [N, S, S, 3] of the first `count` images of a split, evaluation-preprocessed."""
+    from keras_bninception import data
+
+    del preprocess_config  # build_dataset applies the dataset's own evaluation preprocessing.
+    ds = data.build_dataset(
+        dataset,
+        split,
+        image_size=image_size,
+        batch_size=min(count, 256),
+        training=False,
+        data_dir=data_dir,
+        manual_dir=manual_dir,
+    )
+    images: list[np.ndarray] = []
+    total = 0
+    for x, _ in ds:
+        images.append(x.numpy())
+        total += images[-1].shape[0]
+        if total >= count:
+            break
+    return ((np.concatenate(images)[:count] + 1.0) * 127.5).astype(np.float32)
