@@ -98,6 +98,68 @@ def from_keras_file(path: str, labels: str | None = None) -> ExportSource:
     return ExportSource(model, names, {"kind": "keras_model", "path": os.path.abspath(path)})
 
 
+def from_model_dir(model_dir: str, calibration_count: int = 500) -> ExportSource:
+    """The newest checkpoint of a training run, rebuilt from the run's `config.json`.
+
+    Class names, the evaluation preprocessing and the int8 calibration images (the first
+    `calibration_count` images of the training split, evaluation-preprocessed) come from the run's
+    dataset. The model is built in float32 whatever the run's mixed precision (its variables are
+    float32 either way).
+    """
+    from keras_bninception import data
+    from keras_bninception.data import sources as data_sources
+    from keras_bninception.training.experiment import build_model
+    from keras_bninception.training.run_config import load_run_config
+
+    if not tf.io.gfile.isdir(model_dir):
+        raise ExportError(f"--model_dir must be a training run's directory; received {model_dir!r}")
+    try:
+        config, class_names = load_run_config(model_dir)
+    except ValueError as error:
+        raise ExportError(str(error)) from error
+    checkpoints = tf.io.gfile.join(model_dir, "checkpoints")
+    latest = tf.train.latest_checkpoint(checkpoints)
+    if latest is None:
+        raise ExportError(
+            f"--model_dir {model_dir} has no checkpoint in {checkpoints}; train first (python -m "
+            "trainers.train --model_dir=...)"
+        )
+    model = build_model(config, len(class_names))
+    try:
+        tf.train.Checkpoint(model=model).restore(
+            latest
+        ).expect_partial().assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ExportError(
+            f"The checkpoint {latest} does not match the model of {model_dir}/config.json: "
+            f"{first[:300]}"
+        ) from error
+    source = data_sources.resolve(
+        config.data.dataset, data_dir=config.data.data_dir, manual_dir=config.data.manual_dir
+    )
+    info = data.get_info(
+        config.data.dataset, data_dir=config.data.data_dir, manual_dir=config.data.manual_dir
+    )
+    calibration = calibration_from_dataset(
+        config.data.dataset,
+        info.train_split,
+        config.data.image_size,
+        count=calibration_count,
+        data_dir=config.data.data_dir,
+        manual_dir=config.data.manual_dir,
+    )
+    step = int(latest.rsplit("-", 1)[-1]) if latest.rsplit("-", 1)[-1].isdigit() else None
+    description = {
+        "kind": "model_dir",
+        "path": os.path.abspath(model_dir),
+        "checkpoint": latest,
+        "step": step,
+        "dataset": info.name,
+    }
+    return ExportSource(model, class_names, description, source.preprocess, calibration)
+
+
 def _slim_depth_multiplier(prefix: str) -> float:
     """The depth multiplier of a tf_slim inception_v2 checkpoint (Conv2d_2c_3x3 has 192·m)."""
     shapes = dict(tf.train.list_variables(prefix))
@@ -175,7 +237,6 @@ def calibration_from_dataset(
     dataset: str,
     split: str,
     image_size: int,
-    preprocess_config: preprocessing.PreprocessConfig,
     count: int = 500,
     data_dir: str | None = None,
     manual_dir: str | None = None,
@@ -183,7 +244,6 @@ def calibration_from_dataset(
     """Pixels [N, S, S, 3] of the first `count` images of a split, evaluation-preprocessed."""
     from keras_bninception import data
 
-    del preprocess_config  # build_dataset applies the dataset's own evaluation preprocessing.
     ds = data.build_dataset(
         dataset,
         split,
