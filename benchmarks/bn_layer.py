@@ -1,25 +1,32 @@
-"""Forward + backward of keras_bninception's BatchNormalization against Keras' own layer.
+"""Forward + backward of the project's BatchNormalization against Keras' layer and TF's kernel.
 
-    python benchmarks/bn_layer.py [--repeats 15] [--batch 32]
+    python benchmarks/bn_layer.py [--repeats 15] [--batch 32] [--dtypes float32 bfloat16] [--memory]
 
-On the BN-Inception activation shapes, float32, training mode, one process: both layers run
-interleaved (ours, Keras, ours, Keras, ...) so machine noise hits both alike, and the median of
-`--repeats` runs is reported. Each run is a `tf.function` computing y = BN(x) and the gradients of
-⟨y, dy⟩ with respect to x, γ and β for a fixed random dy.
+On the BN-Inception activation shapes, training mode, one process: three implementations run
+interleaved (Keras, fused kernel, ours, Keras, ...) so machine noise hits all alike, and the median
+of `--repeats` runs is reported. Each run is a `tf.function` computing y = BN(x) and the gradients
+of ⟨y, dy⟩ with respect to x, γ and β for a fixed random dy.
 
-"passes" is the memory traffic at op boundaries in the traced graph, in units of one activation
-tensor: every op, or XLA computation, counts one pass per full-size tensor it reads or writes.
-Inside one XLA computation an input may be read more than once (our forward reads x for Σx, for
-Σ(x − μ_B)² and for y), so for our layer it is a lower bound; Keras' ops are all counted. The
-bandwidth columns (passes × tensor bytes / time) are therefore lower bounds too, shown against
-this machine's copy bandwidth (NumPy copy between two preallocated arrays).
+- keras: `keras.layers.BatchNormalization` (Keras 3, TensorFlow backend).
+- fused: TensorFlow's C++ kernels `FusedBatchNormV3` / `FusedBatchNormGradV3` (what tf_keras'
+  `fused=True` ran), as an anchor to measure against: never the layer's path.
+- ours: `keras_bninception.layers.BatchNormalization`.
+
+bfloat16 rows run each under the `mixed_bfloat16` policy (x and y in bfloat16, γ, β and the
+statistics in float32). `--memory` measures, in a fresh subprocess per cell, the growth of the
+peak resident memory over one warm-up and three forward + backward runs, minus the inputs. The
+machine's copy bandwidth (NumPy copy between two preallocated arrays, read + write) and float32
+matmul throughput (2048² `tf.matmul`) are printed with the table, to compare machines.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
 import statistics
+import subprocess
 import sys
 import time
 
@@ -33,6 +40,56 @@ import tensorflow as tf  # noqa: E402
 from keras_bninception.layers import BatchNormalization  # noqa: E402
 
 SHAPES = [(56, 56, 192), (28, 28, 256), (14, 14, 576), (7, 7, 1024)]
+NAMES = ("keras", "fused", "ours")
+EPSILON = 1e-3
+
+
+class FusedKernelBN(keras.layers.Layer):
+    """BN in training mode through TensorFlow's fused C++ kernels (forward and gradient)."""
+
+    def build(self, input_shape) -> None:
+        channels = input_shape[-1]
+        self.gamma = self.add_weight(shape=(channels,), initializer="ones", name="gamma")
+        self.beta = self.add_weight(shape=(channels,), initializer="zeros", name="beta")
+
+    def call(self, x):
+        @tf.custom_gradient
+        def fused(x, gamma, beta):
+            y, _, _, r1, r2, r3 = tf.raw_ops.FusedBatchNormV3(
+                x=x,
+                scale=gamma,
+                offset=beta,
+                mean=tf.zeros([0]),
+                variance=tf.zeros([0]),
+                epsilon=EPSILON,
+                is_training=True,
+            )
+
+            def backward(dy):
+                dx, dgamma, dbeta = tf.raw_ops.FusedBatchNormGradV3(
+                    y_backprop=dy,
+                    x=x,
+                    scale=gamma,
+                    reserve_space_1=r1,
+                    reserve_space_2=r2,
+                    reserve_space_3=r3,
+                    epsilon=EPSILON,
+                    is_training=True,
+                )[:3]
+                return dx, dgamma, dbeta
+
+            return y, backward
+
+        return fused(x, tf.cast(self.gamma, "float32"), tf.cast(self.beta, "float32"))
+
+
+def _layer(name: str, dtype: str) -> keras.layers.Layer:
+    policy = "mixed_bfloat16" if dtype == "bfloat16" else "float32"
+    if name == "keras":
+        return keras.layers.BatchNormalization(epsilon=EPSILON, dtype=policy)
+    if name == "fused":
+        return FusedKernelBN(dtype=policy)
+    return BatchNormalization(epsilon=EPSILON, dtype=policy)
 
 
 def _step_fn(layer: keras.layers.Layer, dy: tf.Tensor):
@@ -46,23 +103,42 @@ def _step_fn(layer: keras.layers.Layer, dy: tf.Tensor):
     return step
 
 
-def _passes(step, x: tf.Tensor) -> int:
-    """Full-size tensors read or written by the ops of the traced graph (see module docstring)."""
-    graph = step.get_concrete_function(x).graph
-    size = x.shape.num_elements()
-
-    def full(t):
-        return t.shape.is_fully_defined() and t.shape.num_elements() == size
-
-    ignored = {"Placeholder", "Const", "Identity", "IdentityN", "Reshape", "NoOp"}
-    return sum(
-        sum(map(full, op.inputs)) + sum(map(full, op.outputs))
-        for op in graph.get_operations()
-        if op.type not in ignored
-    )
+def _inputs(shape: tuple, dtype: str) -> tuple[tf.Tensor, tf.Tensor]:
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(1.0, 2.0, size=shape).astype("float32"), dtype=dtype)
+    dy = tf.constant(rng.normal(size=shape).astype("float32"), dtype=dtype)
+    return x, dy
 
 
-def _copy_bandwidth(nbytes: int, repeats: int) -> float:
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _memory_child(name: str, shape: tuple, dtype: str) -> None:
+    """In a fresh process: peak RSS growth of forward + backward runs, minus x and dy."""
+    x, dy = _inputs(shape, dtype)
+    layer = _layer(name, dtype)
+    layer.build(shape)
+    step = _step_fn(layer, dy)
+    step.get_concrete_function(x)  # trace outside the measurement
+    before = _peak_rss_mb()
+    for _ in range(4):
+        step(x)[0].numpy()
+    print(json.dumps({"peak_growth_mb": _peak_rss_mb() - before}))
+
+
+def _memory(name: str, shape: tuple, dtype: str) -> float:
+    out = subprocess.run(
+        [sys.executable, __file__, "--memory-child", name, "x".join(map(str, shape)), dtype],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_growth_mb"]
+
+
+def copy_bandwidth(nbytes: int = 1 << 27, repeats: int = 9) -> float:
+    """Bytes per second of a NumPy copy between preallocated arrays (read + write)."""
     src = np.random.default_rng(0).random(nbytes // 4, dtype=np.float32)
     dst = np.empty_like(src)
     times = []
@@ -70,67 +146,84 @@ def _copy_bandwidth(nbytes: int, repeats: int) -> float:
         t0 = time.perf_counter()
         np.copyto(dst, src)
         times.append(time.perf_counter() - t0)
-    return 2 * nbytes / statistics.median(times)  # read + write
+    return 2 * nbytes / statistics.median(times)
+
+
+def matmul_flops(n: int = 2048, repeats: int = 9) -> float:
+    """float32 FLOP/s of an n×n by n×n `tf.matmul` (median of `repeats`)."""
+    a = tf.random.stateless_normal([n, n], seed=(0, 0))
+    matmul = tf.function(lambda a: tf.matmul(a, a))
+    matmul(a).numpy()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        matmul(a).numpy()
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=15, help="timed runs per layer (≥ 10)")
+    parser.add_argument("--repeats", type=int, default=15, help="timed runs per layer (≥ 5)")
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
+    parser.add_argument("--memory", action="store_true", help="peak memory, one process a cell")
+    parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.repeats < 10:
-        parser.error("--repeats must be at least 10")
-    rng = np.random.default_rng(0)
+    if args.memory_child:
+        name, shape, dtype = args.memory_child
+        _memory_child(name, tuple(int(v) for v in shape.split("x")), dtype)
+        return
+    if args.repeats < 5:
+        parser.error(f"--repeats must be at least 5; received --repeats={args.repeats}")
     print(
-        f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPU cores, "
-        f"median of {args.repeats} interleaved runs, forward + backward, float32"
+        f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPU cores; "
+        f"copy {copy_bandwidth() / 1e9:.1f} GB/s, matmul {matmul_flops() / 1e9:.0f} GFLOP/s "
+        f"(float32); median of {args.repeats} interleaved runs, forward + backward"
     )
-    header = (
+    header = [
         "shape",
+        "dtype",
         "keras ms",
+        "fused kernel ms",
         "ours ms",
-        "speed-up",
-        "keras passes",
-        "ours passes",
-        "keras GB/s",
-        "ours GB/s",
-        "copy GB/s",
-    )
+        "ours vs keras",
+        "ours vs fused",
+    ]
+    if args.memory:
+        header += ["keras MB", "fused MB", "ours MB"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    for hwc in SHAPES:
-        shape = (args.batch, *hwc)
-        x = tf.constant(rng.normal(1.0, 2.0, size=shape).astype("float32"))
-        dy = tf.constant(rng.normal(size=shape).astype("float32"))
-        layers = {"keras": keras.layers.BatchNormalization(), "ours": BatchNormalization()}
-        steps = {}
-        for name, layer in layers.items():
-            layer.build(shape)
-            steps[name] = _step_fn(layer, dy)
-            for _ in range(2):  # trace, compile, warm up
-                steps[name](x)[0].numpy()
-        times = {name: [] for name in steps}
-        for _ in range(args.repeats):
-            for name, step in steps.items():
-                t0 = time.perf_counter()
-                step(x)[0].numpy()
-                times[name].append(time.perf_counter() - t0)
-        median = {name: statistics.median(t) for name, t in times.items()}
-        passes = {name: _passes(step, x) for name, step in steps.items()}
-        nbytes = x.shape.num_elements() * 4
-        copy = _copy_bandwidth(nbytes, args.repeats)
-        row = [
-            "×".join(map(str, shape)),
-            f"{median['keras'] * 1e3:.1f}",
-            f"{median['ours'] * 1e3:.1f}",
-            f"{median['keras'] / median['ours']:.2f}×",
-            str(passes["keras"]),
-            str(passes["ours"]),
-            f"{passes['keras'] * nbytes / median['keras'] / 1e9:.1f}",
-            f"{passes['ours'] * nbytes / median['ours'] / 1e9:.1f}",
-            f"{copy / 1e9:.1f}",
-        ]
-        print("| " + " | ".join(row) + " |", flush=True)
+    for dtype in args.dtypes:
+        for hwc in SHAPES:
+            shape = (args.batch, *hwc)
+            x, dy = _inputs(shape, dtype)
+            steps = {}
+            for name in NAMES:
+                layer = _layer(name, dtype)
+                layer.build(shape)
+                steps[name] = _step_fn(layer, dy)
+                for _ in range(2):  # trace, compile, warm up
+                    steps[name](x)[0].numpy()
+            times = {name: [] for name in NAMES}
+            for _ in range(args.repeats):
+                for name in NAMES:
+                    t0 = time.perf_counter()
+                    steps[name](x)[0].numpy()
+                    times[name].append(time.perf_counter() - t0)
+            ms = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+            row = [
+                "×".join(map(str, shape)),
+                dtype,
+                f"{ms['keras']:.1f}",
+                f"{ms['fused']:.1f}",
+                f"{ms['ours']:.1f}",
+                f"{ms['keras'] / ms['ours']:.2f}×",
+                f"{ms['fused'] / ms['ours']:.2f}×",
+            ]
+            if args.memory:
+                row += [f"{_memory(name, shape, dtype):.0f}" for name in NAMES]
+            print("| " + " | ".join(row) + " |", flush=True)
 
 
 if __name__ == "__main__":
