@@ -230,3 +230,36 @@ def test_global_batch_must_divide_over_replicas(logical_cpus, tmp_path):
     ):
         run(config)
     assert not os.path.exists(config.model_dir)
+
+
+def test_jit_compile_follows_the_same_loss_trajectory(tmp_path):
+    """--jit_compile (XLA over the whole replica step) trains like the step without it."""
+    from keras_bninception.layers import BatchNormalization
+
+    def model_fn() -> keras.Model:  # conv -> BN -> ReLU, small enough to compile fast
+        keras.utils.set_random_seed(3)
+        inputs = keras.Input((SIZE, SIZE, 3))
+        h = keras.layers.Conv2D(16, 3, strides=2, use_bias=False)(inputs)
+        h = keras.layers.ReLU()(BatchNormalization(momentum=0.9)(h))
+        h = keras.layers.GlobalAveragePooling2D()(h)
+        return keras.Model(inputs, keras.layers.Dense(CLASSES)(h))
+
+    trajectories = []
+    for jit_compile in (False, True):
+        trainer = Trainer(
+            tf.distribute.OneDeviceStrategy("/cpu:0"),
+            model_fn,
+            lambda: keras.optimizers.SGD(0.1, momentum=0.9),
+            str(tmp_path / f"jit_{jit_compile}"),
+            TrainerConfig(
+                batch_size=GLOBAL_BATCH,
+                weight_decay=4e-5,
+                checkpoint_every=100,
+                log_every=1,
+                jit_compile=jit_compile,
+            ),
+        )
+        trajectories.append([trainer.train(_fixed_batches, step)["loss"] for step in (1, 2, 3, 4)])
+    op_by_op, compiled = trajectories
+    assert len(set(op_by_op)) == 4, op_by_op  # the loss moves: equal trajectories say something
+    np.testing.assert_allclose(compiled, op_by_op, rtol=1e-5)

@@ -121,6 +121,7 @@ flags.DEFINE_float("label_smoothing", _T.label_smoothing, "Label smoothing of th
 flags.DEFINE_integer("checkpoint_every", _T.checkpoint_every, "Steps between checkpoints.")
 flags.DEFINE_integer("keep_checkpoints", _T.keep_checkpoints, "Checkpoints kept.")
 flags.DEFINE_integer("log_every", _T.log_every, "Steps between progress lines / summaries.")
+flags.DEFINE_bool("jit_compile", _T.jit_compile, "XLA-compile each replica's whole training step.")
 # Optimizer.
 flags.DEFINE_enum("optimizer", _O.name, list(config_lib.OPTIMIZERS), "Keras optimizer.")
 flags.DEFINE_float("momentum", _O.momentum, "Momentum of 'momentum' and 'rmsprop'.")

@@ -74,6 +74,7 @@ class TrainerConfig:
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
     log_every: int = 100
+    jit_compile: bool = False  # XLA over each replica's whole step (forward, backward, update).
 
 
 @dataclasses.dataclass

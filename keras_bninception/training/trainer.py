@@ -57,7 +57,9 @@ class Trainer:
         config: the trainer section of the run: `batch_size` (global: images per step over all
             replicas, divisible by their number), `weight_decay` (L2, TF-slim convention, see
             `losses.py`), `label_smoothing`, `checkpoint_every` (and at the end),
-            `keep_checkpoints`, `log_every` (progress line and summaries).
+            `keep_checkpoints`, `log_every` (progress line and summaries), `jit_compile`
+            (each replica's step, forward, backward and update, as one XLA computation, as the
+            Model Garden compiles its steps on accelerators).
 
     Raises:
         ValueError: the global batch does not divide over the replicas.
@@ -125,6 +127,9 @@ class Trainer:
             correct = tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.float32))
             count = tf.cast(tf.shape(labels)[0], tf.float32)
             return loss, correct, count
+
+        if self.config.jit_compile:
+            replica_step = tf.function(replica_step, jit_compile=True)
 
         def reduce_sum(value):
             return strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
