@@ -23,6 +23,7 @@ from keras_bninception.data import digits
 from keras_bninception.models import BNInception
 from keras_bninception.training import TrainConfig, build_model, run
 from keras_bninception.training import init_checkpoint as ic
+from keras_bninception.training.run_config import load_run_config
 
 SIZE, DEPTH = 32, 0.25
 SCOPES = ("Mixed_5c/", "Logits/")
@@ -78,7 +79,9 @@ def test_finetune_scopes_and_frozen_batch_norm(slim, tmp_path, caplog):
     assert "Left at their initial values (2):" in caplog.text
     assert "Logits/Conv2d_1c_1x1/biases" in caplog.text
 
-    recorded = TrainConfig.from_dict(results["config"])
+    # The run's config.json alone rebuilds its network (as the exporter does, with no flag).
+    recorded, class_names = load_run_config(config.model_dir)
+    assert recorded.model.slim_compatible is True and len(class_names) == 10
     directory = os.path.join(config.model_dir, "checkpoints")
     step1 = _checkpoint_values(recorded, os.path.join(directory, "ckpt-1"), 10)
     step2 = _checkpoint_values(recorded, os.path.join(directory, "ckpt-2"), 10)
