@@ -2,10 +2,10 @@
 
     python benchmarks/train_step.py [--sizes 32x64 64x64 224x8] [--repeats 10]
 
-For each input size × global batch (`SIZExBATCH`), two BN-Inception models are built, identical
-but for their BN layer: `keras_bninception.layers.BatchNormalization` (the model's own) and
-`keras.layers.BatchNormalization` (swapped in for this comparison only). Each trains with SGD in a
-`tf.function` step; steps of the two alternate (ours, Keras, ours, ...), and the median of
+For each input size × global batch (`SIZExBATCH`), two BN-Inception models are built, identical but
+for their BN layer (`BNInception(norm_layer=...)`): `keras_bninception.layers.BatchNormalization`
+(the model's own) and `keras.layers.BatchNormalization`. Each trains with SGD in a `tf.function`
+step; steps of the two alternate (ours, Keras, ours, ...), and the median of
 `--repeats` steps is reported after a warm-up step, whose time (tracing + XLA compilation) is
 reported too.
 """
@@ -13,7 +13,6 @@ reported too.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import sys
@@ -26,18 +25,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keras_bninception import BNInception  # noqa: E402
-from keras_bninception.models import blocks  # noqa: E402
-
-
-@contextlib.contextmanager
-def _bn_layer(cls):
-    """Builds models with `cls` as their BN layer (blocks.py looks the name up at build time)."""
-    original = blocks.BatchNormalization
-    blocks.BatchNormalization = cls
-    try:
-        yield
-    finally:
-        blocks.BatchNormalization = original
+from keras_bninception.layers import BatchNormalization  # noqa: E402
 
 
 def _train_step(model: keras.Model):
@@ -84,14 +72,15 @@ def main() -> None:
         images = tf.random.stateless_uniform([batch, size, size, 3], seed=(0, 1), minval=-1)
         labels = tf.random.stateless_uniform([batch], seed=(0, 2), maxval=10, dtype=tf.int32)
         steps, first = {}, {}
-        for name, cls in (("ours", None), ("keras", keras.layers.BatchNormalization)):
-            with _bn_layer(cls or blocks.BatchNormalization):
-                model = BNInception(
-                    weights=None,
-                    classes=10,
-                    input_shape=(size, size, 3),
-                    classifier_activation=None,
-                )
+        layers = (("ours", BatchNormalization), ("keras", keras.layers.BatchNormalization))
+        for name, norm_layer in layers:
+            model = BNInception(
+                weights=None,
+                classes=10,
+                input_shape=(size, size, 3),
+                classifier_activation=None,
+                norm_layer=norm_layer,
+            )
             steps[name] = _train_step(model)
             t0 = time.perf_counter()
             steps[name](images, labels).numpy()

@@ -98,7 +98,7 @@ def test_odd_size_and_depth_multiplier(tmp_path):
 
 def test_mismatched_checkpoints_are_rejected(ref224):
     ckpt = ref224.checkpoint
-    with pytest.raises(ValueError, match=r"`classes` should be 1001; received classes=1000"):
+    with pytest.raises(ValueError, match=r"`classes` must be 1001; received classes=1000"):
         BNInception(weights=ckpt)
     with pytest.raises(ValueError, match=r"wrong shape \(\d+\):\n  InceptionV2/"):
         BNInception(weights=ckpt, classes=1001, depth_multiplier=0.5, input_shape=(32, 32, 3))

@@ -1,10 +1,7 @@
 """BN-Inception (Figure 5 of Ioffe & Szegedy 2015) as a Keras application model."""
 
-from keras_bninception.models.bninception import (
-    BNInception,
-    bninception_end_points,
-    feature_extractor,
-)
+from keras_bninception.models.bninception import BNInception
+from keras_bninception.models.end_points import bninception_end_points, feature_extractor
 from keras_bninception.models.figure5 import END_POINTS
 from keras_bninception.models.tf_slim_checkpoint import load_tf_slim_checkpoint
 

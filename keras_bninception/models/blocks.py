@@ -16,7 +16,7 @@ from typing import Any
 import keras
 
 from keras_bninception.layers import BatchNormalization
-from keras_bninception.models.figure5 import InceptionRow
+from keras_bninception.models.figure5 import STEM, InceptionRow, StemRow
 
 BATCH_NORM_SUFFIX = "_BatchNorm"
 ACTIVATION_SUFFIX = "_Activation"
@@ -33,6 +33,12 @@ class UnitConfig:
         momentum, epsilon, scale, synchronized: arguments of the BN layer.
         channel_axis: -1 for channels_last, 1 for channels_first.
         kernel_initializer: initializer of the convolution kernels.
+        norm_layer: the BN layer class (or factory), called with Keras BatchNormalization's
+            arguments `axis`, `momentum`, `epsilon`, `scale`, `synchronized`, `name`:
+            this package's `BatchNormalization` by default, `keras.layers.BatchNormalization`
+            to compare with Keras' own.
+        first_batch_norm: whether BN follows the first (separable) convolution; tf_slim's
+            checkpoints have a bias and no BN there (False). None: `batch_norm`.
     """
 
     batch_norm: bool = True
@@ -43,11 +49,13 @@ class UnitConfig:
     synchronized: bool = False
     channel_axis: int = -1
     kernel_initializer: str = "he_normal"
+    norm_layer: Callable[..., keras.layers.Layer] = BatchNormalization
+    first_batch_norm: bool | None = None
 
 
 def _normalize_and_activate(x, name: str, config: UnitConfig, batch_norm: bool):
     if batch_norm:
-        x = BatchNormalization(
+        x = config.norm_layer(
             axis=config.channel_axis,
             momentum=config.momentum,
             epsilon=config.epsilon,
@@ -72,37 +80,47 @@ def conv_unit(x, filters: int, kernel: int, stride: int, name: str, config: Unit
     return _normalize_and_activate(x, name, config, config.batch_norm)
 
 
-def separable_conv_unit(
-    x,
-    filters: int,
-    kernel: int,
-    stride: int,
-    multiplier: int,
-    name: str,
-    config: UnitConfig,
-    batch_norm: bool | None = None,
-):
+def separable_conv_unit(x, filters: int, row: StemRow, multiplier: int, config: UnitConfig):
     """The first layer: depthwise `kernel` x `kernel` conv (x `multiplier`), pointwise to `filters`.
 
-    Args:
-        batch_norm: whether BN follows (default: ``config.batch_norm``). tf_slim's checkpoints
-            have a bias and no BN on this layer (pass False); the convolution has a bias exactly
-            when no BN follows.
+    BN follows unless `config.first_batch_norm` is False; the convolution has a bias exactly when
+    no BN follows.
     """
-    if batch_norm is None:
-        batch_norm = config.batch_norm
+    batch_norm = config.batch_norm if config.first_batch_norm is None else config.first_batch_norm
     x = keras.layers.SeparableConv2D(
         filters,
-        kernel,
-        strides=stride,
+        row.kernel,
+        strides=row.stride,
         padding="same",
         depth_multiplier=multiplier,
         use_bias=not batch_norm,
         depthwise_initializer=config.kernel_initializer,
         pointwise_initializer=config.kernel_initializer,
-        name=name,
+        name=row.scope,
     )(x)
-    return _normalize_and_activate(x, name, config, batch_norm)
+    return _normalize_and_activate(x, row.scope, config, batch_norm)
+
+
+def stem(x, depth: Callable[[int], int], config: UnitConfig, end_points: dict[str, Any]):
+    """The layers of Figure 5 before the Inception modules (`figure5.STEM`), in order.
+
+    The first convolution is depthwise-separable with the paper's channel multiplier ("x8"),
+    capped as tf_slim does so that `in_channels * multiplier` stays at most the pointwise depth.
+    Records each row's output in `end_points` under its tf_slim scope; returns the last.
+    """
+    in_channels = x.shape[config.channel_axis]
+    for row in STEM:
+        if row.kind == "separable_conv":
+            multiplier = max(1, min(depth(row.depth) // in_channels, row.separable_multiplier))
+            x = separable_conv_unit(x, depth(row.depth), row, multiplier, config)
+        elif row.kind == "conv":
+            x = conv_unit(x, depth(row.depth), row.kernel, row.stride, row.scope, config)
+        else:
+            x = keras.layers.MaxPooling2D(
+                row.kernel, strides=row.stride, padding="same", name=row.scope
+            )(x)
+        end_points[row.scope] = x
+    return x
 
 
 def inception_module(x, row: InceptionRow, depth: Callable[[int], int], config: UnitConfig):

@@ -14,6 +14,8 @@ import dataclasses
 from typing import Literal
 
 MIXED_4C_4D_CHOICES = ("tf_slim", "paper")
+# The smallest input side: five stride-2 stages (SAME padding) leave a map of ceil(n / 32).
+MIN_INPUT_SIZE = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +30,7 @@ class StemRow:
         stride: stride (SAME padding everywhere, as tf_slim).
         depth: output channels before depth scaling (convolutions only).
         separable_multiplier: channel multiplier of the depthwise 7x7 convolution ("x8" in the
-            paper; tf_slim caps it to keep ``in_channels * multiplier <= depth``).
+            paper; `blocks.stem` caps it as tf_slim does: ``in_channels * multiplier <= depth``).
     """
 
     paper_name: str
@@ -133,18 +135,6 @@ def inception_rows(mixed_4c_4d: str = "tf_slim") -> tuple[InceptionRow, ...]:
 def scaled_depth(depth: int, depth_multiplier: float = 1.0, min_depth: int = 16) -> int:
     """tf_slim's width rule: ``max(int(depth * depth_multiplier), min_depth)``."""
     return max(int(depth * depth_multiplier), min_depth)
-
-
-def separable_multiplier(
-    depth_multiplier: float = 1.0, min_depth: int = 16, in_channels: int = 3
-) -> int:
-    """Channel multiplier of the first (depthwise 7x7) convolution.
-
-    The paper's "x8", capped as tf_slim does so that ``in_channels * multiplier`` does not exceed
-    the pointwise depth: ``min(int(depth(64) / in_channels), 8)`` (tf_slim hard-codes
-    in_channels = 3).
-    """
-    return max(1, min(int(scaled_depth(64, depth_multiplier, min_depth) / in_channels), 8))
 
 
 END_POINTS: tuple[str, ...] = tuple(r.scope for r in STEM) + tuple(

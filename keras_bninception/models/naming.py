@@ -1,11 +1,8 @@
-"""Keras layer names <-> tf_slim ``inception_v2`` scopes, variable names and end points."""
+"""Keras layer names -> tf_slim ``inception_v2`` variable names."""
 
 from __future__ import annotations
 
 import re
-
-from keras_bninception.models.blocks import ACTIVATION_SUFFIX
-from keras_bninception.models.figure5 import STEM
 
 TF_SLIM_SCOPE = "InceptionV2"
 
@@ -25,9 +22,6 @@ _WEIGHT_NAMES = {
     "moving_mean": "moving_mean",
     "moving_variance": "moving_variance",
 }
-
-# Layers that are an end point through their non-linearity (tf_slim's end point is the Relu op).
-_CONV_END_POINTS = frozenset(r.scope for r in STEM if r.kind != "max_pool")
 
 
 def tf_slim_scope(layer_name: str) -> str | None:
@@ -63,13 +57,3 @@ def tf_slim_variable_name(layer_name: str, weight_name: str) -> str | None:
     if not parts or "_".join(parts) != layer_name or weight_name not in _WEIGHT_NAMES:
         return None
     return "/".join([TF_SLIM_SCOPE, *parts, _WEIGHT_NAMES[weight_name]])
-
-
-def end_point_layer_name(end_point: str) -> str:
-    """The Keras layer whose output is tf_slim's end point `end_point`.
-
-    The modules and pools are the layers named exactly like the end point ("Mixed_4e",
-    "MaxPool_3a_3x3"); the three stem convolutions are end points after their non-linearity, so
-    their end point is the layer "<end point>_Activation" (tf_slim's ".../Relu" op).
-    """
-    return end_point + ACTIVATION_SUFFIX if end_point in _CONV_END_POINTS else end_point

@@ -73,12 +73,6 @@ def _model_variables(prefix: str) -> dict[str, tuple[int, ...]]:
     }
 
 
-def checkpoint_num_classes(prefix: str) -> int | None:
-    """Number of classes of the checkpoint's logits layer (1001 for the published one), or None."""
-    shape = _model_variables(prefix).get(LOGITS_BIASES)
-    return None if shape is None else int(shape[0])
-
-
 def _fits(checkpoint_shape: tuple[int, ...], keras_shape: tuple[int, ...]) -> bool:
     # The logits are a 1x1 conv in tf_slim, (1, 1, 1024, C), and a Dense in Keras, (1024, C).
     return checkpoint_shape == keras_shape or checkpoint_shape == (1, 1, *keras_shape)
@@ -90,6 +84,19 @@ def _listing(title: str, items: list[str], limit: int = 20) -> str:
     return f"{title} ({len(items)}):\n{shown}{more}"
 
 
+def _check_classes(prefix: str, checkpoint_shape: tuple[int, ...] | None, classes: int) -> None:
+    if checkpoint_shape is None:
+        raise ValueError(
+            f"The TF-slim checkpoint {prefix!r} has no logits layer ({LOGITS_BIASES}); use "
+            "include_top=False."
+        )
+    if checkpoint_shape[0] != classes:
+        raise ValueError(
+            f"The TF-slim checkpoint has {checkpoint_shape[0]} classes, so with include_top=True "
+            f"`classes` must be {checkpoint_shape[0]}; received classes={classes}"
+        )
+
+
 def load_tf_slim_checkpoint(model: keras.Model, prefix: str) -> None:
     """Assigns every weight of `model` from the tf_slim ``inception_v2`` checkpoint at `prefix`.
 
@@ -98,8 +105,9 @@ def load_tf_slim_checkpoint(model: keras.Model, prefix: str) -> None:
     has no classifier (``include_top=False``).
 
     Raises:
-        ValueError: listing the checkpoint variables that are missing, unused or of the wrong shape
-            (nothing is assigned then).
+        ValueError: a model with a classifier and a checkpoint without logits or with another
+            number of classes; otherwise listing the checkpoint variables that are missing,
+            unused or of the wrong shape (nothing is assigned then).
     """
     available = _model_variables(prefix)
     reader = tf.train.load_checkpoint(prefix)
@@ -113,6 +121,8 @@ def load_tf_slim_checkpoint(model: keras.Model, prefix: str) -> None:
                 continue
             has_top = has_top or name.startswith(f"{TF_SLIM_SCOPE}/Logits/")
             keras_shape = tuple(weight.shape)
+            if name == LOGITS_BIASES:
+                _check_classes(prefix, available.get(name), keras_shape[0])
             if name not in available:
                 missing.append(f"{name} {keras_shape} (for {weight.path})")
                 continue
