@@ -121,6 +121,25 @@ def test_deterministic_resume(folder, mode):
         np.testing.assert_array_equal(y1, y2)
 
 
+def test_get_info_resolves_the_folder_once_per_run(folder, monkeypatch):
+    info = data.get_info("image_folder", data_dir=folder)
+    checked = []
+    check = sources.check_image_bytes
+    monkeypatch.setattr(
+        sources, "check_image_bytes", lambda *args: checked.append(args[1]) or check(*args)
+    )
+    args = dict(image_size=32, batch_size=4, training=True, seed=0, deterministic=True)
+    first = [data.build_dataset(info, "train", **args) for _ in range(2)]  # two pipelines
+    data.build_dataset(info, "validation", **{**args, "training": False})
+    # Each split read and every image checked once, whatever the number of pipelines.
+    assert [len(names) for names in checked] == [12, 6]
+    by_name = data.build_dataset("image_folder", "train", data_dir=folder, **args)
+    for ds in first:
+        (x1, y1), (x2, y2) = next(iter(ds)), next(iter(by_name))
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+
+
 def test_corrupt_file_is_named_in_memory(folder):
     bad = os.path.join(folder, "train", "red", "red_9.jpg")
     good = os.path.join(folder, "train", "red", "red_0.jpg")

@@ -54,7 +54,9 @@ def get_info(
         manual_dir: where manually downloaded files are (default `<data_dir>/downloads/manual`).
 
     Returns:
-        A frozen `DatasetInfo`.
+        A frozen `DatasetInfo`; pass it to `build_dataset` instead of the name to use the dataset
+        as resolved here (an image folder is then walked and checked once, not once per split
+        and pipeline).
 
     Raises:
         DataError: unknown dataset, missing manual files, empty or unreadable folder.
@@ -135,7 +137,7 @@ def _usable(contents: tf.Tensor, filename: tf.Tensor) -> tf.Tensor:
 
 
 def build_dataset(
-    dataset: str,
+    dataset: str | sources.DatasetInfo,
     split: str,
     *,
     image_size: int,
@@ -154,7 +156,8 @@ def build_dataset(
     """Builds the input pipeline of one split.
 
     Args:
-        dataset: `digits`, `image_folder` or a TFDS image-classification dataset name.
+        dataset: `digits`, `image_folder` or a TFDS image-classification dataset name, or the
+            `DatasetInfo` of `get_info` (then `data_dir` and `manual_dir` are not used).
         split: split name (see `get_info(...).train_split` / `.eval_split`).
         image_size: side of the square images, in [32, 2048].
         batch_size: batch of THIS pipeline (per replica under `input_context`: pass
@@ -200,8 +203,11 @@ def build_dataset(
         num_pipelines = input_context.num_input_pipelines
         pipeline_id = input_context.input_pipeline_id
 
-    source = sources.resolve(dataset, data_dir, manual_dir)
-    data = source.load(source.check_split(split))
+    if isinstance(dataset, sources.DatasetInfo) and dataset.source is not None:
+        source = dataset.source
+    else:
+        source = sources.resolve(dataset, data_dir, manual_dir)
+    data = source.load(split)
     config = source.preprocess
     start = start_step * batch_size  # first local element
 
@@ -232,7 +238,7 @@ def build_dataset(
     if isinstance(data, sources.InMemorySplit):
         n = data.num_examples
         if n == 0:
-            raise DataError(f"split {split!r} of dataset {dataset!r} has no examples")
+            raise DataError(f"split {split!r} of dataset {source.info.name!r} has no examples")
         # Encoded images are an object array of bytes: tf.constant keeps each one exact (a
         # fixed-width numpy bytes array would pad them, and strip trailing NUL bytes).
         images = tf.constant(data.images)

@@ -19,6 +19,7 @@ import dataclasses
 import io
 import os
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -79,6 +80,8 @@ class DatasetInfo:
     num_eval_examples: int
     flip_changes_label: bool
     class_names: tuple[str, ...]  # label i's name: digits "0".."9", folder names, TFDS names
+    # The resolved dataset, for `build_dataset` (not part of the description).
+    source: Source | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,7 +168,7 @@ def find_corrupt_images(images: list[bytes], filenames: list[str]) -> list[tuple
 
 
 class Source:
-    """A dataset resolved by name."""
+    """A dataset resolved by name; each split is read once (`load` keeps what it returns)."""
 
     info: DatasetInfo
     preprocess: PreprocessConfig = DEFAULT_CONFIG
@@ -183,7 +186,17 @@ class Source:
         return split
 
     def load(self, split: str) -> Split:
+        """The examples of `split`, read (and, for image folders, checked) on the first call."""
+        loaded = self.__dict__.setdefault("_loaded", {})
+        if split not in loaded:
+            loaded[split] = self._load(self.check_split(split))
+        return loaded[split]
+
+    def _load(self, split: str) -> Split:
         raise NotImplementedError
+
+    def _describe(self, **fields: Any) -> DatasetInfo:
+        return DatasetInfo(**fields, source=self)
 
 
 class DigitsSource(Source):
@@ -194,7 +207,7 @@ class DigitsSource(Source):
     def __init__(self) -> None:
         train = digits.load_split(digits.TRAIN_SPLIT)[1]
         test = digits.load_split(digits.EVAL_SPLIT)[1]
-        self.info = DatasetInfo(
+        self.info = self._describe(
             name=DIGITS,
             num_classes=digits.NUM_CLASSES,
             train_split=digits.TRAIN_SPLIT,
@@ -208,8 +221,8 @@ class DigitsSource(Source):
     def splits(self) -> tuple[str, ...]:
         return digits.SPLITS
 
-    def load(self, split: str) -> Split:
-        images, labels = digits.load_split(self.check_split(split))
+    def _load(self, split: str) -> Split:
+        images, labels = digits.load_split(split)
         return InMemorySplit(images=images, labels=labels, encoded=False)
 
 
@@ -259,7 +272,7 @@ class FolderSource(Source):
             logging.warning(
                 "image folder %s has no validation, val or test split: evaluating on train", root
             )
-        self.info = DatasetInfo(
+        self.info = self._describe(
             name=IMAGE_FOLDER,
             num_classes=len(self._builder.info.features["label"].names),
             train_split="train",
@@ -280,8 +293,7 @@ class FolderSource(Source):
             num_parallel_calls=tf.data.AUTOTUNE,
         )
 
-    def load(self, split: str) -> Split:
-        self.check_split(split)
+    def _load(self, split: str) -> Split:
         if _fits_in_memory(_folder_bytes(os.path.join(self._root, split))):
             try:
                 loaded = _encoded_in_memory(self._read(split))
@@ -344,7 +356,7 @@ class TfdsSource(Source):
         eval_split = next((s for s in EVAL_SPLIT_CANDIDATES if s in self._counts), None)
         if eval_split is None:  # splits unknown (tfds.testing.mock_data): the usual name
             eval_split = "validation" if base.startswith("imagenet") else "test"
-        self.info = DatasetInfo(
+        self.info = self._describe(
             name=name,
             num_classes=int(features[self._label_key].num_classes),
             train_split=train_split,
@@ -433,8 +445,7 @@ class TfdsSource(Source):
 
         return ds.map(unpack, num_parallel_calls=tf.data.AUTOTUNE)
 
-    def load(self, split: str) -> Split:
-        self.check_split(split)
+    def _load(self, split: str) -> Split:
         known = self._builder.info.splits
         num_bytes = int(known[split].num_bytes) if split in known else 0
         if _fits_in_memory(num_bytes):

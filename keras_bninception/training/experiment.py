@@ -181,14 +181,12 @@ def run(config: TrainConfig) -> dict:
 
     def _dataset(context: tf.distribute.InputContext, split: str, **kwargs) -> tf.data.Dataset:
         return data.build_dataset(
-            config.data.dataset,
+            info,  # the dataset as resolved once, above
             split,
             image_size=config.data.image_size,
             batch_size=context.get_per_replica_batch_size(batch_size),
             seed=runtime.seed,
             deterministic=runtime.deterministic,
-            data_dir=config.data.data_dir,
-            manual_dir=config.data.manual_dir,
             input_context=context,
             skip_corrupt_images=config.data.skip_corrupt_images,
             **kwargs,
