@@ -180,7 +180,9 @@ def BNInception(
     """
     weights_kind, weights_path = _weights_kind(weights)
     _require(pooling in _POOLINGS, "pooling", pooling, f"one of {_POOLINGS}")
-    _require(depth_multiplier > 0, "depth_multiplier", depth_multiplier, "greater than zero")
+    _require(
+        depth_multiplier > 0, "depth_multiplier", depth_multiplier, "greater than zero (e.g. 0.5)"
+    )
     _require(
         isinstance(min_depth, int) and min_depth >= 1, "min_depth", min_depth, "positive integer"
     )
