@@ -73,6 +73,12 @@ def _model_variables(prefix: str) -> dict[str, tuple[int, ...]]:
     }
 
 
+def checkpoint_num_classes(prefix: str) -> int | None:
+    """Number of classes of the checkpoint's logits layer (1001 for the published one), or None."""
+    shape = _model_variables(prefix).get(LOGITS_BIASES)
+    return None if shape is None else int(shape[0])
+
+
 def _fits(checkpoint_shape: tuple[int, ...], keras_shape: tuple[int, ...]) -> bool:
     # The logits are a 1x1 conv in tf_slim, (1, 1, 1024, C), and a Dense in Keras, (1024, C).
     return checkpoint_shape == keras_shape or checkpoint_shape == (1, 1, *keras_shape)
