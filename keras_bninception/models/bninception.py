@@ -190,9 +190,7 @@ def BNInception(
     ok = weights is None or not include_top or classifier_activation in (None, "softmax")
     _require(ok, "classifier_activation", classifier_activation, "None or 'softmax' with weights")
     given = dict(batch_norm=batch_norm, scale=scale, mixed_4c_4d=mixed_4c_4d, epsilon=epsilon)
-    slim_compatible = _slim_compatible(
-        weights_kind, slim_compatible, activation=activation, **given
-    )
+    slim_compatible = _slim_compatible(weights_kind, slim_compatible, given, activation)
     img_input = _input(input_tensor, input_shape, include_top, weights)
 
     config = blocks.UnitConfig(
