@@ -13,7 +13,8 @@ weights that multiply:
 - ``Dense``: positions (all but the batch and last axes) × ``C_in·units``.
 
 Not counted: bias additions, Batch Normalization (at inference it is a per-channel affine map that
-folds into the preceding convolution's weights and bias, SPEC §1), activations, pooling (average
+folds into the preceding convolution's weights and bias: Algorithm 2's y = γ/sqrt(Var[x]+ε)·x +
+(β − γ·E[x]/sqrt(Var[x]+ε))), activations, pooling (average
 pooling's additions included), concatenation, dropout, softmax. FLOPs are about twice the
 multiply-adds. Counts are per example (the batch axis is ignored).
 """

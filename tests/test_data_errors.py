@@ -20,13 +20,16 @@ def test_data_error_is_a_value_error():
 @pytest.mark.parametrize(
     ("kwargs", "pattern"),
     [
-        (dict(image_size=16), r"^image_size must be in \[32, 2048\], got 16$"),
-        (dict(image_size=4096), r"^image_size must be in \[32, 2048\], got 4096$"),
-        (dict(image_size=64.0), r"^image_size must be an integer, got 64\.0$"),
-        (dict(batch_size=0), r"^batch_size must be in \[1, 65536\], got 0$"),
-        (dict(batch_size=True), r"^batch_size must be an integer, got True$"),
-        (dict(start_step=-1), r"^start_step must be in >= 0, got -1$"),
-        (dict(seed=-3), r"^seed must be in \[0, 9223372036854775807\], got -3$"),
+        (dict(image_size=16), r"^`image_size` must be in \[32, 2048\]; received image_size=16$"),
+        (
+            dict(image_size=4096),
+            r"^`image_size` must be in \[32, 2048\]; received image_size=4096$",
+        ),
+        (dict(image_size=64.0), r"^`image_size` must be an integer; received image_size=64\.0$"),
+        (dict(batch_size=0), r"^`batch_size` must be in \[1, 65536\]; received batch_size=0$"),
+        (dict(batch_size=True), r"^`batch_size` must be an integer; received batch_size=True$"),
+        (dict(start_step=-1), r"^`start_step` must be >= 0; received start_step=-1$"),
+        (dict(seed=-3), r"^`seed` must be in \[0, 9223372036854775807\]; received seed=-3$"),
     ],
 )
 def test_out_of_range_arguments(kwargs, pattern):

@@ -118,7 +118,7 @@ def test_subclassed_model_is_an_error():
         count_multiply_adds(model)
 
 
-# Figure 5 of the paper (SPEC §2), written out independently of keras_bninception.models:
+# Figure 5 of the paper (appendix), written out independently of keras_bninception.models:
 # (name, stride, #1x1, #3x3 reduce, #3x3, double #3x3 reduce, double #3x3, pool projection);
 # stride-2 modules have no 1x1 branch and a max pool "pass through" (projection 0).
 FIGURE_5 = [
@@ -127,7 +127,16 @@ FIGURE_5 = [
     ("3c", 2, 0, 128, 160, 64, 96, 0),
     ("4a", 1, 224, 64, 96, 96, 128, 128),
     ("4b", 1, 192, 96, 128, 96, 128, 128),
-    ("4c", 1, 160, 128, 160, 128, 160, 96),  # tf_slim's 96 (the table says 128, see SPEC)
+    (
+        "4c",
+        1,
+        160,
+        128,
+        160,
+        128,
+        160,
+        96,
+    ),  # tf_slim's 96 (the table says 128: an erratum, see figure5.py)
     ("4d", 1, 96, 128, 192, 160, 192, 96),  # idem
     ("4e", 2, 0, 128, 192, 192, 256, 0),
     ("5a", 1, 352, 192, 320, 160, 224, 128),

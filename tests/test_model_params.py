@@ -1,8 +1,8 @@
 """Parameter counts of BNInception, checked against a count made from the Figure 5 table alone.
 
 `count_from_table` does not look at any Keras model nor at keras_bninception.models.figure5: it
-has its own transcription of the table (SPEC.md section 2) and adds up the weights of every
-convolution by hand. tf_slim's own test (inception_v2_test.py,
+has its own transcription of the table (the paper's appendix, Figure 5) and adds up the weights of
+every convolution by hand. tf_slim's own test (inception_v2_test.py,
 testModelHasExpectedNumberOfParameters) fixes the tf_slim-compatible base at 10,173,112
 variables, which anchors the transcription.
 """
@@ -29,7 +29,7 @@ TABLE = (
 )
 
 TF_SLIM_BASE_VARIABLES = 10_173_112  # tf_slim's inception_v2_test.py
-TF_SLIM_MOVING_STATISTICS = 19_776  # SPEC.md section 2
+TF_SLIM_MOVING_STATISTICS = 19_776  # moving mean and variance of every BN channel (2 x 9,888)
 
 
 def count_from_table(
@@ -98,7 +98,7 @@ def test_table_count_matches_tf_slim():
         TF_SLIM_BASE_VARIABLES,
         TF_SLIM_MOVING_STATISTICS,
     )
-    # With tf_slim's 1001-way 1x1-conv logits (SPEC.md: 11,199,137).
+    # With tf_slim's 1001-way 1x1-conv logits: + 1024 * 1001 weights + 1001 biases.
     assert count_from_table(scale=False, slim_first_conv=True, classes=1001)[0] == 11_199_137
 
 
@@ -136,5 +136,5 @@ def test_docstring_multiply_adds_are_measured():
 
     measured = count_multiply_adds(BNInception())
     assert f"{measured:,} multiply-adds per 224x224 image" in " ".join(BNInception.__doc__.split())
-    # SPEC.md section 2: "about 1.94 G multiply-adds".
+    # The commonly quoted cost of BN-Inception: about 1.94 G multiply-adds (~3.9 GFLOPs).
     assert 1.9e9 < measured < 1.95e9

@@ -24,7 +24,6 @@ Examples:
 from __future__ import annotations
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -33,6 +32,7 @@ from absl import app, flags, logging  # noqa: E402
 
 from keras_bninception.experiments import figure1  # noqa: E402
 from keras_bninception.training import TrainingError  # noqa: E402
+from trainers.cli import fail, no_arguments  # noqa: E402
 
 _D = figure1.Figure1Config()
 FLAGS = flags.FLAGS
@@ -51,16 +51,8 @@ flags.DEFINE_integer("unit", _D.unit, "Which sigmoid of the last hidden layer Fi
 flags.DEFINE_integer("seed", _D.seed, "Seed of the initial weights and the data order.")
 
 
-def fail(message: object, status: int = 1) -> None:
-    """Prints `error: <message>` as one line on stderr and exits with `status`."""
-    sys.stderr.write("error: " + " ".join(str(message).split()) + "\n")
-    sys.stderr.flush()
-    sys.exit(status)
-
-
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        fail(f"unexpected arguments {argv[1:]}; every option is a --flag", status=2)
+    no_arguments(argv)
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     from keras_bninception.experiments import outputs, plots

@@ -25,7 +25,6 @@ Examples:
 from __future__ import annotations
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -34,6 +33,7 @@ from absl import app, flags, logging  # noqa: E402
 
 from keras_bninception.experiments import speedup  # noqa: E402
 from keras_bninception.training import TrainingError  # noqa: E402
+from trainers.cli import fail, no_arguments  # noqa: E402
 
 _D = speedup.SpeedupConfig()
 FLAGS = flags.FLAGS
@@ -52,16 +52,8 @@ flags.DEFINE_list("networks", list(_D.networks), "Which of the five networks to 
 flags.DEFINE_integer("seed", _D.seed, "Seed of the initial weights and the data order.")
 
 
-def fail(message: object, status: int = 1) -> None:
-    """Prints `error: <message>` as one line on stderr and exits with `status`."""
-    sys.stderr.write("error: " + " ".join(str(message).split()) + "\n")
-    sys.stderr.flush()
-    sys.exit(status)
-
-
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        fail(f"unexpected arguments {argv[1:]}; every option is a --flag", status=2)
+    no_arguments(argv)
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     from keras_bninception.experiments import outputs, plots

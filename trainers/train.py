@@ -52,8 +52,6 @@ TensorBoard: `tensorboard --logdir <model_dir>/logs`.
 from __future__ import annotations
 
 import os
-import sys
-from typing import NoReturn
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -66,6 +64,7 @@ from keras_bninception import training  # noqa: E402
 from keras_bninception.errors import first_line  # noqa: E402
 from keras_bninception.training import config as config_lib  # noqa: E402
 from keras_bninception.training import recipes  # noqa: E402
+from trainers.cli import fail, no_arguments, parse_flags  # noqa: E402
 
 _D = config_lib.TrainConfig()
 _M, _DATA, _T, _O, _R, _I = _D.model, _D.data, _D.trainer, _D.optimizer, _D.runtime, _D.init
@@ -193,25 +192,8 @@ def config_from_flags() -> config_lib.TrainConfig:
     return recipes.apply_recipe(config, FLAGS.recipe, explicit)
 
 
-def fail(message: object, status: int = 1) -> NoReturn:
-    """Prints `error: <message>` as one line on stderr and exits with `status`."""
-    text = " ".join(str(message).split())
-    sys.stderr.write(f"error: {text}\n")
-    sys.stderr.flush()
-    sys.exit(status)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing that reports a malformed flag in one line (exit status 2)."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        fail(f"{e} (see --helpfull)", status=2)
-
-
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        fail(f"unexpected arguments {argv[1:]}; every option is a --flag", status=2)
+    no_arguments(argv)
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.INFO)
     try:

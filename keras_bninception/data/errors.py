@@ -11,8 +11,9 @@ class DataError(ValueError):
     """
 
 
-# The assertion message of the streaming decoder (keras_bninception.data.pipeline._decode).
-CORRUPT_FILE_ASSERTION = "corrupt image file (not a JPEG or PNG):"
+# The assertion message of the header check on every encoded image
+# (keras_bninception.data.pipeline._checked).
+CORRUPT_FILE_ASSERTION = "corrupt image file (not a JPEG, PNG, GIF or BMP):"
 _CORRUPT_FILE = re.compile(re.escape(f"[{CORRUPT_FILE_ASSERTION}] [") + r"(.*?)\]")
 _DECODE_FAILURES = ("Invalid JPEG data", "Invalid PNG data", "Unknown image file format")
 

@@ -30,8 +30,8 @@ from absl import logging
 
 from keras_bninception.data import preprocessing, sources
 from keras_bninception.data.errors import CORRUPT_FILE_ASSERTION, DataError
+from keras_bninception.models.figure5 import MIN_INPUT_SIZE
 
-MIN_IMAGE_SIZE = 32  # BN-Inception's five stride-2 stages need at least 32x32 (SPEC section 2)
 MAX_IMAGE_SIZE = 2048
 MAX_BATCH_SIZE = 65536
 SHUFFLE_BUFFER = 10_000  # streamed splits: the TF official ImageNet input pipelines use 10,000
@@ -66,10 +66,10 @@ def get_info(
 
 def _check_int(name: str, value: object, low: int, high: int | None) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise DataError(f"{name} must be an integer, got {value!r}")
+        raise DataError(f"`{name}` must be an integer; received {name}={value!r}")
     if value < low or (high is not None and value > high):
-        accepted = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise DataError(f"{name} must be in {accepted}, got {value}")
+        accepted = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise DataError(f"`{name}` must be {accepted}; received {name}={value}")
     return int(value)
 
 
@@ -189,7 +189,7 @@ def build_dataset(
         DataError: unknown dataset or split, missing manual files, empty or unreadable folder,
             corrupt image file (named), out-of-range argument.
     """
-    image_size = _check_int("image_size", image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
+    image_size = _check_int("image_size", image_size, MIN_INPUT_SIZE, MAX_IMAGE_SIZE)
     batch_size = _check_int("batch_size", batch_size, 1, MAX_BATCH_SIZE)
     start_step = _check_int("start_step", start_step, 0, None)
     if seed is not None:

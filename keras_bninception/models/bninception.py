@@ -13,7 +13,6 @@ from keras_bninception.models import blocks, figure5, tf_slim_checkpoint
 from keras_bninception.models import end_points as end_points_lib
 
 DEFAULT_SIZE = 224
-MIN_INPUT_SIZE = figure5.MIN_INPUT_SIZE
 _POOLINGS = (None, "avg", "max")
 _KERAS_WEIGHTS_SUFFIXES = (".weights.h5", ".keras", ".h5")
 # What tf_slim's inception_v2 variables need (`slim_compatible`), and, to load its checkpoint,
@@ -87,11 +86,11 @@ def _input(input_tensor: Any, input_shape: Any, include_top: bool, weights: Any)
     shape = tuple(x.shape[1:])
     spatial = shape[1:] if channels_first else shape[:-1]
     channels = shape[0] if channels_first else shape[-1]
-    if len(shape) != 3 or any(s is not None and s < MIN_INPUT_SIZE for s in spatial):
+    low = figure5.MIN_INPUT_SIZE
+    if len(shape) != 3 or any(s is not None and s < low for s in spatial):
         raise ValueError(
-            f"The input must be images of at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} pixels "
-            f"(rank-4 tensors with height and width >= {MIN_INPUT_SIZE}, or None); received "
-            f"input shape {shape}"
+            f"The input must be images of at least {low}x{low} pixels (rank-4 tensors with "
+            f"height and width >= {low}, or None); received input shape {shape}"
         )
     if channels is None or (weights is not None and channels != 3):
         raise ValueError(

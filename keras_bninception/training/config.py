@@ -21,14 +21,13 @@ import dataclasses
 import math
 from collections.abc import Mapping
 
+from keras_bninception.models.figure5 import MIN_INPUT_SIZE
 from keras_bninception.training.optimizer import OPTIMIZERS
 from keras_bninception.training.strategy import STRATEGIES
 
 MODES = ("train", "eval", "train_and_eval")
 MIXED_PRECISION = (None, "bfloat16", "float16")
 ACTIVATIONS = ("relu", "sigmoid")
-# The smallest input side: BN-Inception halves the resolution five times.
-MIN_INPUT_SIZE = 32
 MAX_SEED = 2**32 - 1  # numpy.random.seed accepts [0, 2**32 - 1]
 
 
