@@ -26,7 +26,8 @@ from __future__ import annotations
 import os
 import sys
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import NUM_LOGICAL_CPUS, REPO_ROOT, SEED  # noqa: E402  (tests/ is on sys.path)
+
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
@@ -37,8 +38,6 @@ import keras  # noqa: E402  (after the environment variables above)
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-SEED = 1337
-NUM_LOGICAL_CPUS = 2
 LOGICAL_CPUS = [f"/device:CPU:{i}" for i in range(NUM_LOGICAL_CPUS)]
 
 

@@ -17,11 +17,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from absl import logging
+from helpers import REPO_ROOT, subprocess_env
 
 from keras_bninception.training.checkpointing import CheckpointHandler
 from keras_bninception.training.errors import TrainingError
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _handler(model_dir: str) -> tuple[CheckpointHandler, keras.Model, tf.Variable]:
@@ -130,7 +129,7 @@ def test_kill_in_the_middle_of_a_save_leaves_a_restorable_run(tmp_path, caplog):
     process = subprocess.Popen(
         [sys.executable, "-c", _SAVER, model_dir],
         cwd=REPO_ROOT,
-        env=dict(os.environ, PYTHONPATH=REPO_ROOT, TF_CPP_MIN_LOG_LEVEL="2"),
+        env=subprocess_env(),
         stdout=subprocess.PIPE,
         text=True,
     )

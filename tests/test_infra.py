@@ -11,9 +11,9 @@ import tomllib
 import keras
 import numpy as np
 import tensorflow as tf
+from helpers import NUM_LOGICAL_CPUS, REPO_ROOT, SEED
 
 import keras_bninception
-from tests.conftest import NUM_LOGICAL_CPUS, REPO_ROOT, SEED
 
 
 def test_package_version_matches_pyproject() -> None:

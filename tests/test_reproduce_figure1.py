@@ -11,11 +11,11 @@ from unittest import mock
 
 import numpy as np
 import pytest
+from helpers import REPO_ROOT, subprocess_env
 from PIL import Image
 
 from keras_bninception.experiments import figure1, outputs, plots
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = figure1.Figure1Config(steps=24, eval_every=8, hidden_units=16, unit=3, seed=1)
 
 
@@ -125,8 +125,8 @@ def _binary(args: list[str], block_matplotlib: bool = False) -> subprocess.Compl
     code = prelude + "from trainers import reproduce_figure1 as b; b.run()"
     return subprocess.run(
         [sys.executable, "-c", code, *args],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        cwd=REPO_ROOT,
+        env=subprocess_env(),
         capture_output=True,
         text=True,
         timeout=300,

@@ -9,11 +9,10 @@ import subprocess
 import sys
 
 import pytest
+from helpers import REPO_ROOT, subprocess_env
 from PIL import Image
 
 from keras_bninception.experiments import plots, speedup
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _curves() -> list[dict]:
@@ -94,8 +93,8 @@ def test_unknown_dataset_fails_before_training():
 def _binary(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "trainers.reproduce_speedup", *args],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        cwd=REPO_ROOT,
+        env=subprocess_env(),
         capture_output=True,
         text=True,
         timeout=600,

@@ -19,9 +19,9 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import REPO_ROOT, subprocess_env
 from PIL import Image
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 300
 SMALL = [
     "--dataset=digits",
@@ -45,14 +45,6 @@ REFERENCE = [
 ]
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-    env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    env.update(extra)
-    return env
-
-
 def _command(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "trainers.train", *args]
 
@@ -61,7 +53,7 @@ def _popen(args: list[str], **env: str) -> subprocess.Popen:
     return subprocess.Popen(
         _command(args),
         cwd=REPO_ROOT,
-        env=_env(**env),
+        env=subprocess_env(**env),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -70,7 +62,12 @@ def _popen(args: list[str], **env: str) -> subprocess.Popen:
 
 def _run(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(
-        _command(args), cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=TIMEOUT
+        _command(args),
+        cwd=REPO_ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
     )
 
 
@@ -209,7 +206,7 @@ def _workers(
             subprocess.Popen(
                 _command(["--distribution_strategy=multi_worker_mirrored", *args, *per_worker[i]]),
                 cwd=REPO_ROOT,
-                env=_env(TF_CONFIG=tf_config),
+                env=subprocess_env(TF_CONFIG=tf_config),
                 stdout=out,
                 stderr=err,
                 text=True,
