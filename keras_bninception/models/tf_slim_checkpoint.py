@@ -10,6 +10,7 @@ prefix with ``.index`` / ``.data-*`` files. Both formats are read with ``tf.trai
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import keras
 import numpy as np
@@ -79,15 +80,32 @@ def checkpoint_num_classes(prefix: str) -> int | None:
     return None if shape is None else int(shape[0])
 
 
-def _fits(checkpoint_shape: tuple[int, ...], keras_shape: tuple[int, ...]) -> bool:
+def fits(checkpoint_shape: tuple[int, ...], keras_shape: tuple[int, ...]) -> bool:
+    """Whether a checkpoint value of `checkpoint_shape` fills a Keras weight of `keras_shape`."""
     # The logits are a 1x1 conv in tf_slim, (1, 1, 1024, C), and a Dense in Keras, (1024, C).
     return checkpoint_shape == keras_shape or checkpoint_shape == (1, 1, *keras_shape)
 
 
-def _listing(title: str, items: list[str], limit: int = 20) -> str:
+def listing(title: str, items: Sequence[str], limit: int = 20) -> str:
+    """`title (n):` and the first `limit` items, one per indented line."""
     shown = "\n".join(f"  {item}" for item in items[:limit])
     more = f"\n  ... and {len(items) - limit} more" if len(items) > limit else ""
     return f"{title} ({len(items)}):\n{shown}{more}"
+
+
+def mismatch(
+    missing: Sequence[str], unused: Sequence[str], wrong_shape: Sequence[str], source: str
+) -> str:
+    """The listings of what does not match between a model and a `source` of variables."""
+    return "\n".join(
+        listing(title, items)
+        for title, items in (
+            (f"missing from the {source}", missing),
+            (f"unused {source} variables", unused),
+            ("wrong shape", wrong_shape),
+        )
+        if items
+    )
 
 
 def _check_classes(prefix: str, checkpoint_shape: tuple[int, ...] | None, classes: int) -> None:
@@ -133,7 +151,7 @@ def load_tf_slim_checkpoint(model: keras.Model, prefix: str) -> None:
                 missing.append(f"{name} {keras_shape} (for {weight.path})")
                 continue
             used.add(name)
-            if not _fits(available[name], keras_shape):
+            if not fits(available[name], keras_shape):
                 wrong_shape.append(
                     f"{name}: checkpoint {available[name]}, model {keras_shape} (for {weight.path})"
                 )
@@ -145,19 +163,11 @@ def load_tf_slim_checkpoint(model: keras.Model, prefix: str) -> None:
         if name not in used and (has_top or not name.startswith(f"{TF_SLIM_SCOPE}/Logits/"))
     )
     if missing or unused or wrong_shape:
-        problems = [
-            _listing(title, items)
-            for title, items in (
-                ("missing from the checkpoint", missing),
-                ("unused checkpoint variables", unused),
-                ("wrong shape", wrong_shape),
-            )
-            if items
-        ]
         raise ValueError(
             f"The TF-slim checkpoint {prefix!r} does not match the model {model.name!r}. It must "
             "be a tf_slim inception_v2 checkpoint built with the same depth_multiplier, min_depth "
-            "and (with include_top=True) the same number of classes.\n" + "\n".join(problems)
+            "and (with include_top=True) the same number of classes.\n"
+            + mismatch(missing, unused, wrong_shape, "checkpoint")
         )
     for weight, name in assignments:
         weight.assign(np.reshape(reader.get_tensor(name), weight.shape))

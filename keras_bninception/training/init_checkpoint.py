@@ -272,17 +272,6 @@ def _source_values(
     }
 
 
-def _fits(source_shape: tuple[int, ...], model_shape: tuple[int, ...]) -> bool:
-    # The logits are a 1x1 convolution in tf_slim, (1, 1, 1024, C), and a Dense in Keras.
-    return source_shape == model_shape or source_shape == (1, 1, *model_shape)
-
-
-def _listing(title: str, items: Sequence[str], limit: int = 20) -> str:
-    shown = "\n".join(f"  {item}" for item in items[:limit])
-    more = f"\n  ... and {len(items) - limit} more" if len(items) > limit else ""
-    return f"{title} ({len(items)}):\n{shown}{more}"
-
-
 def default_exclude(source: InitSource, model: keras.Model) -> tuple[str, ...]:
     """("Logits",) when the source's and the model's classifiers differ in width, else ()."""
     classes = model_num_classes(model)
@@ -344,7 +333,7 @@ def load_init_checkpoint(
         model_shape = tuple(weight.shape)
         if name not in available:
             missing.append(f"{name} {model_shape}")
-        elif not _fits(available[name][0], model_shape):
+        elif not tf_slim_checkpoint.fits(available[name][0], model_shape):
             wrong_shape.append(f"{name}: source {available[name][0]}, model {model_shape}")
         else:
             assignments.append((name, weight))
@@ -352,19 +341,11 @@ def load_init_checkpoint(
         n for n in available if n not in targets and not any(_matches(n, p) for p in patterns)
     )
     if missing or unused or wrong_shape:
-        problems = [
-            _listing(title, items)
-            for title, items in (
-                ("missing from the source", missing),
-                ("unused source variables", unused),
-                ("wrong shape", wrong_shape),
-            )
-            if items
-        ]
         raise ValueError(
             f"`init_checkpoint` {source.path!r} ({source.kind}) does not fit the model: build it "
             "with the source's depth_multiplier and options, or leave the differing layers out "
-            "with `init_exclude` (e.g. Logits).\n" + "\n".join(problems)
+            "with `init_exclude` (e.g. Logits).\n"
+            + tf_slim_checkpoint.mismatch(missing, unused, wrong_shape, "source")
         )
     for name, weight in assignments:
         weight.assign(np.reshape(available[name][1](), weight.shape).astype(weight.dtype))
@@ -375,7 +356,9 @@ def load_init_checkpoint(
         len(targets),
         source.path,
         source.kind,
-        "\n" + _listing("Left at their initial values", left, limit=50) if left else "",
+        "\n" + tf_slim_checkpoint.listing("Left at their initial values", left, limit=50)
+        if left
+        else "",
     )
     return InitReport(source, tuple(name for name, _ in assignments), left)
 
