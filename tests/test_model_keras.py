@@ -130,3 +130,13 @@ def test_bad_arguments_with_weights(weights_file):
         input_shape=(32, 32, 1), classifier_activation="sigmoid", classes=2, depth_multiplier=0.25
     )
     assert tuple(model.output.shape) == (None, 2)
+
+
+def test_norm_layer_is_injectable():
+    """`norm_layer` builds the same network with another BN layer (benchmarks/train_step.py)."""
+    ours = BNInception(**SMALL)
+    theirs = BNInception(norm_layer=keras.layers.BatchNormalization, **SMALL)
+    kinds = {type(layer) for layer in theirs.layers if "BatchNorm" in layer.name}
+    assert kinds == {keras.layers.BatchNormalization}
+    assert any(isinstance(layer, BatchNormalization) for layer in ours.layers)
+    assert [w.shape for w in theirs.weights] == [w.shape for w in ours.weights]
