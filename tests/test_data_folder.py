@@ -124,9 +124,9 @@ def test_deterministic_resume(folder, mode):
 def test_get_info_resolves_the_folder_once_per_run(folder, monkeypatch):
     info = data.get_info("image_folder", data_dir=folder)
     checked = []
-    check = sources.check_image_bytes
+    find = sources.find_corrupt_images
     monkeypatch.setattr(
-        sources, "check_image_bytes", lambda *args: checked.append(args[1]) or check(*args)
+        sources, "find_corrupt_images", lambda *args: checked.append(args[1]) or find(*args)
     )
     args = dict(image_size=32, batch_size=4, training=True, seed=0, deterministic=True)
     first = [data.build_dataset(info, "train", **args) for _ in range(2)]  # two pipelines
