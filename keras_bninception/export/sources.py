@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_bninception.data import preprocessing
+from keras_bninception.errors import first_line
 from keras_bninception.export.exporter import MIN_CALIBRATION_IMAGES, ExportError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -87,7 +88,7 @@ def from_keras_file(path: str, labels: str | None = None) -> ExportSource:
     try:
         model = keras.saving.load_model(path, compile=False)
     except Exception as error:  # noqa: BLE001 - Keras raises several types for non-model files
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error)
         raise ExportError(
             f"{path} is not a Keras model file (.keras, saved by model.save): {first[:300]}"
         ) from error
@@ -130,7 +131,7 @@ def from_model_dir(model_dir: str, calibration_count: int = 500) -> ExportSource
             latest
         ).expect_partial().assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.OpError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error)
         raise ExportError(
             f"The checkpoint {latest} does not match the model of {model_dir}/config.json: "
             f"{first[:300]}"

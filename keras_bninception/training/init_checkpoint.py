@@ -41,6 +41,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from keras_bninception.errors import first_line
 from keras_bninception.models import naming, tf_slim_checkpoint
 
 TF_SLIM = "tf_slim"
@@ -260,7 +261,7 @@ def _source_values(
                     source.path
                 ).expect_partial().assert_existing_objects_matched()
         except (ValueError, AssertionError, tf.errors.OpError) as error:
-            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            first = first_line(error)
             raise ValueError(
                 f"`init_checkpoint` {source.path!r} does not fit the architecture it was taken "
                 "for (build options such as depth_multiplier, batch_norm, activation must be "
