@@ -9,7 +9,6 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
 from PIL import Image
 
 from keras_bninception.export import ExportError
@@ -24,12 +23,12 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _export(*argv: str) -> dict:
     """`trainers.export` with these flags, in this process."""
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(["trainers.export", *argv])
+    export_binary.FLAGS.unparse_flags()
+    export_binary.FLAGS(["trainers.export", *argv])
     try:
         return export_binary.export_from_flags()
     finally:
-        flags.FLAGS.unparse_flags()
+        export_binary.FLAGS.unparse_flags()
 
 
 @pytest.fixture(scope="module")

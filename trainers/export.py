@@ -31,23 +31,39 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 from absl import app, flags, logging  # noqa: E402
 
-FLAGS = flags.FLAGS
+# Its own flag set, not absl's global one: `trainers.train` defines --model_dir and --image_size
+# too, and both modules may be imported in one process (the demo, a test run).
+FLAGS = flags.FlagValues()
 SOURCES = ("model_dir", "keras_model", "tf_slim_checkpoint")
 
-flags.DEFINE_string("model_dir", None, "A training run: its newest checkpoint and config.json.")
-flags.DEFINE_string("keras_model", None, "A .keras model file.")
-flags.DEFINE_string("tf_slim_checkpoint", None, "A TF-slim inception_v2 checkpoint prefix.")
-flags.DEFINE_string("export_dir", None, "The output directory (must not exist).")
 flags.DEFINE_string(
-    "formats", "saved_model,float32,float16,int8", "Comma-separated subset of the formats."
+    "model_dir", None, "A training run: its newest checkpoint and config.json.", flag_values=FLAGS
+)
+flags.DEFINE_string("keras_model", None, "A .keras model file.", flag_values=FLAGS)
+flags.DEFINE_string(
+    "tf_slim_checkpoint", None, "A TF-slim inception_v2 checkpoint prefix.", flag_values=FLAGS
+)
+flags.DEFINE_string("export_dir", None, "The output directory (must not exist).", flag_values=FLAGS)
+flags.DEFINE_string(
+    "formats",
+    "saved_model,float32,float16,int8",
+    "Comma-separated subset of the formats.",
+    flag_values=FLAGS,
 )
 flags.DEFINE_string(
-    "calibration_dir", None, "Folder of .jpg/.png images calibrating int8 (>= 200 images)."
+    "calibration_dir",
+    None,
+    "Folder of .jpg/.png images calibrating int8 (>= 200 images).",
+    flag_values=FLAGS,
 )
-flags.DEFINE_string("labels", None, "--keras_model: class names, one a line (default: ids).")
-flags.DEFINE_integer("image_size", 224, "--tf_slim_checkpoint: input height and width.")
-flags.DEFINE_string("name", "bninception", "Prefix of the .tflite file names.")
-flags.DEFINE_boolean("overwrite", False, "Replace an existing --export_dir.")
+flags.DEFINE_string(
+    "labels", None, "--keras_model: class names, one a line (default: ids).", flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    "image_size", 224, "--tf_slim_checkpoint: input height and width.", flag_values=FLAGS
+)
+flags.DEFINE_string("name", "bninception", "Prefix of the .tflite file names.", flag_values=FLAGS)
+flags.DEFINE_boolean("overwrite", False, "Replace an existing --export_dir.", flag_values=FLAGS)
 
 
 def _source():
@@ -116,9 +132,19 @@ def main(argv: list[str]) -> None:
     print(json.dumps({"image_size": info["image_size"], "num_classes": info["num_classes"]}))
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """Parses this binary's flags; a malformed flag is one `error:` line (exit status 2)."""
+    flags.FLAGS(argv[:1])  # absl's own (logging) flags at their defaults
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
 def run() -> None:
     """Console-script entry point (`bninception-export`)."""
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,114 @@
+"""After a short digits training: int8 agrees with float; MediaPipe loads the exported files.
+
+A small BN-Inception (depth multiplier 0.35, 32x32) trains for 8 epochs on the embedded digits
+through `keras_bninception.training.run`; `python -m trainers.export --model_dir` exports it (the
+model rebuilt from the run's config.json, its newest checkpoint). The 360 held-out digits, as uint8
+pixels, are then classified by the Keras model, the int8 file (LiteRT interpreter), and MediaPipe
+Tasks' `ImageClassifier` on the float32 and int8 files in a separate process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from keras_bninception.export import litert, sources
+from keras_bninception.training import experiment
+from keras_bninception.training.config import TrainConfig
+from tests import export_helpers as h
+from tests.test_export_binary import _export
+
+pytestmark = pytest.mark.slow
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("digits")
+    model_dir = str(root / "run")
+    config = TrainConfig().replace(
+        dataset="digits",
+        image_size=h.IMAGE_SIZE,
+        depth_multiplier=0.35,
+        batch_size=64,
+        epochs=8,
+        optimizer="momentum",
+        learning_rate=0.045,
+        learning_rate_decay_factor=0.85,
+        num_epochs_per_decay=1,
+        weight_decay=1e-4,
+        bn_momentum=0.9,
+        seed=0,
+        deterministic=True,
+        checkpoint_every=10000,
+        log_every=1000,
+        mode="train",
+        model_dir=model_dir,
+    )
+    experiment.run(config)
+    out = root / "export"
+    info = _export(f"--model_dir={model_dir}", "--formats=float32,int8", f"--export_dir={out}")
+    source = sources.from_model_dir(model_dir)
+    pixels, labels = h.digits_pixels("test")
+    pixels = np.round(pixels).astype(np.uint8)
+    keras_top1 = h.keras_probabilities(source.model, pixels.astype(np.float32)).argmax(1)
+    return {
+        "out": out,
+        "info": info,
+        "names": source.class_names,
+        "pixels": pixels,
+        "labels": labels,
+        "keras": keras_top1,
+    }
+
+
+def test_export_records_the_run(trained):
+    assert trained["info"]["source"]["kind"] == "model_dir"
+    assert trained["info"]["source"]["dataset"] == "digits"
+    assert trained["info"]["files"]["int8"]["calibration_images"] == 500
+    assert len(trained["pixels"]) == 360
+    # The short training did learn: the Keras model is far above chance (10 %).
+    assert (trained["keras"] == trained["labels"]).mean() > 0.8
+
+
+def test_int8_top1_agrees_with_float(trained):
+    path = trained["out"] / trained["info"]["files"]["int8"]["path"]
+    int8 = litert.TFLiteClassifier(path).predict(trained["pixels"]).argmax(1)
+    agreement = (int8 == trained["keras"]).mean()
+    assert agreement >= 0.98, agreement
+
+
+@pytest.mark.parametrize("flavour", ["float32", "int8"])
+def test_mediapipe_image_classifier(trained, flavour, tmp_path):
+    pytest.importorskip("mediapipe")
+    path = str(trained["out"] / trained["info"]["files"][flavour]["path"])
+    np.save(tmp_path / "images.npy", trained["pixels"])
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO_ROOT, "tests", "mediapipe_classify.py"),
+            path,
+            str(tmp_path / "images.npy"),
+            str(tmp_path / "answers.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, PYTHONPATH=""),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    answers = json.loads((tmp_path / "answers.json").read_text())
+    index = np.array([a["index"] for a in answers])
+    assert [a["label"] for a in answers] == [trained["names"][i] for i in index]
+    if flavour == "float32":
+        np.testing.assert_array_equal(index, trained["keras"])
+    else:
+        # The same file through LiteRT directly: the same answers; Keras: >= 98 %.
+        litert_top1 = litert.TFLiteClassifier(path).predict(trained["pixels"]).argmax(1)
+        np.testing.assert_array_equal(index, litert_top1)
+        assert (index == trained["keras"]).mean() >= 0.98
