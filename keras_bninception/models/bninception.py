@@ -145,23 +145,19 @@ def BNInception(
     classifier is global average pooling and a Dense layer (tf_slim's "Logits/Conv2d_1c_1x1").
     1,934,857,216 multiply-adds per 224x224 image (`keras_bninception.flops`).
 
-    Pretrained weights: nothing is downloaded. Pass the prefix of TF-slim's ImageNet checkpoint
-    (http://download.tensorflow.org/models/inception_v2_2016_08_28.tar.gz, 73.9 % top-1, 1001
-    classes, class 0 = background): `BNInception(weights="inception_v2.ckpt", classes=1001)`, and
-    feed `keras_bninception.preprocess_input(images)`. Every variable is mapped by name; with
-    `classifier_activation=None` the outputs equal tf_slim's logits within 1e-4 relative error.
+    Pretrained weights (nothing is downloaded): TF-slim's ImageNet checkpoint, 1001 classes
+    (http://download.tensorflow.org/models/inception_v2_2016_08_28.tar.gz), mapped by name:
+    `BNInception(weights="inception_v2.ckpt", classes=1001)` on `preprocess_input(images)`.
 
     Args:
         include_top: whether to include the classifier.
         weights: `None`, a Keras weights file (`.weights.h5` / `.keras`) or a TF-slim
             `inception_v2` checkpoint (a V1 file such as the published `inception_v2.ckpt`, or a
             V2 prefix); it implies `slim_compatible=True`.
-        input_tensor: optional Keras tensor (output of `keras.Input()`) to use as image input.
-        input_shape: optional shape tuple; height and width at least 32 or `None`, 3 channels
-            with weights. Default `(224, 224, 3)` with the top, `(None, None, 3)` without.
+        input_tensor, input_shape: the image input (a Keras tensor) or its shape; sides >= 32
+            or `None`. Default `(224, 224, 3)` with the top, `(None, None, 3)` without.
         pooling: without the top: `None` (Mixed_5c's 4D output), `"avg"` or `"max"`.
-        classes: number of classes (1001 for TF-slim's checkpoint).
-        classifier_activation: activation of the top layer; `None` returns the logits.
+        classes, classifier_activation: the top's classes (TF-slim's: 1001) and activation.
         name: the name of the model.
         depth_multiplier, min_depth: tf_slim's width rule, depth d becomes
             `max(int(d * depth_multiplier), min_depth)`.
@@ -174,8 +170,7 @@ def BNInception(
             576 channels as the table's output sizes) or `"paper"` (the literal 128, 608).
         slim_compatible: exactly tf_slim's `inception_v2` variables: the separable first
             convolution with a bias and no BN, BN without γ, `mixed_4c_4d="tf_slim"`.
-        norm_layer: the BN layer class (`keras.layers.BatchNormalization` arguments); this
-            package's `BatchNormalization` by default.
+        norm_layer: the BN layer class (default: this package's `BatchNormalization`).
     """
     weights_kind, weights_path = _weights_kind(weights)
     _require(pooling in _POOLINGS, "pooling", pooling, f"one of {_POOLINGS}")
