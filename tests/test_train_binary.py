@@ -307,7 +307,8 @@ def test_bad_input_one_line_nonzero_exit_checkpoint_intact(reference, tmp_path):
     before = _tree_hash(os.path.join(model_dir, "checkpoints"))
     (tmp_path / "empty").mkdir()
     corrupt = _image_folder(tmp_path / "corrupt", corrupt=True)
-    small = [*SMALL, "--train_steps=40", f"--model_dir={model_dir}"]
+    # (The reference run's dropout: a resume must keep the model's options.)
+    small = [*SMALL, "--dropout_rate=0.4", "--train_steps=40", f"--model_dir={model_dir}"]
     cases = {
         "unknown dataset": (
             [*small, "--dataset=imagenet2013"],

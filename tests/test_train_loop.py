@@ -16,7 +16,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from keras_bninception.models import BNInception
-from keras_bninception.training import TrainConfig, Trainer, build_model, run
+from keras_bninception.training import TrainConfig, Trainer, TrainingError, build_model, run
 from keras_bninception.training.config import TrainerConfig
 from keras_bninception.training.run_config import load_run_config, save_run_config
 
@@ -160,6 +160,14 @@ def test_image_folder_bfloat16(tmp_path):
     again = run(config)
     assert again["train"]["train_seconds"] == 0.0
     assert again["weights_sha256"] == results["weights_sha256"]
+    assert again["config"]["runtime"]["seed"] == seed  # the run's recorded seed, not a new one
+    # Resuming with options that change the run's meaning is refused, listing them all.
+    with pytest.raises(
+        TrainingError,
+        match=r"resuming would silently change it: --image_size=48 \(the run has 32\); "
+        r"--batch_size=2 \(the run has 4\)\. Rerun with the run's options",
+    ):
+        run(config.replace(image_size=48, batch_size=2))
     # config.json beside the checkpoints rebuilds the trained network: the checkpoint restores
     # into it exactly.
     loaded, class_names = load_run_config(config.model_dir)

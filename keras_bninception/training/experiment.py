@@ -29,7 +29,7 @@ import tensorflow as tf
 from absl import logging
 
 from keras_bninception.training import init_checkpoint
-from keras_bninception.training.config import MAX_SEED, TrainConfig
+from keras_bninception.training.config import MAX_SEED, TrainConfig, flag_fields
 from keras_bninception.training.errors import Interrupted, TrainingError
 from keras_bninception.training.init_checkpoint import InitSource
 from keras_bninception.training.optimizer import build_optimizer, learning_rate_schedule
@@ -147,12 +147,18 @@ def run(config: TrainConfig) -> dict:
     runtime = config.runtime
     # First: MultiWorkerMirroredStrategy must configure collectives before TF runs anything.
     strategy = get_strategy(runtime.distribution_strategy, runtime.num_gpus, runtime.tpu)
+    recorded = _recorded_config(config.model_dir)
     if runtime.seed is None:
         # One seed for every worker (their data shards must come from one shuffle), recorded
-        # in config.json and metrics.json.
-        config = config.replace(seed=agreed_value(strategy, secrets.randbelow(MAX_SEED + 1)))
+        # in config.json and metrics.json; a resumed run keeps the recorded one.
+        seed = recorded.runtime.seed if recorded and recorded.runtime.seed is not None else None
+        drawn = seed is None
+        seed = agreed_value(strategy, secrets.randbelow(MAX_SEED + 1) if drawn else seed)
+        config = config.replace(seed=seed)
         runtime = config.runtime
-        logging.info("No seed given: drew seed %d (recorded with the run).", runtime.seed)
+        logging.info(
+            "No seed given: %s seed %d.", "drew" if drawn else "the run's recorded", runtime.seed
+        )
     keras.utils.set_random_seed(runtime.seed)
     if runtime.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -229,6 +235,8 @@ def run(config: TrainConfig) -> dict:
     try:
         restored = trainer.restore()
         _check_workers_agree_on_step(strategy, int(trainer.step.numpy()), config.model_dir)
+        if restored is not None and recorded is not None:
+            _check_resume_matches(recorded, config)
         if restored is None and init_source is not None:
             initialize_from(trainer.model, config, init_source)
         elif init_source is not None:
@@ -286,6 +294,56 @@ def run(config: TrainConfig) -> dict:
         raise data.DataError(f"{explained} (--skip_corrupt_images leaves such files out)") from e
     finally:
         trainer.close()
+
+
+# What a resumed run must keep: the network, the data and its order (dataset, image size, batch,
+# seed) and the optimizer's kind (its slots). How long to train, the learning rate (lowered after a
+# divergence), where the data is, how to log and distribute may change.
+_RESUME_KEEPS = {
+    "model": None,  # every field
+    "data": ("dataset", "image_size"),
+    "trainer": ("batch_size",),
+    "optimizer": ("name",),
+    "runtime": ("seed",),
+}
+
+
+def _recorded_config(model_dir: str) -> TrainConfig | None:
+    """The configuration `<model_dir>/config.json` records, or None (none, or unreadable)."""
+    if not tf.io.gfile.exists(os.path.join(model_dir, CONFIG_FILE)):
+        return None
+    try:
+        return load_run_config(model_dir)[0]
+    except ValueError as e:
+        logging.warning("Ignoring %s: %s", CONFIG_FILE, e)
+        return None
+
+
+def _check_resume_matches(recorded: TrainConfig, config: TrainConfig) -> None:
+    """Refuses to resume a run with options that would silently change its meaning.
+
+    Raises:
+        TrainingError: listing every differing option (flag name, recorded and given values).
+    """
+    differences = []
+    for flag, (section, field) in flag_fields().items():
+        if section is None or section not in _RESUME_KEEPS:
+            continue
+        keeps = _RESUME_KEEPS[section]
+        if (keeps is not None and field not in keeps) or (
+            config.mode == "eval" and section != "model"
+        ):
+            continue
+        then = getattr(getattr(recorded, section), field)
+        now = getattr(getattr(config, section), field)
+        if then != now:
+            differences.append(f"--{flag}={now!r} (the run has {then!r})")
+    if differences:
+        raise TrainingError(
+            f"--model_dir={config.model_dir} holds a run trained with other options; resuming "
+            f"would silently change it: {'; '.join(differences)}. Rerun with the run's options "
+            f"(its {CONFIG_FILE}), or use another --model_dir."
+        )
 
 
 def _check_workers_agree_on_step(strategy: tf.distribute.Strategy, step: int, model_dir: str):
