@@ -10,8 +10,8 @@ data, seed and step budget (`keras_bninception.experiments.speedup`). Writes int
 - `speedup_curves.csv` (every plotted number) and `speedup.json` (settings, recipes, table).
 
 The default run (embedded digits at 32x32, depth multiplier 0.25, 1,500 steps per network) used
-12 minutes of CPU time on a 2-core machine (26 minutes of wall time while shared with other
-jobs). The pictures need matplotlib (`pip install 'keras-bninception[plots]'`); without it the
+12-13 minutes of CPU time on a 2-core machine (26-33 minutes of wall time while shared with
+other jobs). The pictures need matplotlib (`pip install 'keras-bninception[plots]'`); without it the
 other files are still written. Bad input ends with one `error:` line and exit status 1.
 
 Examples:
