@@ -111,6 +111,20 @@ def test_feature_extractor_outputs_a_dict_of_end_points():
         feature_extractor(base, ["Mixed_6a"])
 
 
+def test_feature_extractor_of_a_model_loaded_from_a_keras_file(tmp_path):
+    base = BNInception(include_top=False, input_shape=(64, 64, 3), depth_multiplier=0.25)
+    path = str(tmp_path / "base.keras")
+    base.save(path)
+    loaded = keras.saving.load_model(path)
+    x = np.random.default_rng(2).uniform(-1, 1, (1, 64, 64, 3)).astype("float32")
+    expected = feature_extractor(base, END_POINTS)(x, training=False)
+    features = feature_extractor(loaded, END_POINTS)(x, training=False)
+    for name in END_POINTS:
+        np.testing.assert_array_equal(features[name], expected[name], err_msg=name)
+    with pytest.raises(ValueError, match="must be a BNInception model"):
+        bninception_end_points(keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)]))
+
+
 def test_input_tensor_with_preceding_layers():
     inputs = keras.Input((64, 64, 3))
     scaled = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)

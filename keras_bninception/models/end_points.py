@@ -11,6 +11,7 @@ from typing import Any
 
 import keras
 
+from keras_bninception.models.blocks import ACTIVATION_SUFFIX
 from keras_bninception.models.figure5 import END_POINTS
 
 _ATTRIBUTE = "_bninception_end_points"
@@ -30,11 +31,29 @@ def bninception_end_points(model: keras.Model) -> dict[str, Any]:
     """
     end_points = getattr(model, _ATTRIBUTE, None)
     if end_points is None:
-        raise ValueError(
-            "`model` must be a model built by BNInception in this process (its end points are "
-            f"recorded while building); received model={model.name!r}"
-        )
+        end_points = _from_layer_names(model)
     return dict(end_points)
+
+
+def _from_layer_names(model: keras.Model) -> dict[str, Any]:
+    """The end points of a BNInception model built elsewhere (e.g. loaded from a .keras file).
+
+    Each end point is the output of the stem convolutions' non-linearity "<end point>_Activation"
+    or, for the modules and pools, of the layer named after it.
+    """
+    names = {layer.name for layer in model.layers}
+    found = {}
+    for end_point in END_POINTS:
+        layer_name = next(
+            (n for n in (end_point + ACTIVATION_SUFFIX, end_point) if n in names), None
+        )
+        if layer_name is None:
+            raise ValueError(
+                "`model` must be a BNInception model (built by `BNInception` or loaded from one); "
+                f"received model={model.name!r}, which has no layer {end_point!r}"
+            )
+        found[end_point] = model.get_layer(layer_name).output
+    return found
 
 
 def feature_extractor(
