@@ -12,6 +12,18 @@ IMAGE_SIZE = 32
 CLASS_NAMES = [f"digit {i}" for i in range(10)]
 
 
+def run_export_binary(*argv: str) -> dict:
+    """`python -m trainers.export` with these flags, in this process; returns export.json."""
+    from trainers import export as export_binary
+
+    export_binary.FLAGS.unparse_flags()
+    export_binary.FLAGS(["trainers.export", *argv])
+    try:
+        return export_binary.export_from_flags()
+    finally:
+        export_binary.FLAGS.unparse_flags()
+
+
 def small_model(seed: int = 0, classes: int = 10) -> keras.Model:
     """BN-Inception at depth multiplier 0.25, 32x32, logits, with random BN statistics.
 

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 
+import export_helpers as h
 import keras
 import numpy as np
 import pytest
@@ -20,7 +21,6 @@ from keras_bninception import export
 from keras_bninception.data import preprocessing
 from keras_bninception.data.sources import DIGITS_CONFIG
 from keras_bninception.export import litert, metadata, tflite
-from tests import export_helpers as h
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

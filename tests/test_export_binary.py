@@ -6,29 +6,18 @@ import os
 import subprocess
 import sys
 
+import export_helpers as h
 import numpy as np
 import pytest
 import tensorflow as tf
+import tf_slim_reference
 from PIL import Image
 
 from keras_bninception.export import ExportError
 from keras_bninception.training.config import TrainConfig
 from keras_bninception.training.run_config import save_run_config
-from tests import export_helpers as h
-from tests import tf_slim_reference
-from trainers import export as export_binary
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _export(*argv: str) -> dict:
-    """`trainers.export` with these flags, in this process."""
-    export_binary.FLAGS.unparse_flags()
-    export_binary.FLAGS(["trainers.export", *argv])
-    try:
-        return export_binary.export_from_flags()
-    finally:
-        export_binary.FLAGS.unparse_flags()
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +33,7 @@ def test_tf_slim_checkpoint_exported_with_imagenet_labels(tmp_path):
         tmp_path / "slim", image_size=64, batch_size=3, depth_multiplier=0.5, seed=2
     )
     out = tmp_path / "out"
-    info = _export(
+    info = h.run_export_binary(
         f"--tf_slim_checkpoint={reference.checkpoint}",
         "--image_size=64",
         "--formats=saved_model",
@@ -73,7 +62,7 @@ def test_keras_model_with_labels_and_calibration_folder(keras_file, tmp_path):
     for i, image in enumerate(pixels):
         Image.fromarray(image.round().astype(np.uint8)).save(folder / f"{i:03d}.png")
     out = tmp_path / "out"
-    info = _export(
+    info = h.run_export_binary(
         f"--keras_model={keras_file}",
         f"--labels={labels}",
         f"--calibration_dir={tmp_path / 'calibration'}",
@@ -137,7 +126,7 @@ def test_bad_input(case, message, keras_file, tmp_path):
         argv.append(f"--keras_model={keras_file}")
     before = sorted(os.listdir(work))
     with pytest.raises(ExportError, match=message):
-        _export(*argv)
+        h.run_export_binary(*argv)
     _nothing_written(work, before)
 
 

@@ -14,14 +14,13 @@ import os
 import subprocess
 import sys
 
+import export_helpers as h
 import numpy as np
 import pytest
 
 from keras_bninception.export import litert, sources
 from keras_bninception.training import experiment
 from keras_bninception.training.config import TrainConfig
-from tests import export_helpers as h
-from tests.test_export_binary import _export
 
 pytestmark = pytest.mark.slow
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,7 +51,9 @@ def trained(tmp_path_factory):
     )
     experiment.run(config)
     out = root / "export"
-    info = _export(f"--model_dir={model_dir}", "--formats=float32,int8", f"--export_dir={out}")
+    info = h.run_export_binary(
+        f"--model_dir={model_dir}", "--formats=float32,int8", f"--export_dir={out}"
+    )
     source = sources.from_model_dir(model_dir)
     pixels, labels = h.digits_pixels("test")
     pixels = np.round(pixels).astype(np.uint8)
