@@ -196,10 +196,11 @@ def test_run_config_round_trip(tmp_path):
 
 
 def test_agreed_value_is_replica_zeros(logical_cpus):
-    from keras_bninception.training.strategy import agreed_value
+    from keras_bninception.training.strategy import agreed_value, any_replica
 
     strategy = tf.distribute.MirroredStrategy(logical_cpus)
     assert agreed_value(strategy, 2**32 - 1) == 2**32 - 1  # int64, not truncated
+    assert any_replica(strategy, True) and not any_replica(strategy, False)
 
 
 def test_corrupt_image_in_a_streamed_split_is_named(tmp_path, monkeypatch):

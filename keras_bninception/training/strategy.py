@@ -157,6 +157,8 @@ def agreed_value(strategy: tf.distribute.Strategy, value: int) -> int:
 
 def any_replica(strategy: tf.distribute.Strategy, flag: bool) -> bool:
     """Whether `flag` is True on any worker (one all-reduce; every worker gets the same answer)."""
-    value = tf.constant(1 if flag else 0, tf.int64)
-    total = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: value), axis=None)
+    # A tensor made in each replica: one captured from outside would come back from `run` as a
+    # single value, not one per replica, and `reduce` refuses it under MirroredStrategy.
+    per_replica = strategy.run(lambda: tf.constant(1 if flag else 0, tf.int64))
+    total = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
     return int(total) > 0
