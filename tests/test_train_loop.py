@@ -253,7 +253,7 @@ def test_jit_compile_follows_the_same_loss_trajectory(tmp_path):
         h = keras.layers.GlobalAveragePooling2D()(h)
         return keras.Model(inputs, keras.layers.Dense(CLASSES)(h))
 
-    trajectories = []
+    trajectories, kernels = [], []
     for jit_compile in (False, True):
         trainer = Trainer(
             tf.distribute.OneDeviceStrategy("/cpu:0"),
@@ -269,6 +269,32 @@ def test_jit_compile_follows_the_same_loss_trajectory(tmp_path):
             ),
         )
         trajectories.append([trainer.train(_fixed_batches, step)["loss"] for step in (1, 2, 3, 4)])
+        kernels.append(_tensorflow_kernels_run(trainer, tmp_path))
     op_by_op, compiled = trajectories
     assert len(set(op_by_op)) == 4, op_by_op  # the loss moves: equal trajectories say something
     np.testing.assert_allclose(compiled, op_by_op, rtol=1e-5)
+    # XLA really ran the step: the convolution, its gradients and the classifier's matmul ran as
+    # TensorFlow kernels without --jit_compile (the check can fail) and not at all with it.
+    step_kernels = {"Conv2D", "Conv2DBackpropFilter", "MatMul"}
+    assert step_kernels <= kernels[0], kernels[0]
+    assert not step_kernels & kernels[1], kernels[1]
+
+
+def _tensorflow_kernels_run(trainer: Trainer, tmp_path) -> set[str]:
+    """The types of the TensorFlow kernels (not XLA computations) run by a 5th training step."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    logdir = tmp_path / f"profile_{len(os.listdir(tmp_path))}"
+    tf.profiler.experimental.start(str(logdir))
+    try:
+        trainer.train(_fixed_batches, 5)
+    finally:
+        tf.profiler.experimental.stop()
+    (path,) = logdir.rglob("*.xplane.pb")
+    space = xplane_pb2.XSpace.FromString(path.read_bytes())
+    types = set()
+    for plane in space.planes:
+        names = {key: meta.name for key, meta in plane.event_metadata.items()}
+        for line in plane.lines:  # a TensorFlow kernel's event is named "op_name:OpType"
+            types.update(names[e.metadata_id].rpartition(":")[2].strip() for e in line.events)
+    return types
