@@ -2,14 +2,19 @@
 
 The stream is a deterministic function of (seed, element index):
 
-- In-memory splits (digits, small image folders, small TFDS datasets) are indexed directly. Global
-  element g of the training stream is example `index_shuffle(g mod N, seed, epoch = g div N)`: a
-  fresh full permutation of the split every epoch (the paper shuffles "more thoroughly"), computed
-  per element, so starting at step k costs nothing.
-- Large splits are streamed from disk: files in a seeded order, then a seeded shuffle buffer; the
-  skip to step k happens before decoding (the records are read, not decoded). tf.data combines the
-  shuffle seed with TensorFlow's global seed (`tf.random.set_seed`): set the same one (or none)
-  when resuming.
+- In-memory splits (digits, small image folders, small TFDS datasets) and large image folders (a
+  list of files, each read when needed) are indexed directly. Global element g of the training
+  stream is example `index_shuffle(g mod N, seed, epoch = g div N)`: a fresh full permutation of
+  the split every epoch (the paper shuffles "more thoroughly"), computed per element, so starting
+  at step k costs nothing.
+- Large TFDS splits are read from their TFRecord files: per epoch, the files in an order keyed by
+  (seed, epoch) and blocks of `SHUFFLE_BUFFER` records permuted by (seed, epoch, block). Starting
+  at step k skips the files before its block unopened: it reads at most one file and one block,
+  whatever k is (`_record_stream`).
+- Only datasets that are neither (TFDS formats other than TFRecord, `tfds.testing.mock_data`) are
+  one stream with a seeded shuffle buffer, where the skip to step k reads (without decoding) every
+  record before it; tf.data combines that shuffle seed with TensorFlow's global seed
+  (`tf.random.set_seed`): set the same one (or none) when resuming.
 
 Each element is then decoded and augmented with stateless random ops keyed by (seed, g), so its
 pixels do not depend on the parallelism or on where the pipeline started. With
@@ -77,6 +82,89 @@ def _element_seeds(seed: int, num_pipelines: int, pipeline_id: int, local_index)
     """(global element index g, its augmentation seed [seed, g])."""
     g = local_index * num_pipelines + pipeline_id
     return g, tf.stack([tf.constant(seed, tf.int64), g])
+
+
+def _example_index(g, n: int, seed: int, training: bool):
+    """The example of a directly indexed split at global element g.
+
+    Training: `index_shuffle(g mod n, seed, epoch = g div n)`, a fresh permutation every epoch;
+    evaluation: g mod n.
+    """
+    position = g % n
+    if not training:
+        return position
+    return tf.random.experimental.index_shuffle(
+        position,
+        seed=tf.stack([tf.constant(seed, tf.int64), -1 - g // n]),
+        max_index=tf.constant(n - 1, tf.int64),
+    )
+
+
+def _record_stream(
+    data: sources.RecordSplit,
+    shuffle: bool,
+    repeat: bool,
+    seed: int,
+    start: int,
+    num_pipelines: int,
+    pipeline_id: int,
+) -> tf.data.Dataset:
+    """(local index, (encoded image, label, file name)) of a TFRecord split, from element `start`.
+
+    Epoch e of this pipeline's part (N records) reads its files in the order of a permutation
+    keyed by (seed, e) and, when `shuffle`, permutes each block of `SHUFFLE_BUFFER` consecutive
+    records by a permutation keyed by (seed, e, block). (TFDS writes its files with the examples
+    already shuffled, so each block is a random sample of the split.) The stream is therefore a
+    function of the element index: starting at element `start` skips the files that end before
+    its block without opening them, reads at most one file's records to reach the block, and one
+    block: the cost of a resume does not grow with the step.
+    """
+    shards = data.shards(num_pipelines, pipeline_id)
+    files = tf.constant([name for name, _, _ in shards])
+    skips = tf.constant([skip for _, skip, _ in shards], tf.int64)
+    takes = tf.constant([take for _, _, take in shards], tf.int64)
+    n = sum(take for _, _, take in shards)
+    if n == 0:
+        raise DataError("a streamed split has no examples for this input pipeline")
+    block = min(SHUFFLE_BUFFER, n) if shuffle else n
+    first_epoch, offset = divmod(start, n)
+    seed_t = tf.constant(seed, tf.int64)
+
+    def epoch_records(epoch):
+        order = tf.range(len(shards), dtype=tf.int64)
+        if shuffle:
+            order = tf.random.experimental.index_shuffle(
+                order, seed=tf.stack([seed_t, -1 - epoch]), max_index=len(shards) - 1
+            )
+        skip, take = tf.gather(skips, order), tf.gather(takes, order)
+        ends = tf.cumsum(take)
+        first = tf.where(epoch == first_epoch, tf.constant(offset, tf.int64), 0)
+        first_block = first // block
+        begin = first_block * block if shuffle else first  # reading starts at this record
+        i = tf.searchsorted(ends, tf.reshape(begin, [1]), side="right")[0]
+        within = begin - (ends[i] - take[i])  # records of file i before `begin`
+        extra = tf.one_hot(0, tf.size(order) - i, dtype=tf.int64) * within
+        records = tf.data.Dataset.from_tensor_slices(
+            (tf.gather(files, order)[i:], skip[i:] + extra, take[i:] - extra)
+        ).flat_map(lambda name, s, t: tf.data.TFRecordDataset(name).skip(s).take(t))
+        if shuffle:
+
+            def permute(b, records_of_block):
+                size = tf.shape(records_of_block, out_type=tf.int64)[0]
+                permutation = tf.random.experimental.index_shuffle(
+                    tf.range(size), seed=tf.stack([seed_t, epoch * 2**32 + b]), max_index=size - 1
+                )
+                return tf.data.Dataset.from_tensor_slices(tf.gather(records_of_block, permutation))
+
+            blocks = tf.data.Dataset.zip(tf.data.Dataset.counter(first_block), records.batch(block))
+            records = blocks.flat_map(permute)
+        return records.skip(first - begin)
+
+    epochs = (
+        tf.data.Dataset.counter(first_epoch) if repeat else tf.data.Dataset.range(first_epoch, 1)
+    )
+    ds = epochs.flat_map(epoch_records).map(data.parse, num_parallel_calls=tf.data.AUTOTUNE)
+    return tf.data.Dataset.zip(tf.data.Dataset.counter(start), ds)
 
 
 def _header_ok(contents: tf.Tensor) -> tf.Tensor:
@@ -176,8 +264,9 @@ def build_dataset(
         drop_remainder: drop the last partial batch (default: `training`).
         start_step: begin at batch `start_step` of the stream, e.g. the step a resumed training
             run restarts from. With `deterministic=True` and a seed, the result equals
-            `build_dataset(..., start_step=0).skip(start_step)`; the skip happens before any
-            image is decoded (in-memory splits: at no cost at all).
+            `build_dataset(..., start_step=0).skip(start_step)`; no image before it is decoded,
+            and none is read (image folders, TFRecord datasets: at most one file and one shuffle
+            block of records), whatever `start_step` is.
         skip_corrupt_images: leave out image files that do not decode (each logged once, listed
             by `skipped_corrupt_images()`) instead of stopping with a `DataError` naming the first.
 
@@ -235,10 +324,21 @@ def build_dataset(
             encoded=data.encoded,
             filenames=data.filenames[keep],
         )
-    if isinstance(data, sources.InMemorySplit):
+    if isinstance(data, sources.InMemorySplit | sources.FileListSplit):
         n = data.num_examples
         if n == 0:
             raise DataError(f"split {split!r} of dataset {source.info.name!r} has no examples")
+        if repeat:
+            elements = tf.data.Dataset.counter(start)  # infinite cardinality
+        else:
+            stop = max(math.ceil((n - pipeline_id) / num_pipelines), 0)
+            elements = tf.data.Dataset.range(start, stop)
+
+        def example_index(local_index):
+            g, key_seed = _element_seeds(seed, num_pipelines, pipeline_id, local_index)
+            return _example_index(g, n, seed, training), key_seed
+
+    if isinstance(data, sources.InMemorySplit):
         # Encoded images are an object array of bytes: tf.constant keeps each one exact (a
         # fixed-width numpy bytes array would pad them, and strip trailing NUL bytes).
         images = tf.constant(data.images)
@@ -248,24 +348,9 @@ def build_dataset(
             if data.filenames is not None
             else [b""] * n
         )
-        if repeat:
-            elements = tf.data.Dataset.counter(start)  # infinite cardinality
-        else:
-            stop = max(math.ceil((n - pipeline_id) / num_pipelines), 0)
-            elements = tf.data.Dataset.range(start, stop)
 
         def load(local_index):
-            g, key_seed = _element_seeds(seed, num_pipelines, pipeline_id, local_index)
-            position = g % n
-            if training:
-                epoch = g // n
-                index = tf.random.experimental.index_shuffle(
-                    position,
-                    seed=tf.stack([tf.constant(seed, tf.int64), -1 - epoch]),
-                    max_index=tf.constant(n - 1, tf.int64),
-                )
-            else:
-                index = position
+            index, key_seed = example_index(local_index)
             image = tf.gather(images, index)
             if data.encoded:
                 image = decode_and_preprocess(
@@ -280,12 +365,25 @@ def build_dataset(
         if not training and not repeat and eval_bytes <= EVAL_CACHE_MAX_BYTES:
             ds = ds.cache()  # deterministic eval images: decode and resize only once
     else:
-        ds = data.make(training, seed, num_pipelines, pipeline_id)
-        if training:
-            ds = ds.shuffle(min(SHUFFLE_BUFFER, max(data.num_examples, 1)), seed=seed)
-        if repeat:
-            ds = ds.repeat()
-        ds = ds.enumerate().skip(start)
+        if isinstance(data, sources.FileListSplit):
+            filenames = tf.constant([str(name).encode() for name in data.filenames])
+            labels = tf.constant(data.labels, tf.int32)
+
+            def read(local_index):
+                index, _ = example_index(local_index)
+                name = tf.gather(filenames, index)
+                return local_index, (tf.io.read_file(name), tf.gather(labels, index), name)
+
+            ds = elements.map(read, num_parallel_calls=tf.data.AUTOTUNE)
+        elif isinstance(data, sources.RecordSplit):
+            ds = _record_stream(data, training, repeat, seed, start, num_pipelines, pipeline_id)
+        else:  # one stream: reaching `start` reads every element before it
+            ds = data.make(training, seed, num_pipelines, pipeline_id)
+            if training:
+                ds = ds.shuffle(min(SHUFFLE_BUFFER, max(data.num_examples, 1)), seed=seed)
+            if repeat:
+                ds = ds.repeat()
+            ds = ds.enumerate().skip(start)
         if skip_corrupt_images:
             ds = ds.filter(lambda _, element: _usable(element[0], element[2]))
 

@@ -8,8 +8,10 @@ Three kinds of dataset, all by name:
   imagenet2012's, from `manual_dir`).
 
 A split whose encoded images take at most `IN_MEMORY_MAX_BYTES` is read once into memory
-(the "cache" of the pipeline: it is then shuffled over the whole split and indexed directly); a
-larger one is streamed from disk through a shuffle buffer.
+(the "cache" of the pipeline: it is then shuffled over the whole split and indexed directly). A
+larger one is read from disk so that any position of the stream is reached without reading what
+comes before it: an image folder as a list of files indexed like an in-memory split
+(`FileListSplit`), a TFDS dataset as its TFRecord shards read from any record on (`RecordSplit`).
 """
 
 from __future__ import annotations
@@ -105,8 +107,43 @@ class InMemorySplit:
 
 
 @dataclasses.dataclass(frozen=True)
+class FileListSplit:
+    """A split of image files, each read from disk when the pipeline needs it.
+
+    `filenames` (an object array of N paths) and `labels` (int32 [N]) are indexed directly, as an
+    `InMemorySplit` is: reaching element g of the stream reads one file, whatever g is.
+    """
+
+    filenames: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.labels.shape[0])
+
+
+# One record file of a split: (file name, records to skip, records to take after them).
+Shard = tuple[str, int, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordSplit:
+    """A split stored as TFRecord files (a prepared TFDS dataset), readable from any record on.
+
+    `shards(num_pipelines, pipeline_id)` lists the files of this pipeline's part of the split, in
+    order, with the records of each that belong to it; `parse(record)` turns one serialized record
+    into (encoded image: string, label: int32, file name: string).
+    """
+
+    shards: Callable[[int, int], list[Shard]]
+    parse: Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor, tf.Tensor]]
+    num_examples: int
+
+
+@dataclasses.dataclass(frozen=True)
 class StreamingSplit:
-    """A split read from disk.
+    """A split read from disk as one stream (datasets mocked by `tfds.testing.mock_data`, formats
+    other than TFRecord): reaching element g reads the g elements before it.
 
     `make(shuffle_files, seed, num_pipelines, pipeline_id)` returns this pipeline's shard as a
     `tf.data.Dataset` of (encoded image: string, label: int32, file name: string) in a fixed order
@@ -117,7 +154,7 @@ class StreamingSplit:
     num_examples: int
 
 
-Split = InMemorySplit | StreamingSplit
+Split = InMemorySplit | FileListSplit | RecordSplit | StreamingSplit
 
 
 def _choices() -> str:
@@ -305,11 +342,22 @@ class FolderSource(Source):
             corrupt = find_corrupt_images(list(loaded.images), list(loaded.filenames))
             return dataclasses.replace(loaded, corrupt=tuple(corrupt))
 
-        def make(shuffle_files: bool, seed: int, num_pipelines: int, pipeline_id: int):
-            del shuffle_files, seed  # the pipeline shuffles with a seeded buffer
-            return self._read(split).shard(num_pipelines, pipeline_id)
+        return self._list_files(split)
 
-        return StreamingSplit(make=make, num_examples=self._counts[split])
+    def _list_files(self, split: str) -> FileListSplit:
+        """The split's files and labels, as `tfds.ImageFolder` lists them."""
+        filenames, labels = [], []
+        for label, class_name in enumerate(self.info.class_names):
+            directory = os.path.join(self._root, split, class_name)
+            if not os.path.isdir(directory):
+                continue
+            for name in sorted(os.listdir(directory)):
+                if name.lower().endswith(IMAGE_EXTENSIONS):
+                    filenames.append(os.path.join(directory, name))
+                    labels.append(label)
+        return FileListSplit(
+            filenames=np.array(filenames, dtype=object), labels=np.array(labels, np.int32)
+        )
 
 
 class TfdsSource(Source):
@@ -437,19 +485,28 @@ class TfdsSource(Source):
             decoders={self._image_key: tfds.decode.SkipDecoding()},
             read_config=tfds.ReadConfig(shuffle_seed=seed, try_autocache=False),
         )
-        image_key, label_key, filename_key = self._image_key, self._label_key, self._filename_key
+        return ds.map(self._unpack, num_parallel_calls=tf.data.AUTOTUNE)
 
-        def unpack(ex):
-            name = ex[filename_key] if filename_key else tf.constant("", tf.string)
-            return ex[image_key], tf.cast(ex[label_key], tf.int32), name
-
-        return ds.map(unpack, num_parallel_calls=tf.data.AUTOTUNE)
+    def _unpack(self, example: dict) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        name = example[self._filename_key] if self._filename_key else tf.constant("", tf.string)
+        return example[self._image_key], tf.cast(example[self._label_key], tf.int32), name
 
     def _load(self, split: str) -> Split:
-        known = self._builder.info.splits
+        info = self._builder.info
+        known = info.splits
         num_bytes = int(known[split].num_bytes) if split in known else 0
         if _fits_in_memory(num_bytes):
             return _encoded_in_memory(self._read(split, False, 0))
+        if (
+            split in known
+            and known[split].num_shards
+            and info.file_format
+            in (
+                None,
+                tfds.core.FileFormat.TFRECORD,
+            )
+        ):
+            return self._record_split(split)
 
         def make(shuffle_files: bool, seed: int, num_pipelines: int, pipeline_id: int):
             subsplit = split
@@ -458,6 +515,30 @@ class TfdsSource(Source):
             return self._read(subsplit, shuffle_files, seed)
 
         return StreamingSplit(make=make, num_examples=self._num_examples(split))
+
+    def _record_split(self, split: str) -> RecordSplit:
+        splits, features = self._builder.info.splits, self._builder.info.features
+        decoders = {self._image_key: tfds.decode.SkipDecoding()}
+
+        def shards(num_pipelines: int, pipeline_id: int) -> list[Shard]:
+            part = (
+                split
+                if num_pipelines == 1
+                else tfds.even_splits(split, n=num_pipelines)[pipeline_id]
+            )
+            return [
+                (
+                    os.fspath(f.filename),
+                    int(f.skip),
+                    int(f.take) if f.take >= 0 else int(f.examples_in_shard) - int(f.skip),
+                )
+                for f in splits[part].file_instructions
+            ]
+
+        def parse(record: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+            return self._unpack(features.deserialize_example(record, decoders=decoders))
+
+        return RecordSplit(shards=shards, parse=parse, num_examples=self._num_examples(split))
 
 
 def resolve(dataset: str, data_dir: str | None = None, manual_dir: str | None = None) -> Source:
