@@ -340,7 +340,9 @@ def test_runs_under_tf_function_and_xla(jit_compile):
     np.testing.assert_allclose(ours.moving_mean, ref.moving_mean, atol=1e-6)
 
 
-def test_synchronized_mirrored_strategy_equals_one_device_on_global_batch(logical_cpus):
+@pytest.mark.parametrize("activation", [None, "relu"])
+def test_synchronized_mirrored_strategy_equals_one_device_on_global_batch(logical_cpus, activation):
+    # With activation="relu" the one-device reference is the plain layer followed by tf.nn.relu.
     shape, global_batch = (3, 3, 4), 8
     x = _random([global_batch, *shape], mean=1.5, std=2.0, seed=30)
 
@@ -350,12 +352,14 @@ def test_synchronized_mirrored_strategy_equals_one_device_on_global_batch(logica
     with tf.GradientTape() as tape:
         tape.watch(x)
         y_single = single(x, training=True)
+        if activation:
+            y_single = tf.nn.relu(y_single)
         loss = _loss(y_single)
     dx_single, *dparams_single = tape.gradient(loss, [x, *single.trainable_weights])
 
     strategy = tf.distribute.MirroredStrategy(logical_cpus)
     with strategy.scope():
-        synced = BatchNormalization(momentum=0.5, synchronized=True)
+        synced = BatchNormalization(momentum=0.5, synchronized=True, activation=activation)
         synced.build((None, *shape))
     synced.set_weights(initial_weights)
     half = global_batch // 2
@@ -412,7 +416,8 @@ def test_axis_out_of_range_names_accepted_range():
         BatchNormalization(axis=3).build((None, 4, 5))
 
 
-def test_inference_folds_into_the_convolution_for_tflite():
+@pytest.mark.parametrize("unit", [False, True])
+def test_inference_folds_into_the_convolution_for_tflite(unit):
     # Algorithm 2's affine map is plain ops, so the converter folds BN (and ReLU) into CONV_2D.
     inputs = keras.Input((12, 12, 3))
     h = keras.layers.Conv2D(8, 3, use_bias=False)(inputs)
@@ -422,8 +427,9 @@ def test_inference_folds_into_the_convolution_for_tflite():
         beta_initializer="random_normal",
         moving_mean_initializer="random_normal",
         moving_variance_initializer=positive,
+        activation="relu" if unit else None,
     )(h)
-    model = keras.Model(inputs, keras.layers.ReLU()(h))
+    model = keras.Model(inputs, h if unit else keras.layers.ReLU()(h))
     interpreter = tf.lite.Interpreter(
         model_content=tf.lite.TFLiteConverter.from_keras_model(model).convert()
     )
@@ -436,7 +442,8 @@ def test_inference_folds_into_the_convolution_for_tflite():
     np.testing.assert_allclose(y, model(x, training=False), atol=1e-5)
 
 
-def test_blocked_and_single_reduce_formulations_agree():
+@pytest.mark.parametrize("relu", [False, True])
+def test_blocked_and_single_reduce_formulations_agree(relu):
     # 512 features: blocks of 64 rows, so m = 2·9·11 = 198 is 3 full blocks and a 6-row rest.
     x = _random([2, 9, 11, 512], mean=1.0, std=2.0, seed=32)
     gamma, beta = _random([512], mean=1.0, seed=33), _random([512], seed=34)
@@ -445,7 +452,7 @@ def test_blocked_and_single_reduce_formulations_agree():
         with batch_norm_transform.use_blocked_reductions(blocked), tf.GradientTape() as tape:
             tape.watch([x, gamma, beta])
             y, mean, var, count = batch_norm_transform.batch_norm_train(
-                x, gamma, beta, axis=3, epsilon=1e-3
+                x, gamma, beta, axis=3, epsilon=1e-3, relu=relu
             )
             loss = _loss(y)
         outputs.append([[y, mean, var, count], tape.gradient(loss, [x, gamma, beta])])
@@ -466,3 +473,120 @@ def test_blocked_moments_keep_variance_precision_at_large_mean():
     x64 = x.numpy().astype("float64").reshape(-1, 512)
     np.testing.assert_allclose(mean, x64.mean(0), rtol=1e-7)
     np.testing.assert_allclose(var, x64.var(0), rtol=1e-4)
+
+
+# BN + ReLU as one unit (activation="relu"): one hand-written gradient for both.
+
+
+def _at_the_kink(shape, axis, dtype):
+    """Integer inputs whose batch mean is exactly 0 (each value also appears negated) and that
+    hold zeros: there x̂ = 0 exactly, so z = relu(β) with β chosen at and near ReLU's kink."""
+    rng = np.random.default_rng(40)
+    half = rng.integers(-3, 4, size=(shape[0] // 2, *shape[1:])).astype(dtype)
+    x = np.concatenate([half, -half], axis=0)
+    channels = shape[axis]
+    beta = rng.normal(size=channels)
+    beta[:3] = [0.0, 1e-6, -1e-6]  # exactly at the kink, just above, just below
+    gamma = rng.normal(1.0, 0.5, size=channels)
+    return tf.constant(x), gamma.astype(dtype), beta.astype(dtype)
+
+
+def _bn_relu_reference(x, gamma, beta, axis, epsilon, moving=None):
+    """BN then ReLU in float64 TensorFlow ops; its gradient comes from autodiff."""
+    if moving is None:
+        y = _textbook(x, gamma, beta, axis, epsilon)
+    else:
+        shape = [1] * x.shape.rank
+        shape[axis] = -1
+        mean, variance = (tf.reshape(v, shape) for v in moving)
+        y = tf.reshape(gamma, shape) * (x - mean) / tf.sqrt(variance + epsilon)
+        y = y + tf.reshape(beta, shape)
+    return tf.nn.relu(y)
+
+
+@pytest.mark.parametrize("shape,axis", LAYOUTS)
+@pytest.mark.parametrize("mode", ["training", "training, one reduce", "inference"])
+def test_bn_relu_unit_gradient_equals_autodiff_of_float64_reference(shape, axis, mode):
+    x, gamma, beta = _at_the_kink(shape, axis, "float64")
+    unit = BatchNormalization(axis=axis, activation="relu", dtype="float64")
+    unit.build(shape)
+    channels = shape[axis]
+    moving = (np.zeros(channels), np.random.default_rng(41).uniform(0.5, 2.0, channels))
+    unit.set_weights([gamma, beta, *moving])
+    training = mode != "inference"
+    blocked = None if mode == "training" else False
+    with (
+        batch_norm_transform.use_blocked_reductions(blocked),
+        tf.GradientTape(persistent=True) as tape,
+    ):
+        tape.watch(x)
+        z = unit(x, training=training)
+        gamma_ref, beta_ref = tf.constant(gamma), tf.constant(beta)
+        tape.watch([gamma_ref, beta_ref])
+        reference = _bn_relu_reference(
+            x, gamma_ref, beta_ref, axis, 1e-3, None if training else moving
+        )
+        # ∂ℓ/∂z ≠ 0 at z = 0 (_loss alone has a zero derivative there).
+        loss, loss_ref = _loss(z + 1.0), _loss(reference + 1.0)
+    np.testing.assert_allclose(z, reference, rtol=1e-12, atol=1e-12)
+    grads = tape.gradient(loss, [x, unit.gamma, unit.beta])
+    grads_ref = tape.gradient(loss_ref, [x, gamma_ref, beta_ref])
+    for a, b in zip(grads, grads_ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    # The test sees the kink: ReLU's derivative at 0 is 0 (as TensorFlow's), and counting the
+    # zeros of channel 0 (z = relu(0)) in ∂ℓ/∂β would change it.
+    x_hat_zero = tf.equal(x, 0.0)
+    if axis != -1:
+        x_hat_zero = tf.transpose(x_hat_zero, [0, 2, 3, 1])
+    assert bool(tf.reduce_any(tf.reshape(x_hat_zero, [-1, channels])[:, 0]))
+
+
+@pytest.mark.parametrize("shape,axis", LAYOUTS)
+def test_bn_relu_unit_float32_equals_bn_then_relu(shape, axis):
+    """In float32, the unit and the plain layer followed by ReLU: same outputs and gradients."""
+    x = _random(shape, mean=0.5, std=2.0, seed=42)
+    outputs = []
+    for unit in (True, False):
+        layer = BatchNormalization(axis=axis, activation="relu" if unit else None, momentum=0.5)
+        layer.build(shape)
+        layer.set_weights(
+            [_random([shape[axis]], mean=m, seed=43 + i) for i, m in enumerate([1, 0])]
+            + layer.get_weights()[2:]
+        )
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            z = layer(x, training=True)
+            z = z if unit else tf.nn.relu(z)
+            loss = _loss(z)
+        outputs.append(
+            [z, *tape.gradient(loss, [x, *layer.trainable_weights]), *layer.non_trainable_weights]
+        )
+    for a, b in zip(*outputs, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_bn_relu_unit_mixed_precision(policy):
+    half = policy.split("_")[1]
+    unit = BatchNormalization(dtype=policy, activation="relu")
+    x = tf.cast(_random([8, 4, 4, 3], mean=2.0, seed=44), half)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        z = unit(x, training=True)
+        loss = tf.reduce_sum(tf.cast(z, "float32") * tf.range(3, dtype="float32"))
+    dx, dgamma, dbeta = tape.gradient(loss, [x, *unit.trainable_weights])
+    assert z.dtype == dx.dtype == half and dgamma.dtype == dbeta.dtype == "float32"
+    x32 = tf.cast(x, "float32")
+    with tf.GradientTape() as tape:
+        tape.watch(x32)
+        ref = tf.nn.relu(_textbook(x32, tf.ones([3]), tf.zeros([3]), -1, 1e-3))
+        loss_ref = tf.reduce_sum(ref * tf.range(3, dtype="float32"))
+    np.testing.assert_allclose(tf.cast(z, "float32"), ref, atol=0.05)
+    np.testing.assert_allclose(tf.cast(dx, "float32"), tape.gradient(loss_ref, x32), atol=0.05)
+
+
+def test_bn_relu_unit_argument_and_round_trip():
+    with pytest.raises(ValueError, match=r"activation must be None or 'relu'.*activation='gelu'"):
+        BatchNormalization(activation="gelu")
+    config = BatchNormalization(activation="relu").get_config()
+    assert BatchNormalization.from_config(config).activation == "relu"

@@ -44,6 +44,14 @@ E[x²] − E[x]², so a feature with mean 1e4 and standard deviation 1 keeps its
 float16/bfloat16 inputs are cast to float32 inside the kernels; statistics and the backward are
 float32, y and ∂ℓ/∂x come back in the input's dtype.
 
+BN + ReLU. `relu=True` computes z = max(y, 0) as one unit with one hand-written gradient: the
+forward writes z instead of y, and the backward first keeps ∂ℓ/∂z_i where z_i > 0 (ReLU's
+derivative, 0 at the kink as TensorFlow's) and then runs the chain above on it. ReLU's own passes
+over memory (z from y; ∂ℓ/∂y from ∂ℓ/∂z and z) disappear, and the backward still needs only x: the
+sign of z_i is recomputed from x_i with the forward's own arithmetic (z_i > 0 ⟺ γ x̂_i + β > 0 after
+the cast to x's dtype), so z is neither read nor kept for it. x must be kept: where ReLU clips, x̂
+cannot be recovered from z, and ∂ℓ/∂x_i needs x̂_i everywhere.
+
 Masks. With a 0/1 mask w (Keras' masking: one weight per position, shared by every feature) only
 positions with w_i = 1 enter the statistics, m = Σ w_i, and the same derivation gives
 ∂ℓ/∂x_i = γ/sqrt(σ²_B + ε) · (∂ℓ/∂y_i − w_i (∂ℓ/∂β + x̂_i ∂ℓ/∂γ) / m), y being computed everywhere.
@@ -170,26 +178,41 @@ def _sum_squared_deviations(x, w, mean):
     return tf.reduce_sum(tf.square(d), _reduce_axes(x))
 
 
-@_kernel
-def _normalize(x, mean, inv_std, gamma, beta):
-    """y_i = γ (x_i − μ_B) / sqrt(σ²_B + ε) + β (Algorithm 1, lines 3 and 4)."""
+def _pre_activation(x, mean, inv_std, gamma, beta):
+    """y_i = γ (x_i − μ_B) / sqrt(σ²_B + ε) + β (Algorithm 1, lines 3 and 4), in x's dtype."""
     scale = _feature(gamma * inv_std, x)
     y = (tf.cast(x, mean.dtype) - _feature(mean, x)) * scale + _feature(beta, x)
     return tf.cast(y, x.dtype)
 
 
 @_kernel
-def _grad_sums(dy, x, mean, inv_std):
+def _normalize(x, mean, inv_std, gamma, beta, relu):
+    """y_i, or z_i = max(y_i, 0) for the BN + ReLU unit."""
+    y = _pre_activation(x, mean, inv_std, gamma, beta)
+    return tf.nn.relu(y) if relu else y
+
+
+def _relu_grad(dy, x, mean, inv_std, gamma, beta, relu):
+    """∂ℓ/∂y: ∂ℓ/∂z_i where z_i > 0, else 0 (z's sign recomputed from x); ∂ℓ/∂y if no ReLU."""
+    if not relu:
+        return dy
+    positive = _pre_activation(x, mean, inv_std, gamma, beta) > 0
+    return tf.where(positive, dy, tf.zeros_like(dy))
+
+
+@_kernel
+def _grad_sums(dy, x, mean, inv_std, gamma, beta, relu):
     """∂ℓ/∂β = Σ ∂ℓ/∂y_i and ∂ℓ/∂γ = Σ ∂ℓ/∂y_i · x̂_i."""
     axes = _reduce_axes(x)
-    dy = tf.cast(dy, mean.dtype)
+    dy = tf.cast(_relu_grad(dy, x, mean, inv_std, gamma, beta, relu), mean.dtype)
     x_hat = (tf.cast(x, mean.dtype) - _feature(mean, x)) * _feature(inv_std, x)
     return tf.reduce_sum(dy, axes), tf.reduce_sum(dy * x_hat, axes)
 
 
 @_kernel
-def _grad_input(dy, x, w, mean, inv_std, gamma, dbeta, dgamma, count):
+def _grad_input(dy, x, w, mean, inv_std, gamma, beta, relu, dbeta, dgamma, count):
     """∂ℓ/∂x_i = γ/sqrt(σ²_B + ε) · (∂ℓ/∂y_i − w_i (∂ℓ/∂β + x̂_i ∂ℓ/∂γ) / m)."""
+    dy = _relu_grad(dy, x, mean, inv_std, gamma, beta, relu)
     x_hat = (tf.cast(x, mean.dtype) - _feature(mean, x)) * _feature(inv_std, x)
     correction = (_feature(dbeta, x) + x_hat * _feature(dgamma, x)) / count
     if w is not None:
@@ -209,7 +232,7 @@ def _cross_replica_sum(*values: tf.Tensor) -> list[tf.Tensor]:
     return [tf.reshape(p, tf.shape(v)) for p, v in zip(tf.split(flat, sizes), values, strict=True)]
 
 
-def _forward(x, w, gamma, beta, epsilon, sum_replicas=None):
+def _forward(x, w, gamma, beta, epsilon, relu, sum_replicas=None):
     """Algorithm 1: y, μ_B, σ²_B, 1/sqrt(σ²_B + ε), m; `sum_replicas` all-reduces partial sums."""
     total, count = _sum_and_count(x, w, gamma.dtype)
     if sum_replicas:
@@ -221,15 +244,15 @@ def _forward(x, w, gamma, beta, epsilon, sum_replicas=None):
         (ssd,) = sum_replicas(ssd)
     variance = ssd / count  # σ²_B, line 2
     inv_std = tf.math.rsqrt(variance + epsilon)  # 1/sqrt(σ²_B + ε)
-    y = _normalize(x, mean, inv_std, gamma, beta)  # lines 3-4
+    y = _normalize(x, mean, inv_std, gamma, beta, relu)  # lines 3-4
     return y, mean, variance, inv_std, count
 
 
-def _backward(dy, x, w, mean, inv_std, gamma, count, sum_replicas=None):
+def _backward(dy, x, w, mean, inv_std, gamma, beta, relu, count, sum_replicas=None):
     """The section-3 chain: ∂ℓ/∂x, ∂ℓ/∂γ, ∂ℓ/∂β (the last two per replica)."""
-    dbeta, dgamma = _grad_sums(dy, x, mean, inv_std)
+    dbeta, dgamma = _grad_sums(dy, x, mean, inv_std, gamma, beta, relu)
     dbeta_all, dgamma_all = sum_replicas(dbeta, dgamma) if sum_replicas else (dbeta, dgamma)
-    dx = _grad_input(dy, x, w, mean, inv_std, gamma, dbeta_all, dgamma_all, count)
+    dx = _grad_input(dy, x, w, mean, inv_std, gamma, beta, relu, dbeta_all, dgamma_all, count)
     return dx, dgamma, dbeta
 
 
@@ -294,22 +317,25 @@ def _blocked_moments(x: tf.Tensor, dtype: tf.DType) -> tuple:
 
 
 @_kernel
-def _forward_blocked(x, gamma, beta, epsilon):
+def _forward_blocked(x, gamma, beta, epsilon, relu):
     """Algorithm 1 with blocked reductions: what `_forward` computes without a mask."""
     count, mean, ssd = _blocked_moments(x, gamma.dtype)
     count = tf.maximum(count, 1)
     variance = ssd / count  # σ²_B, line 2
     inv_std = tf.math.rsqrt(variance + epsilon)
-    return _normalize(x, mean, inv_std, gamma, beta), mean, variance, inv_std, count
+    return _normalize(x, mean, inv_std, gamma, beta, relu), mean, variance, inv_std, count
 
 
 @_kernel
-def _backward_blocked(dy, x, mean, inv_std, gamma, count):
+def _backward_blocked(dy, x, mean, inv_std, gamma, beta, relu, count):
     """The section-3 chain with blocked reductions: what `_backward` computes without a mask."""
 
     def accumulate(carry, blocks, unused_n):
         dbeta, dgamma = carry
-        dy_block, x_block = blocks
+        dy_block, x_block = blocks  # in float32; ReLU's mask from x's dtype, as in the forward
+        if relu:
+            x_own = tf.cast(x_block, x.dtype)
+            dy_block = _relu_grad(dy_block, x_own, mean, inv_std, gamma, beta, relu)
         return dbeta + tf.reduce_sum(dy_block, 0), dgamma + tf.reduce_sum(
             dy_block * (x_block - mean), 0
         )
@@ -317,7 +343,7 @@ def _backward_blocked(dy, x, mean, inv_std, gamma, count):
     zeros = tf.zeros_like(mean)
     dbeta, dgamma = _blocks((dy, x), mean.dtype, accumulate, (zeros, zeros))
     dgamma = dgamma * inv_std  # Σ ∂ℓ/∂y_i · x̂_i
-    dx = _grad_input(dy, x, None, mean, inv_std, gamma, dbeta, dgamma, count)
+    dx = _grad_input(dy, x, None, mean, inv_std, gamma, beta, relu, dbeta, dgamma, count)
     return dx, dgamma, dbeta
 
 
@@ -341,6 +367,7 @@ def batch_norm_train(
     epsilon: float,
     mask: tf.Tensor | None = None,
     synchronized: bool = False,
+    relu: bool = False,
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
     """BN_γ,β(x) in training mode, with the hand-written backward of section 3.
 
@@ -353,9 +380,10 @@ def batch_norm_train(
         mask: optional boolean/0-1 tensor of x's shape without the feature axis, which must then
             be the last axis (Keras' masking); masked positions stay out of μ_B and σ²_B.
         synchronized: statistics and backward over the global batch of a `tf.distribute` strategy.
+        relu: return z = max(y, 0), BN and ReLU as one unit with one hand-written gradient.
 
     Returns:
-        (y, μ_B, σ²_B, m): y in x's dtype; the statistics in the compute dtype (they carry no
+        (y, μ_B, σ²_B, m): y (or z) in x's dtype; the statistics in the compute dtype (they carry no
         gradient: they feed the moving averages); m is the number of values per feature.
     """
     if not 0 <= axis < x.shape.rank:
@@ -371,6 +399,7 @@ def batch_norm_train(
     stats_dtype = gamma.dtype
     x_view = _view(x, axis)
     w_view = None if mask is None else tf.reshape(tf.cast(mask, stats_dtype), [-1, 1])
+    relu = bool(relu)
     blocked = not synchronized and mask is None and x_view.shape.rank == 2 and _blocked_reductions()
 
     @tf.autograph.experimental.do_not_convert
@@ -378,21 +407,22 @@ def batch_norm_train(
     def transform(x_view, gamma, beta):
         if synchronized:
             y, mean, variance, inv_std, count = _forward(
-                x_view, w_view, gamma, beta, epsilon, _cross_replica_sum
+                x_view, w_view, gamma, beta, epsilon, relu, _cross_replica_sum
             )
         elif blocked:
-            y, mean, variance, inv_std, count = _forward_blocked(x_view, gamma, beta, epsilon)
+            y, mean, variance, inv_std, count = _forward_blocked(x_view, gamma, beta, epsilon, relu)
         else:
-            y, mean, variance, inv_std, count = _forward_fused(x_view, w_view, gamma, beta, epsilon)
+            y, mean, variance, inv_std, count = _forward_fused(
+                x_view, w_view, gamma, beta, epsilon, relu
+            )
 
         def backward(dy, *unused_statistics_grads):
+            statistics = (mean, inv_std, gamma, beta, relu)
             if synchronized:
-                return _backward(
-                    dy, x_view, w_view, mean, inv_std, gamma, count, _cross_replica_sum
-                )
+                return _backward(dy, x_view, w_view, *statistics, count, _cross_replica_sum)
             if blocked:
-                return _backward_blocked(dy, x_view, mean, inv_std, gamma, count)
-            return _backward_fused(dy, x_view, w_view, mean, inv_std, gamma, count)
+                return _backward_blocked(dy, x_view, *statistics, count)
+            return _backward_fused(dy, x_view, w_view, *statistics, count)
 
         return (y, mean, variance, count), backward
 

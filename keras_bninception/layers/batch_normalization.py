@@ -56,6 +56,11 @@ class BatchNormalization(keras.layers.BatchNormalization):
         population_variance: if True, the moving variance averages the unbiased m/(m−1) · σ²_B of
             Algorithm 2 instead of Keras' biased σ²_B (the default, for compatibility with weights
             trained by Keras' own layer).
+        activation: None, or "relu" for BN followed by ReLU as one unit: the output is
+            max(BN(x), 0) and, in training mode, one hand-written gradient covers both (ReLU's own
+            forward and backward passes disappear; see `batch_norm_transform`). Weights and their
+            names are the plain layer's. In inference mode it is the affine map then `tf.nn.relu`,
+            which converters fuse into the preceding convolution.
 
     `synchronized=True` computes μ_B, σ²_B and the backward's two sums over the global batch of a
     `tf.distribute` strategy (one all-reduce each), so N replicas train as one device would on the
@@ -84,6 +89,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
         renorm_momentum: float = 0.99,
         synchronized: bool = False,
         population_variance: bool = False,
+        activation: str | None = None,
         **kwargs: Any,
     ) -> None:
         if isinstance(axis, bool) or not isinstance(axis, int):
@@ -97,6 +103,11 @@ class BatchNormalization(keras.layers.BatchNormalization):
             raise ValueError(
                 f"epsilon must be a float > 0 (it keeps 1/sqrt(σ²_B + ε) finite); "
                 f"received epsilon={epsilon!r}"
+            )
+        if activation not in (None, "relu"):
+            raise ValueError(
+                f"activation must be None or 'relu' (BN + ReLU as one unit); "
+                f"received activation={activation!r}"
             )
         if renorm:
             raise ValueError(
@@ -142,6 +153,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
             **kwargs,
         )
         self.population_variance = bool(population_variance)
+        self.activation = activation
 
     def build(self, input_shape) -> None:
         rank = len(input_shape)
@@ -185,6 +197,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
                 epsilon=self.epsilon,
                 mask=mask,
                 synchronized=self.synchronized,
+                relu=self.activation == "relu",
             )
             if self.population_variance:  # Algorithm 2, line 10: Var[x] = m/(m−1) · E_B[σ²_B]
                 variance = variance * count / tf.maximum(count - 1.0, 1.0)
@@ -202,9 +215,11 @@ class BatchNormalization(keras.layers.BatchNormalization):
         outputs = tf.cast(inputs, stats_dtype) * tf.reshape(multiplier, feature_shape) + tf.reshape(
             offset, feature_shape
         )
-        return tf.cast(outputs, self.compute_dtype)
+        outputs = tf.cast(outputs, self.compute_dtype)
+        return tf.nn.relu(outputs) if self.activation == "relu" else outputs
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config["population_variance"] = self.population_variance
+        config["activation"] = self.activation
         return config

@@ -5,6 +5,10 @@ cannot contain "/"): the convolution of a unit is named after its scope
 ("Mixed_3b_Branch_1_Conv2d_0b_3x3"), its BN "<scope>_BatchNorm", its non-linearity
 "<scope>_Activation", and the concatenation of a module after the module ("Mixed_3b"). See
 :mod:`keras_bninception.models.naming` for the mapping back to tf_slim's variable names.
+
+Where this package's BN is followed by ReLU (every unit of BN-Inception) the two are one layer,
+`BatchNormalization(activation="relu")`, named "<scope>_BatchNorm" (same weights and names as the
+plain BN): one hand-written gradient for both, and no "<scope>_Activation" layer.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ class UnitConfig:
         norm_layer: the BN layer class (or factory), called with Keras BatchNormalization's
             arguments `axis`, `momentum`, `epsilon`, `scale`, `synchronized`, `name`:
             this package's `BatchNormalization` by default, `keras.layers.BatchNormalization`
-            to compare with Keras' own.
+            to compare with Keras' own. This package's layer (or a subclass) absorbs a following
+            ReLU (`activation="relu"`); any other factory is followed by an Activation layer.
         first_batch_norm: whether BN follows the first (separable) convolution; tf_slim's
             checkpoints have a bias and no BN there (False). None: `batch_norm`.
     """
@@ -53,8 +58,18 @@ class UnitConfig:
     first_batch_norm: bool | None = None
 
 
+def _fuses_relu(config: UnitConfig) -> bool:
+    """Whether BN and the activation are one `BatchNormalization(activation="relu")` layer."""
+    return (
+        isinstance(config.norm_layer, type)
+        and issubclass(config.norm_layer, BatchNormalization)
+        and keras.activations.get(config.activation) is keras.activations.relu
+    )
+
+
 def _normalize_and_activate(x, name: str, config: UnitConfig, batch_norm: bool):
     if batch_norm:
+        fused = _fuses_relu(config)
         x = config.norm_layer(
             axis=config.channel_axis,
             momentum=config.momentum,
@@ -62,7 +77,10 @@ def _normalize_and_activate(x, name: str, config: UnitConfig, batch_norm: bool):
             scale=config.scale,
             synchronized=config.synchronized,
             name=name + BATCH_NORM_SUFFIX,
+            **({"activation": "relu"} if fused else {}),
         )(x)
+        if fused:
+            return x
     return keras.layers.Activation(config.activation, name=name + ACTIVATION_SUFFIX)(x)
 
 

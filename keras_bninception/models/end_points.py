@@ -11,7 +11,7 @@ from typing import Any
 
 import keras
 
-from keras_bninception.models.blocks import ACTIVATION_SUFFIX
+from keras_bninception.models.blocks import ACTIVATION_SUFFIX, BATCH_NORM_SUFFIX
 from keras_bninception.models.figure5 import END_POINTS
 
 _ATTRIBUTE = "_bninception_end_points"
@@ -39,13 +39,19 @@ def _from_layer_names(model: keras.Model) -> dict[str, Any]:
     """The end points of a BNInception model built elsewhere (e.g. loaded from a .keras file).
 
     Each end point is the output of the stem convolutions' non-linearity "<end point>_Activation"
-    or, for the modules and pools, of the layer named after it.
+    (or of their BN + ReLU unit "<end point>_BatchNorm") or, for the modules and pools, of the
+    layer named after it.
     """
     names = {layer.name for layer in model.layers}
     found = {}
     for end_point in END_POINTS:
         layer_name = next(
-            (n for n in (end_point + ACTIVATION_SUFFIX, end_point) if n in names), None
+            (
+                n
+                for n in (end_point + ACTIVATION_SUFFIX, end_point + BATCH_NORM_SUFFIX, end_point)
+                if n in names
+            ),
+            None,
         )
         if layer_name is None:
             raise ValueError(
