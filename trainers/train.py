@@ -110,6 +110,12 @@ flags.DEFINE_integer(
     upper_bound=config_lib.MAX_SEED,
 )
 flags.DEFINE_bool("deterministic", False, "Reproducible run (needs --seed; slower).")
+flags.DEFINE_float(
+    "worker_timeout_seconds",
+    _R.worker_timeout_seconds,
+    "Multi-worker: a worker that sends no heartbeat for this long (it died, hangs, or its "
+    "machine is gone) stops the others with an error naming it; > 0.",
+)
 # Trainer.
 flags.DEFINE_integer("batch_size", _T.batch_size, "Global batch size (all replicas).")
 flags.DEFINE_integer("train_steps", _T.train_steps, "Training steps; 0 = use --epochs.")

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 
 from keras_bninception.models.figure5 import MIN_INPUT_SIZE
 from keras_bninception.training.optimizer import OPTIMIZERS
-from keras_bninception.training.strategy import STRATEGIES
+from keras_bninception.training.strategy import DEFAULT_WORKER_TIMEOUT_SECONDS, STRATEGIES
 
 MODES = ("train", "eval", "train_and_eval")
 MIXED_PRECISION = (None, "bfloat16", "float16")
@@ -108,6 +108,8 @@ class RuntimeConfig:
     mixed_precision: str | None = None
     seed: int | None = None
     deterministic: bool = False
+    # Multi-worker: a worker silent this long (dead, hung, unreachable) stops the others.
+    worker_timeout_seconds: float = DEFAULT_WORKER_TIMEOUT_SECONDS
 
 
 SECTIONS: Mapping[str, type] = {
@@ -238,6 +240,7 @@ class TrainConfig:
         if t.train_steps == 0 and self.mode != "eval":
             _positive("epochs", t.epochs)
         _positive("learning_rate", o.learning_rate)
+        _positive("worker_timeout_seconds", r.worker_timeout_seconds)
         _positive("num_epochs_per_decay", o.num_epochs_per_decay)
         if not 0.0 < o.learning_rate_decay_factor <= 1.0:
             raise ValueError(

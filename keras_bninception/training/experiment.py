@@ -39,7 +39,12 @@ from keras_bninception.training.run_config import (
     save_run_config,
     write_json_atomically,
 )
-from keras_bninception.training.strategy import agreed_value, any_replica, get_strategy
+from keras_bninception.training.strategy import (
+    agreed_value,
+    any_replica,
+    explain_worker_failure,
+    get_strategy,
+)
 from keras_bninception.training.trainer import Trainer, steps_for_epochs
 
 _POLICIES = {None: "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
@@ -138,15 +143,31 @@ def run(config: TrainConfig) -> dict:
     Raises:
         ValueError: a bad option or dataset (`keras_bninception.data.DataError` is one, e.g. a
             corrupt image of a streamed split, named).
-        TrainingError: training cannot go on (e.g. `DivergenceError`), or `mode=eval` without a
-            checkpoint. In every case the checkpoints already in `model_dir` are left untouched.
+        TrainingError: training cannot go on (e.g. `DivergenceError`), `mode=eval` without a
+            checkpoint, or another worker was lost (named). In every case the checkpoints
+            already in `model_dir` are left untouched.
     """
+    config.validate()
+    try:
+        return _run(config)
+    except tf.errors.OpError as e:
+        lost = explain_worker_failure(e, config.runtime.worker_timeout_seconds)
+        if lost is None:
+            raise
+        raise lost from e
+
+
+def _run(config: TrainConfig) -> dict:
     from keras_bninception import data
 
-    config.validate()
     runtime = config.runtime
     # First: MultiWorkerMirroredStrategy must configure collectives before TF runs anything.
-    strategy = get_strategy(runtime.distribution_strategy, runtime.num_gpus, runtime.tpu)
+    strategy = get_strategy(
+        runtime.distribution_strategy,
+        runtime.num_gpus,
+        runtime.tpu,
+        runtime.worker_timeout_seconds,
+    )
     recorded = _recorded_config(config.model_dir)
     if runtime.seed is None:
         # One seed for every worker (their data shards must come from one shuffle), recorded

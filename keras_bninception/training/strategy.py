@@ -8,7 +8,9 @@ Names follow the TF Model Garden (`official/common/distribute_utils.py`):
 - `mirrored`: `MirroredStrategy` over `num_gpus` GPUs (all visible ones by default); with no GPU,
   over every logical CPU device (one, unless the process split its CPU).
 - `multi_worker_mirrored`: `MultiWorkerMirroredStrategy` configured by the `TF_CONFIG` environment
-  variable, all-reducing with NCCL on GPUs and ring collectives on CPUs.
+  variable, all-reducing with NCCL on GPUs and ring collectives on CPUs. A worker that stops
+  sending heartbeats to the coordination service for `worker_timeout_seconds` (it died, hangs, or
+  its machine is gone) ends every other worker with an error naming it.
 - `tpu`: `TPUStrategy` on the TPU named by `tpu` (a name, a `grpc://` address, or `local`).
 """
 
@@ -16,9 +18,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Mapping
 
 import tensorflow as tf
+
+# Private modules: TensorFlow has no public API for the coordination service's heartbeat timeout
+# (MultiWorkerMirroredStrategy configures the service with TensorFlow's defaults, through these).
+from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+from tensorflow.python.eager import context as eager_context
+
+from keras_bninception.training.errors import TrainingError
+
+DEFAULT_WORKER_TIMEOUT_SECONDS = 60
 
 
 def _num_tasks_in_tf_config() -> int:
@@ -32,11 +44,11 @@ def _num_tasks_in_tf_config() -> int:
     return sum(len(tasks) for tasks in cluster.values())
 
 
-def _one_device(num_gpus: int, tpu: str | None) -> tf.distribute.Strategy:
+def _one_device(num_gpus: int, tpu: str | None, worker_timeout: float) -> tf.distribute.Strategy:
     return tf.distribute.OneDeviceStrategy("/gpu:0" if num_gpus > 0 else "/cpu:0")
 
 
-def _mirrored(num_gpus: int, tpu: str | None) -> tf.distribute.Strategy:
+def _mirrored(num_gpus: int, tpu: str | None, worker_timeout: float) -> tf.distribute.Strategy:
     if num_gpus > 0:
         devices = [f"/gpu:{i}" for i in range(num_gpus)]
     else:
@@ -44,7 +56,34 @@ def _mirrored(num_gpus: int, tpu: str | None) -> tf.distribute.Strategy:
     return tf.distribute.MirroredStrategy(devices)
 
 
-def _multi_worker_mirrored(num_gpus: int, tpu: str | None) -> tf.distribute.Strategy:
+def _configure_coordination_service(worker_timeout: float) -> None:
+    """The coordination service MultiWorkerMirroredStrategy would start, with our heartbeat timeout.
+
+    The service (run by the first chief or worker) declares a task failed when it has sent no
+    heartbeat for `worker_timeout` seconds and passes the error to every other task, which aborts
+    its pending collectives. Heartbeats come from a C++ thread: a long step does not delay them.
+    """
+    cluster = tf.distribute.cluster_resolver.TFConfigClusterResolver().cluster_spec()
+    jobs = [job for job in ("chief", "worker") if job in cluster.jobs]
+    if not jobs:
+        return  # no cluster: the strategy runs on this machine alone
+    eager_context.context().configure_coordination_service(
+        service_type="standalone",
+        service_leader=f"/job:{jobs[0]}/replica:0/task:0",
+        heartbeat_timeout_in_ms=int(worker_timeout * 1000),
+        # At exit each worker waits for the others at most this long (none waits for a dead one).
+        shutdown_barrier_timeout_in_ms=int(worker_timeout * 1000),
+        coordinated_jobs=[
+            coordination_config_pb2.CoordinatedJob(name=job, num_tasks=cluster.num_tasks(job))
+            for job in jobs
+        ],
+    )
+
+
+def _multi_worker_mirrored(
+    num_gpus: int, tpu: str | None, worker_timeout: float
+) -> tf.distribute.Strategy:
+    _configure_coordination_service(worker_timeout)
     implementation = (
         tf.distribute.experimental.CommunicationImplementation.NCCL
         if num_gpus > 0
@@ -57,7 +96,7 @@ def _multi_worker_mirrored(num_gpus: int, tpu: str | None) -> tf.distribute.Stra
     )
 
 
-def _tpu(num_gpus: int, tpu: str | None) -> tf.distribute.Strategy:
+def _tpu(num_gpus: int, tpu: str | None, worker_timeout: float) -> tf.distribute.Strategy:
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "")
     if tpu not in (None, "", "local"):
         tf.config.experimental_connect_to_cluster(resolver)
@@ -65,18 +104,18 @@ def _tpu(num_gpus: int, tpu: str | None) -> tf.distribute.Strategy:
     return tf.distribute.TPUStrategy(resolver)
 
 
-def _default(num_gpus: int, tpu: str | None) -> tf.distribute.Strategy:
+def _default(num_gpus: int, tpu: str | None, worker_timeout: float) -> tf.distribute.Strategy:
     if tpu:
-        return _tpu(num_gpus, tpu)
+        return _tpu(num_gpus, tpu, worker_timeout)
     if _num_tasks_in_tf_config() > 1:
-        return _multi_worker_mirrored(num_gpus, tpu)
+        return _multi_worker_mirrored(num_gpus, tpu, worker_timeout)
     if num_gpus > 1:
-        return _mirrored(num_gpus, tpu)
-    return _one_device(num_gpus, tpu)
+        return _mirrored(num_gpus, tpu, worker_timeout)
+    return _one_device(num_gpus, tpu, worker_timeout)
 
 
-# name -> (num_gpus >= 0, tpu) -> strategy.
-STRATEGIES: Mapping[str, Callable[[int, str | None], tf.distribute.Strategy]] = {
+# name -> (num_gpus >= 0, tpu, worker_timeout_seconds > 0) -> strategy.
+STRATEGIES: Mapping[str, Callable[[int, str | None, float], tf.distribute.Strategy]] = {
     "default": _default,
     "one_device": _one_device,
     "mirrored": _mirrored,
@@ -86,7 +125,10 @@ STRATEGIES: Mapping[str, Callable[[int, str | None], tf.distribute.Strategy]] = 
 
 
 def get_strategy(
-    distribution_strategy: str = "default", num_gpus: int = -1, tpu: str | None = None
+    distribution_strategy: str = "default",
+    num_gpus: int = -1,
+    tpu: str | None = None,
+    worker_timeout_seconds: float = DEFAULT_WORKER_TIMEOUT_SECONDS,
 ) -> tf.distribute.Strategy:
     """Creates the strategy named `distribution_strategy`, one of `STRATEGIES` (module docstring).
 
@@ -95,9 +137,11 @@ def get_strategy(
             `tpu`.
         num_gpus: how many GPUs to use; -1 for all visible ones.
         tpu: the TPU to connect to, for `tpu`.
+        worker_timeout_seconds: multi-worker: how long a worker may send no heartbeat before
+            the others stop with an error naming it (> 0).
 
     Raises:
-        ValueError: for an unknown name, or more GPUs than are visible.
+        ValueError: for an unknown name, more GPUs than are visible, or a timeout <= 0.
     """
     if distribution_strategy not in STRATEGIES:
         raise ValueError(
@@ -114,7 +158,12 @@ def get_strategy(
             f"`num_gpus` must be at most the {len(gpus)} GPU(s) visible to TensorFlow; "
             f"received num_gpus={num_gpus}"
         )
-    return STRATEGIES[distribution_strategy](num_gpus, tpu)
+    if not worker_timeout_seconds > 0:
+        raise ValueError(
+            "`worker_timeout_seconds` must be > 0; "
+            f"received worker_timeout_seconds={worker_timeout_seconds!r}"
+        )
+    return STRATEGIES[distribution_strategy](num_gpus, tpu, worker_timeout_seconds)
 
 
 def task_info(strategy: tf.distribute.Strategy) -> tuple[str | None, int | None]:
@@ -162,3 +211,38 @@ def any_replica(strategy: tf.distribute.Strategy, flag: bool) -> bool:
     per_replica = strategy.run(lambda: tf.constant(1 if flag else 0, tf.int64))
     total = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
     return int(total) > 0
+
+
+_UNHEALTHY = re.compile(r"tasks are unhealthy \(stopped sending heartbeats\):\s*((?:/job:\S+\s*)+)")
+_REMOTE = re.compile(r"remote target (/job:[\w/:]+)")
+_CONNECTION_LOST = ("Connection reset by peer", "Socket closed", "failed to connect", "Broken pipe")
+
+
+def explain_worker_failure(error: BaseException, worker_timeout: float) -> TrainingError | None:
+    """One `TrainingError` naming the lost worker, when `error` says another worker was lost.
+
+    The coordination service's heartbeat timeout ("tasks are unhealthy") and a connection to a
+    worker that broke (its process died) both abort this worker's collectives with a long
+    TensorFlow error; anything else gives None.
+    """
+    text = str(getattr(error, "message", None) or error)
+    resume = (
+        "This worker stops too; restart every worker with the same command to resume from the "
+        "last checkpoint."
+    )
+    unhealthy = _UNHEALTHY.search(text)
+    if unhealthy:
+        tasks = ", ".join(dict.fromkeys(unhealthy.group(1).split()))
+        return TrainingError(
+            f"Lost worker {tasks}: no heartbeat for {worker_timeout:g} s "
+            f"(--worker_timeout_seconds={worker_timeout:g}); it died, hangs or is unreachable. "
+            + resume
+        )
+    remote = _REMOTE.search(text)
+    lost = next((reason for reason in _CONNECTION_LOST if reason in text), None)
+    if remote and lost:
+        return TrainingError(
+            f"Lost worker {remote.group(1)}: the connection to it broke ({lost}); its process "
+            "probably died (see its log). " + resume
+        )
+    return None
