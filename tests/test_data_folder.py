@@ -192,8 +192,29 @@ def test_truncated_file_streaming_is_a_data_error(folder, monkeypatch):
             pass
     explained = data.explain_error(error.value)
     assert isinstance(explained, data.DataError)
-    assert str(explained).startswith("an image could not be decoded: ")
-    assert "\n" not in str(explained)
+    assert str(explained) == (
+        f"corrupt image file {path}: its data does not decode (truncated or damaged)"
+    )
+
+
+def test_skip_corrupt_images_counts_a_truncated_file(folder, mode):
+    path = os.path.join(folder, "validation", "red", "red_0.jpg")
+    with open(path, "rb") as f:
+        contents = f.read()
+    with open(path, "wb") as f:
+        f.write(contents[: len(contents) // 2])  # a valid header, half the data
+    ds = data.build_dataset(
+        "image_folder",
+        "validation",
+        image_size=32,
+        batch_size=2,
+        training=False,
+        data_dir=folder,
+        skip_corrupt_images=True,
+    )
+    labels = np.concatenate([y for _, y in ds.as_numpy_iterator()])
+    assert len(labels) == 2 * PER_CLASS["validation"] - 1
+    assert path in data.skipped_corrupt_images()
 
 
 def test_empty_missing_and_unsplit_folders(tmp_path):

@@ -34,7 +34,12 @@ import tensorflow as tf
 from absl import logging
 
 from keras_bninception.data import preprocessing, sources
-from keras_bninception.data.errors import CORRUPT_FILE_ASSERTION, DataError
+from keras_bninception.data.errors import (
+    CORRUPT_FILE_ASSERTION,
+    UNDECODABLE,
+    UNDECODABLE_FILE_ASSERTION,
+    DataError,
+)
 from keras_bninception.models.figure5 import MIN_INPUT_SIZE
 
 MAX_IMAGE_SIZE = 2048
@@ -46,6 +51,7 @@ EVAL_CACHE_MAX_BYTES = 256 * 2**20
 _PNG = b"\x89PNG\r\n\x1a\n"
 _GIF = b"GIF8"
 _BMP = b"BM"
+_JPEG_END, _PNG_END, _GIF_END = b"\xff\xd9", b"IEND\xaeB`\x82", b";"
 
 
 def get_info(
@@ -208,6 +214,60 @@ def _skip(problem: str, filename: str) -> None:
         _skipped_files.add(filename)
     if new:
         logging.warning("Skipping %s (skip_corrupt_images).", problem)
+
+
+def _looks_complete(contents: tf.Tensor) -> tf.Tensor:
+    """Whether the file ends as a whole JPEG (EOI marker), PNG (IEND chunk) or GIF does."""
+    length = tf.strings.length(contents)
+    return tf.reduce_any(
+        tf.stack(
+            [
+                tf.equal(tf.strings.substr(contents, tf.maximum(length - 2, 0), 2), _JPEG_END),
+                tf.equal(tf.strings.substr(contents, tf.maximum(length - 8, 0), 8), _PNG_END),
+                tf.equal(tf.strings.substr(contents, tf.maximum(length - 1, 0), 1), _GIF_END),
+            ]
+        )
+    )
+
+
+def _try_decode(decode_fn, contents: tf.Tensor, image_size: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """(decode_fn(contents), True), or (zeros, False) when TensorFlow cannot decode the data.
+
+    A file whose header is an image's can still be cut short (an interrupted copy or download) or
+    carry extra bytes after its end. A file that ends as an image ends is decoded directly; any
+    other is decoded inside a one-element dataset with `ignore_errors`, where a decoding failure
+    becomes `False` (so that the caller can name the file) instead of an error. (That costs about
+    a millisecond, so it is kept for these files.)
+    """
+
+    def attempt():
+        attempt = (
+            tf.data.Dataset.from_tensors(contents)
+            .map(lambda c: (decode_fn(c), tf.constant(True)))
+            .ignore_errors()
+        )
+        failed = tf.data.Dataset.from_tensors(
+            (tf.zeros([image_size, image_size, 3]), tf.constant(False))
+        )
+        return attempt.concatenate(failed).take(1).get_single_element()
+
+    return tf.cond(
+        _looks_complete(contents), lambda: (decode_fn(contents), tf.constant(True)), attempt
+    )
+
+
+def _decoded(decoded: tf.Tensor, filename: tf.Tensor) -> tf.Tensor:
+    """`decoded`; logs and counts the file when False."""
+
+    def report():
+        def record(name):
+            name = name.numpy().decode(errors="replace")
+            _skip(f"corrupt image file {name}: {UNDECODABLE}", name)
+            return False
+
+        return tf.py_function(record, [filename], tf.bool)
+
+    return tf.cond(decoded, lambda: tf.constant(True), report)
 
 
 def _usable(contents: tf.Tensor, filename: tf.Tensor) -> tf.Tensor:
@@ -390,11 +450,21 @@ def build_dataset(
         def decode(local_index, element):
             contents, label, filename = element
             _, key_seed = _element_seeds(seed, num_pipelines, pipeline_id, local_index)
-            return decode_and_preprocess(_checked(contents, filename), key_seed), label
+            image, decoded = _try_decode(
+                lambda c: decode_and_preprocess(c, key_seed),
+                _checked(contents, filename),
+                image_size,
+            )
+            if skip_corrupt_images:
+                return image, label, decoded, filename
+            assertion = tf.debugging.Assert(decoded, [UNDECODABLE_FILE_ASSERTION, filename])
+            with tf.control_dependencies([assertion]):
+                return tf.identity(image), label
 
         ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-        if skip_corrupt_images:  # a valid header but truncated data: TF logs the error
-            ds = ds.ignore_errors(log_warning=True)
+        if skip_corrupt_images:  # a valid header, but the data does not decode (truncated)
+            ds = ds.filter(lambda image, label, decoded, filename: _decoded(decoded, filename))
+            ds = ds.map(lambda image, label, decoded, filename: (image, label))
 
     ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.prefetch(tf.data.AUTOTUNE)
