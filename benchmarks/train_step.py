@@ -1,30 +1,47 @@
 """Whole BN-Inception training steps: no BN, TF's fused BN kernel, this package's BN, Keras' BN.
 
     python benchmarks/train_step.py [--sizes 224x32 64x32] [--repeats 5] [--paths loop keras]
-        [--mixed_precision bfloat16] [--memory]
+        [--networks ...] [--loop_steps 3] [--mixed_precision bfloat16] [--memory]
+    python benchmarks/train_step.py --profile DIR [--sizes 224x32]
 
-For each input size × global batch (`SIZExBATCH`), four BN-Inception models are built, identical
-but for their normalization (`BNInception(norm_layer=...)`): none (conv + bias + ReLU),
-TensorFlow's fused C++ kernels (`FusedBatchNormV3` / `FusedBatchNormGradV3`, what tf_keras'
-`fused=True` ran), the package's own `BatchNormalization`, and `keras.layers.BatchNormalization`.
+For each input size × global batch (`SIZExBATCH`), BN-Inception models are built, identical but
+for their normalization (`BNInception(norm_layer=...)`):
+
+- no BN: conv + bias + ReLU;
+- fused kernel: TensorFlow's fused C++ kernels (`FusedBatchNormV3` / `FusedBatchNormGradV3`, what
+  tf_keras' `fused=True` ran), then ReLU;
+- ours: the package's network as built by default, BN + ReLU one unit
+  (`BatchNormalization(activation="relu")`, one hand-written gradient for both);
+- ours, BN then ReLU: the package's plain `BatchNormalization` followed by a ReLU layer (the
+  network before the unit);
+- keras BN: `keras.layers.BatchNormalization`, then ReLU.
+
 Each trains with SGD + momentum through one of two paths:
 
-- loop: the package's training loop (`keras_bninception.training.Trainer`, one device), one
-  step per call;
-- keras: `model.compile` + `model.train_on_batch`.
+- loop: the package's training loop (`keras_bninception.training.Trainer`, one device),
+  `--loop_steps` steps per `Trainer.train` call (its `tf.range` loop), time divided by them;
+- keras: `model.compile` + `model.train_on_batch`, one step per call.
 
-Steps of the four alternate (interleaved, so machine noise hits all alike) and the median of
-`--repeats` steps is reported after one warm-up step, whose time (tracing, XLA compilation) is
+Calls of the networks alternate (interleaved, so machine noise hits all alike) and the median of
+`--repeats` calls is reported after one warm-up call, whose time (tracing, XLA compilation) is
 reported too. `--memory` runs every network once more in a fresh subprocess and reports its peak
 resident memory (`ru_maxrss`) after three steps. `--mixed_precision bfloat16` adds rows under the
 `mixed_bfloat16` policy, with the float32 Keras-BN network's time as the reference.
+
+`--profile DIR` instead traces one training-loop step of "ours" and "ours, BN then ReLU" with the
+TensorFlow profiler (written to DIR, for TensorBoard) and prints where the time goes: each
+TensorFlow op's own time (nested ops subtracted), summed over the compute threads and grouped by
+what it belongs to (the BN layers' forward, backward and moving averages, the separate ReLU
+layers, convolutions and their gradients, the optimizer, the rest).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -45,7 +62,7 @@ from keras_bninception.training import Trainer  # noqa: E402
 from keras_bninception.training.config import TrainerConfig  # noqa: E402
 
 CLASSES = 10
-NETWORKS = ("no BN", "fused kernel", "ours", "keras BN")
+NETWORKS = ("no BN", "fused kernel", "ours", "ours, BN then ReLU", "keras BN")
 
 
 class _FusedKernelLayer(FusedKernelBN):
@@ -55,9 +72,15 @@ class _FusedKernelLayer(FusedKernelBN):
         super().__init__(**kw)
 
 
+def _bn_then_relu(**kwargs) -> keras.layers.Layer:
+    """The plain BN layer: `blocks` fuses the ReLU only into the class itself, not a factory."""
+    return BatchNormalization(**kwargs)
+
+
 def _model(network: str, size: int, policy: str) -> keras.Model:
     norm_layer = {
         "fused kernel": _FusedKernelLayer,
+        "ours, BN then ReLU": _bn_then_relu,
         "keras BN": keras.layers.BatchNormalization,
     }.get(network, BatchNormalization)
     keras.mixed_precision.set_global_policy(policy)
@@ -84,8 +107,10 @@ def _optimizer() -> keras.optimizers.Optimizer:
     return keras.optimizers.SGD(0.01, momentum=0.9)
 
 
-def _step_fn(path: str, network: str, size: int, batch: int, policy: str, model_dir: str):
-    """A callable running one training step of `network` through `path`."""
+def _step_fn(
+    path: str, network: str, size: int, batch: int, policy: str, model_dir: str, loop_steps: int = 1
+):
+    """A callable running training steps of `network` through `path` (loop: `loop_steps`)."""
     images, labels = _data(size, batch)
     if path == "keras":
         model = _model(network, size, policy)
@@ -102,7 +127,7 @@ def _step_fn(path: str, network: str, size: int, batch: int, policy: str, model_
         TrainerConfig(batch_size=batch, weight_decay=0.0, checkpoint_every=10**9, log_every=1),
     )
     dataset = tf.data.Dataset.from_tensors((images, labels)).repeat()
-    steps = iter(range(1, 10**9))
+    steps = iter(range(loop_steps, 10**9, loop_steps))
     return lambda: trainer.train(lambda context, start: dataset, next(steps))
 
 
@@ -110,7 +135,7 @@ def _memory_child(path: str, network: str, size: int, batch: int, policy: str) -
     with tempfile.TemporaryDirectory() as model_dir:
         step = _step_fn(path, network, size, batch, policy, model_dir)
         for _ in range(3):
-            step()
+            step()  # one step a call on both paths
     print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
@@ -129,8 +154,12 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["224x32"], help="SIZExBATCH, e.g. 64x32")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--paths", nargs="+", default=["loop", "keras"], choices=["loop", "keras"])
+    parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=NETWORKS)
+    parser.add_argument("--loop_steps", type=int, default=3, help="steps per Trainer.train call")
     parser.add_argument("--mixed_precision", choices=["bfloat16"], default=None)
+    parser.add_argument("--profile", metavar="DIR", help="profile one step of ours (see above)")
     parser.add_argument("--memory", action="store_true", help="peak RSS, one process a network")
+    parser.add_argument("--memory_only", action="store_true", help="only the peak RSS column")
     parser.add_argument("--memory-child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -139,11 +168,37 @@ def main() -> None:
         return
     if args.repeats < 3:
         parser.error(f"--repeats must be at least 3; received --repeats={args.repeats}")
+    if args.loop_steps < 1:
+        parser.error(f"--loop_steps must be at least 1; received --loop_steps={args.loop_steps}")
+    if args.profile:
+        for spec in args.sizes:
+            _profile(args.profile, *(int(v) for v in spec.lower().split("x")))
+        return
+    networks = [n for n in NETWORKS if n in args.networks]
     policies = ["float32"] + (["mixed_bfloat16"] if args.mixed_precision else [])
+    if args.memory_only:
+        print("| input × batch | path | policy | network | peak RSS MB | vs keras BN |")
+        print("|---|---|---|---|---|---|")
+        for spec in args.sizes:
+            size, batch = (int(v) for v in spec.lower().split("x"))
+            for path in args.paths:
+                for policy in policies:
+                    peaks = {n: _peak_memory(path, n, size, batch, policy) for n in networks}
+                    for network, peak in peaks.items():
+                        ratio = peak / peaks["keras BN"] if "keras BN" in peaks else float("nan")
+                        print(
+                            f"| {size}×{size} × {batch} | {path} | {policy} | {network} | "
+                            f"{peak:.0f} | {ratio:.2f}× |",
+                            flush=True,
+                        )
+        return
+    if "keras BN" not in networks:
+        parser.error(f"--networks must include 'keras BN' (the reference); received {networks}")
     print(
         f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPU cores; "
         f"copy {copy_bandwidth() / 1e9:.1f} GB/s, matmul {matmul_flops() / 1e9:.0f} GFLOP/s "
-        f"(float32); median of {args.repeats} interleaved steps, SGD + momentum, {CLASSES} classes"
+        f"(float32); median of {args.repeats} interleaved calls ({args.loop_steps} steps a "
+        f"Trainer.train call, 1 a train_on_batch call), SGD + momentum, {CLASSES} classes"
     )
     header = ["input × batch", "path", "policy", "network", "ms/step", "BN's cost over no BN"]
     header += ["vs keras BN (float32)", "vs fused kernel", "first step s"]
@@ -157,10 +212,12 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 steps, first = {}, {}
                 for policy in policies:
-                    for network in NETWORKS:
+                    for network in networks:
                         key = (policy, network)
                         model_dir = os.path.join(tmp, f"{policy}-{NETWORKS.index(network)}")
-                        steps[key] = _step_fn(path, network, size, batch, policy, model_dir)
+                        steps[key] = _step_fn(
+                            path, network, size, batch, policy, model_dir, args.loop_steps
+                        )
                         t0 = time.perf_counter()
                         steps[key]()
                         first[key] = time.perf_counter() - t0
@@ -170,25 +227,111 @@ def main() -> None:
                         t0 = time.perf_counter()
                         step()
                         times[key].append(time.perf_counter() - t0)
-            ms = {key: statistics.median(t) * 1e3 for key, t in times.items()}
+            per_call = args.loop_steps if path == "loop" else 1
+            ms = {key: statistics.median(t) * 1e3 / per_call for key, t in times.items()}
             keras_f32 = ms[("float32", "keras BN")]
             for (policy, network), value in ms.items():
-                no_bn = ms[(policy, "no BN")]
-                fused = ms[(policy, "fused kernel")]
+                no_bn = ms.get((policy, "no BN"), ms.get(("float32", "no BN")))
+                fused = ms.get((policy, "fused kernel"), ms.get(("float32", "fused kernel")))
                 row = [
                     f"{size}×{size} × {batch}",
                     path,
                     policy,
                     network,
                     f"{value:.0f}",
-                    "—" if network == "no BN" else f"{value - no_bn:.0f} ms",
+                    "—" if network == "no BN" or no_bn is None else f"{value - no_bn:.0f} ms",
                     f"{keras_f32 / value:.2f}×",
-                    f"{fused / value:.2f}×",
+                    "—" if fused is None else f"{fused / value:.2f}×",
                     f"{first[(policy, network)]:.1f}",
                 ]
                 if args.memory:
                     row.append(f"{_peak_memory(path, network, size, batch, policy):.0f}")
                 print("| " + " | ".join(row) + " |", flush=True)
+
+
+_XLA_RUN = "CpuExecutable::ExecuteAsyncOnStream"  # the profiler's event for an XLA computation
+
+
+def _own_times(space) -> dict[str, float]:
+    """Own time (ms, nested events subtracted) of each TensorFlow op and of the XLA runs."""
+    op_event = re.compile(r"^[A-Za-z0-9_./>-]+:[A-Za-z0-9_]+$|^" + _XLA_RUN + "$")
+    own = collections.Counter()
+    for plane in space.planes:
+        names = {key: meta.name for key, meta in plane.event_metadata.items()}
+        for line in plane.lines:
+            events = sorted(
+                (e.offset_ps, e.offset_ps + e.duration_ps, names[e.metadata_id])
+                for e in line.events
+                if op_event.match(names[e.metadata_id])
+            )
+            stack = []  # [end, name] of the enclosing op events
+            for start, end, name in events:
+                while stack and stack[-1][0] <= start:
+                    stack.pop()
+                if stack:
+                    own[stack[-1][1]] -= (end - start) / 1e9
+                own[name] += (end - start) / 1e9
+                stack.append([end, name])
+    return own
+
+
+def _category(op: str) -> str:
+    if op == _XLA_RUN:  # without --jit_compile, only the BN layers' kernels are XLA computations
+        return "BN kernels (XLA: forward, backward; with ReLU in the unit)"
+    name, _, op_type = op.rpartition(":")
+    if "_BatchNorm" in name:
+        if "AssignVariableOp" in op_type or "/moving" in name.lower():
+            return "BN moving averages"
+        return "BN layers' other ops (cast, reshape, ...)"
+    if "_Activation" in name:
+        return "ReLU layers (forward, backward)"
+    if "Conv2D" in op_type or "DepthwiseConv2dNative" in op_type or "MatMul" in op_type:
+        return "convolutions, matmul (and gradients)"
+    if re.search(r"/sgd(_\d+)?/", name.lower()):
+        return "optimizer"
+    return "other (pooling, concat, loss, data, ...)"
+
+
+def _profile(logdir: str, size: int, batch: int) -> None:
+    """Traces one training-loop step of ours, without and with the BN + ReLU unit."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    print(f"| {size}×{size} × {batch}, one training-loop step | ", end="")
+    shares = {}
+    for network in ("ours, BN then ReLU", "ours"):
+        with tempfile.TemporaryDirectory() as model_dir:
+            step = _step_fn("loop", network, size, batch, "float32", model_dir)
+            step()  # tracing and XLA compilation
+            step()
+            out = os.path.join(logdir, network.replace(", ", "_").replace(" ", "_"))
+            t0 = time.perf_counter()
+            tf.profiler.experimental.start(out)
+            try:
+                step()
+            finally:
+                tf.profiler.experimental.stop()
+            wall = time.perf_counter() - t0
+        (path,) = [os.path.join(d, f) for d, _, fs in os.walk(out) for f in fs if "xplane" in f]
+        with open(path, "rb") as f:
+            own = _own_times(xplane_pb2.XSpace.FromString(f.read()))
+        by_category = collections.Counter()
+        for op, ms in own.items():
+            by_category[_category(op)] += ms
+        shares[network] = (wall, by_category)
+    categories = sorted(
+        {c for _, b in shares.values() for c in b}, key=lambda c: -shares["ours"][1][c]
+    )
+    print(" | ".join(f"{n}: ms (share)" for n in shares) + " |")
+    print("|---|" + "---|" * len(shares))
+    for category in categories:
+        cells = []
+        for _, by_category in shares.values():
+            total = sum(by_category.values())
+            cells.append(f"{by_category[category]:.0f} ({by_category[category] / total:.0%})")
+        print(f"| {category} | " + " | ".join(cells) + " |")
+    totals = [f"{sum(b.values()):.0f} (100%)" for _, b in shares.values()]
+    print("| all ops (summed over threads) | " + " | ".join(totals) + " |")
+    print("| step wall time | " + " | ".join(f"{w * 1e3:.0f}" for w, _ in shares.values()) + " |")
 
 
 if __name__ == "__main__":
