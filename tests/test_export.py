@@ -197,14 +197,9 @@ def test_saved_model_cli(exported, tmp_path):
     np.save(tmp_path / "x.npy", np.full((1, 32, 32, 3), 128.0, np.float32))
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
     path = os.path.join(out, "saved_model")
-    shown = subprocess.run(
-        [cli, "show", "--dir", path, "--all"], capture_output=True, text=True, timeout=300
-    )
-    assert shown.returncode == 0, shown.stderr[-2000:]
-    for text in ("serving_default", "serve_image_bytes", "probabilities", "class_names"):
-        assert text in shown.stdout
-    ran = subprocess.run(
-        [
+    commands = {
+        "show": [cli, "show", "--dir", path, "--all"],
+        "run": [
             cli,
             "run",
             "--dir",
@@ -216,12 +211,23 @@ def test_saved_model_cli(exported, tmp_path):
             "--inputs",
             f"images={tmp_path / 'x.npy'}",
         ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert ran.returncode == 0, ran.stderr[-2000:]
-    assert "class_names" in ran.stdout
+    }
+    # Both at once (each spends most of its time importing TensorFlow).
+    processes = {
+        name: subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name, argv in commands.items()
+    }
+    results = {}
+    for name, process in processes.items():
+        stdout, stderr = process.communicate(timeout=300)
+        results[name] = (process.returncode, stdout, stderr)
+    returncode, shown, stderr = results["show"]
+    assert returncode == 0, stderr[-2000:]
+    for text in ("serving_default", "serve_image_bytes", "probabilities", "class_names"):
+        assert text in shown
+    returncode, ran, stderr = results["run"]
+    assert returncode == 0, stderr[-2000:]
+    assert "class_names" in ran
 
 
 def test_atomic_write_and_overwrite(exported, tmp_path):

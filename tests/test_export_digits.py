@@ -1,6 +1,6 @@
 """After a short digits training: int8 agrees with float; MediaPipe loads the exported files.
 
-A small BN-Inception (depth multiplier 0.35, 32x32) trains for 8 epochs on the embedded digits
+A small BN-Inception (depth multiplier 0.35, 32x32) trains for 4 epochs on the embedded digits
 through `keras_bninception.training.run`; `python -m trainers.export --model_dir` exports it (the
 model rebuilt from the run's config.json, its newest checkpoint). The 360 held-out digits, as uint8
 pixels, are then classified by the Keras model, the int8 file (LiteRT interpreter), and MediaPipe
@@ -35,7 +35,7 @@ def trained(tmp_path_factory):
         image_size=h.IMAGE_SIZE,
         depth_multiplier=0.35,
         batch_size=64,
-        epochs=8,
+        epochs=4,
         optimizer="momentum",
         learning_rate=0.045,
         learning_rate_decay_factor=0.85,
