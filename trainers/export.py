@@ -26,10 +26,7 @@ import json
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags, logging
 
 # Its own flag set, not absl's global one: `trainers.train` defines --model_dir and --image_size
 # too, and both modules may be imported in one process (the demo, a test run).

@@ -23,66 +23,38 @@ Examples:
 
 from __future__ import annotations
 
-import os
+from absl import app, flags
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-
-from absl import app, flags, logging  # noqa: E402
-
-from keras_bninception.experiments import figure1  # noqa: E402
-from keras_bninception.training import TrainingError  # noqa: E402
-from trainers.cli import fail, no_arguments  # noqa: E402
+from keras_bninception.experiments import figure1
+from trainers import cli
 
 _D = figure1.Figure1Config()
-FLAGS = flags.FLAGS
-
-flags.DEFINE_string("output_dir", "runs/figure1", "Where the PNG, CSV and JSON files go.")
-flags.DEFINE_string(
-    "dataset", _D.dataset, f"One of {list(figure1.DATASETS)}; mnist must be prepared by TFDS."
+cli.define_experiment_flags(
+    _D,
+    output_dir="runs/figure1",
+    dataset_help=f"One of {list(figure1.DATASETS)}; mnist must be prepared by TFDS.",
+    data_dir_help="TFDS directory (for --dataset=mnist: the paper's data, with --steps=50000).",
+    evaluations=50,
 )
-flags.DEFINE_string("data_dir", None, "TFDS data directory (for --dataset=mnist).")
-flags.DEFINE_integer("steps", _D.steps, "Training steps of each network (the paper: 50,000).")
-flags.DEFINE_integer("eval_every", _D.eval_every, "Steps between evaluations; 0 = steps / 50.")
+flags.adopt_module_key_flags(cli)  # --helpshort lists them too.
 flags.DEFINE_integer("batch_size", _D.batch_size, "Mini-batch size (the paper: 60).")
 flags.DEFINE_float("learning_rate", _D.learning_rate, "SGD learning rate (both networks).")
 flags.DEFINE_float("init_stddev", _D.init_stddev, "Std of the Gaussian initial weights.")
 flags.DEFINE_integer("unit", _D.unit, "Which sigmoid of the last hidden layer Figure 1b, c follow.")
-flags.DEFINE_integer("seed", _D.seed, "Seed of the initial weights and the data order.")
 
 
 def main(argv: list[str]) -> None:
-    no_arguments(argv)
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    from keras_bninception.experiments import outputs, plots
-
-    try:
-        config = figure1.Figure1Config(
-            dataset=FLAGS.dataset,
-            data_dir=FLAGS.data_dir,
-            steps=FLAGS.steps,
-            eval_every=FLAGS.eval_every,
-            batch_size=FLAGS.batch_size,
-            learning_rate=FLAGS.learning_rate,
-            init_stddev=FLAGS.init_stddev,
-            unit=FLAGS.unit,
-            seed=FLAGS.seed,
-        ).validate()
-        output_dir = outputs.prepare_output_dir(FLAGS.output_dir)
-        print(f"Figure 1: training both networks for {config.steps:,} steps...", flush=True)
-        result = figure1.run(config)
-    except (ValueError, TrainingError) as e:
-        # TrainingError: a network diverged (e.g. a learning rate raised by flags), or SIGTERM.
-        fail(e)
-    written = figure1.write_outputs(result, output_dir)
-    print(report(result["summary"], written), flush=True)
-    if not plots.available():
-        print(plots.MISSING, flush=True)
+    cli.run_experiment(
+        argv,
+        figure1,
+        figure1.Figure1Config,
+        lambda config: f"Figure 1: training both networks for {config.steps:,} steps...",
+        lambda result: report(result["summary"]),
+    )
 
 
-def report(summary: dict, written: list[str]) -> str:
-    """The headline figures and the files written, for the console."""
+def report(summary: dict) -> str:
+    """The headline figures, for the console."""
     lines = [f"Dataset: {summary['dataset_description']}, {summary['steps']:,} steps."]
     for network, label in figure1.NETWORK_LABELS.items():
         accuracy = ", ".join(
@@ -94,7 +66,6 @@ def report(summary: dict, written: list[str]) -> str:
             f"{drift:.2f} after step {summary['drift_from_step']} "
             f"({summary['train_seconds'][network]:.0f} s)."
         )
-    lines += [f"Wrote {path}" for path in written]
     return "\n".join(lines)
 
 

@@ -24,67 +24,37 @@ Examples:
 
 from __future__ import annotations
 
-import os
+from absl import app, flags
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-
-from absl import app, flags, logging  # noqa: E402
-
-from keras_bninception.experiments import speedup  # noqa: E402
-from keras_bninception.training import TrainingError  # noqa: E402
-from trainers.cli import fail, no_arguments  # noqa: E402
+from keras_bninception.experiments import speedup
+from trainers import cli
 
 _D = speedup.SpeedupConfig()
-FLAGS = flags.FLAGS
-
-flags.DEFINE_string("output_dir", "runs/speedup", "Where the PNG, CSV, Markdown and JSON go.")
-flags.DEFINE_string(
-    "dataset", _D.dataset, "'digits' (embedded), 'image_folder' or a prepared TFDS dataset."
+cli.define_experiment_flags(
+    _D,
+    output_dir="runs/speedup",
+    dataset_help="'digits' (embedded), 'image_folder' or a prepared TFDS dataset.",
+    data_dir_help="TFDS data directory, or the image folder's root.",
+    evaluations=15,
 )
-flags.DEFINE_string("data_dir", None, "TFDS data directory, or the image folder's root.")
+flags.adopt_module_key_flags(cli)  # --helpshort lists them too.
 flags.DEFINE_integer("image_size", _D.image_size, "Input height and width (>= 32).")
 flags.DEFINE_float("depth_multiplier", _D.depth_multiplier, "Width of BN-Inception.")
-flags.DEFINE_integer("steps", _D.steps, "Training steps of each network (same for all).")
-flags.DEFINE_integer("eval_every", _D.eval_every, "Steps between evaluations; 0 = steps / 15.")
 flags.DEFINE_float("bn_momentum", _D.bn_momentum, "Momentum of the BN moving statistics.")
 flags.DEFINE_list("networks", list(_D.networks), "Which of the five networks to train.")
-flags.DEFINE_integer("seed", _D.seed, "Seed of the initial weights and the data order.")
 
 
 def main(argv: list[str]) -> None:
-    no_arguments(argv)
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    from keras_bninception.experiments import outputs, plots
-
-    try:
-        config = speedup.SpeedupConfig(
-            dataset=FLAGS.dataset,
-            data_dir=FLAGS.data_dir,
-            image_size=FLAGS.image_size,
-            depth_multiplier=FLAGS.depth_multiplier,
-            steps=FLAGS.steps,
-            eval_every=FLAGS.eval_every,
-            bn_momentum=FLAGS.bn_momentum,
-            networks=tuple(FLAGS.networks),
-            seed=FLAGS.seed,
-        ).validate()
-        output_dir = outputs.prepare_output_dir(FLAGS.output_dir)
-        print(
-            f"Section 4.2: training {len(config.networks)} networks for {config.steps:,} steps "
-            "each...",
-            flush=True,
-        )
-        result = speedup.run(config)
-    except (ValueError, TrainingError) as e:
-        # TrainingError: a network diverged (e.g. a learning rate raised by flags), or SIGTERM.
-        fail(e)
-    written = speedup.write_outputs(result, output_dir)
-    print(speedup.markdown(result["table"], result["summary"]), flush=True)
-    print("\n".join(f"Wrote {path}" for path in written), flush=True)
-    if not plots.available():
-        print(plots.MISSING, flush=True)
+    cli.run_experiment(
+        argv,
+        speedup,
+        speedup.SpeedupConfig,
+        lambda config: (
+            f"Section 4.2: training {len(config.networks)} networks for {config.steps:,} "
+            "steps each..."
+        ),
+        lambda result: speedup.markdown(result["table"], result["summary"]),
+    )
 
 
 def run() -> None:

@@ -53,18 +53,15 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-
 # Eager imports: the configuration's registries (optimizers, strategies) load TensorFlow anyway.
-import tensorflow as tf  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
+import tensorflow as tf
+from absl import app, flags, logging
 
-from keras_bninception import training  # noqa: E402
-from keras_bninception.errors import first_line  # noqa: E402
-from keras_bninception.training import config as config_lib  # noqa: E402
-from keras_bninception.training import recipes  # noqa: E402
-from trainers.cli import fail, no_arguments, parse_flags  # noqa: E402
+from keras_bninception import training
+from keras_bninception.errors import first_line
+from keras_bninception.training import config as config_lib
+from keras_bninception.training import recipes
+from trainers.cli import fail, no_arguments, parse_flags
 
 _D = config_lib.TrainConfig()
 _M, _DATA, _T, _O, _R, _I = _D.model, _D.data, _D.trainer, _D.optimizer, _D.runtime, _D.init
