@@ -30,18 +30,10 @@ import tempfile
 import time
 
 import keras
-import tensorflow as tf
 from absl import logging
 
 from keras_bninception import data as data_lib
-from keras_bninception.training import (
-    RECIPES,
-    TrainConfig,
-    Trainer,
-    apply_recipe,
-    build_model,
-)
-from keras_bninception.training.optimizer import build_optimizer, learning_rate_schedule
+from keras_bninception.training import RECIPES, TrainConfig, apply_recipe, build_trainer
 
 NETWORKS = {
     "inception": "Inception",
@@ -119,49 +111,6 @@ class SpeedupConfig:
         return apply_recipe(shared, network)
 
 
-def _trainer(config: TrainConfig, info: data_lib.DatasetInfo):
-    """A `Trainer` and its two dataset functions for `config`, as `training.run` builds them."""
-    strategy = tf.distribute.get_strategy()
-
-    def dataset(context: tf.distribute.InputContext, split: str, **kwargs) -> tf.data.Dataset:
-        return data_lib.build_dataset(
-            config.data.dataset,
-            split,
-            image_size=config.data.image_size,
-            batch_size=context.get_per_replica_batch_size(config.trainer.batch_size),
-            seed=config.runtime.seed,
-            data_dir=config.data.data_dir,
-            input_context=context,
-            **kwargs,
-        )
-
-    def train_fn(context: tf.distribute.InputContext, start_step: int) -> tf.data.Dataset:
-        per_step = context.num_replicas_in_sync // context.num_input_pipelines
-        return dataset(context, info.train_split, training=True, start_step=start_step * per_step)
-
-    def eval_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
-        return dataset(context, info.eval_split, training=False)
-
-    def optimizer_fn() -> keras.optimizers.Optimizer:
-        optimizer = config.optimizer
-        schedule = learning_rate_schedule(
-            optimizer.learning_rate,
-            optimizer.learning_rate_decay_factor,
-            optimizer.num_epochs_per_decay,
-            info.num_train_examples / config.trainer.batch_size,
-        )
-        return build_optimizer(optimizer.name, schedule, optimizer.momentum)
-
-    trainer = Trainer(
-        strategy,
-        lambda: build_model(config, info.num_classes),
-        optimizer_fn,
-        config.model_dir,
-        config.trainer,
-    )
-    return trainer, train_fn, eval_fn
-
-
 def run(config: SpeedupConfig) -> dict:
     """Trains every network of `config`; returns {"rows": the curves, "table", "summary"}.
 
@@ -177,7 +126,7 @@ def run(config: SpeedupConfig) -> dict:
         with tempfile.TemporaryDirectory(prefix=f"speedup-{network}-") as model_dir:
             train_config = config.train_config(network, model_dir)
             keras.utils.set_random_seed(config.seed)  # The same initial weights where possible.
-            trainer, train_fn, eval_fn = _trainer(train_config, info)
+            trainer, train_fn, eval_fn = build_trainer(train_config, info)
             try:
                 for step in config.evaluation_steps:
                     trainer.train(train_fn, step)

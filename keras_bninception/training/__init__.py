@@ -1,8 +1,9 @@
 """Training BN-Inception: one custom `tf.distribute` loop, checkpoints, recipes of the paper.
 
-Entry points: `run(TrainConfig(...))` (what `python -m trainers.train` calls), the `Trainer` loop
-for custom models / data, the paper's `RECIPES` and `apply_recipe`, `get_strategy`, and a run's
-saved configuration (`save_run_config` / `load_run_config`, `<model_dir>/config.json`).
+Entry points: `run(TrainConfig(...))` (what `python -m trainers.train` calls), `build_trainer`
+(the `Trainer` and dataset functions `run` trains with), the `Trainer` loop for custom models /
+data, the paper's `RECIPES` and `apply_recipe`, `get_strategy`, and a run's saved configuration
+(`save_run_config` / `load_run_config`, `<model_dir>/config.json`).
 """
 
 from keras_bninception.training.config import (
@@ -14,7 +15,12 @@ from keras_bninception.training.config import (
     TrainerConfig,
 )
 from keras_bninception.training.errors import DivergenceError, Interrupted, TrainingError
-from keras_bninception.training.experiment import build_model, run, write_metrics
+from keras_bninception.training.experiment import (
+    build_model,
+    build_trainer,
+    run,
+    write_metrics,
+)
 from keras_bninception.training.recipes import RECIPES, apply_recipe
 from keras_bninception.training.run_config import load_run_config, save_run_config
 from keras_bninception.training.strategy import get_strategy, is_chief
@@ -34,6 +40,7 @@ __all__ = [
     "TrainingError",
     "apply_recipe",
     "build_model",
+    "build_trainer",
     "get_strategy",
     "is_chief",
     "load_run_config",

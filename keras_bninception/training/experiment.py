@@ -23,6 +23,7 @@ import json
 import os
 import secrets
 import time
+from typing import TYPE_CHECKING
 
 import keras
 import tensorflow as tf
@@ -45,7 +46,15 @@ from keras_bninception.training.strategy import (
     explain_worker_failure,
     get_strategy,
 )
-from keras_bninception.training.trainer import Trainer, steps_for_epochs
+from keras_bninception.training.trainer import (
+    EvalDatasetFn,
+    TrainDatasetFn,
+    Trainer,
+    steps_for_epochs,
+)
+
+if TYPE_CHECKING:
+    from keras_bninception.data import DatasetInfo
 
 _POLICIES = {None: "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
@@ -189,11 +198,9 @@ def _run(config: TrainConfig) -> dict:
     replicas = strategy.num_replicas_in_sync
     # Before anything is built or written: the init_checkpoint exists and fits the network.
     config, init_source = resolve_init(config, info.num_classes)
-    trainer_config, optimizer = config.trainer, config.optimizer
-    batch_size = trainer_config.batch_size
-    steps_per_epoch = info.num_train_examples / batch_size
+    trainer_config = config.trainer
     train_steps = trainer_config.train_steps or steps_for_epochs(
-        trainer_config.epochs, info.num_train_examples, batch_size
+        trainer_config.epochs, info.num_train_examples, trainer_config.batch_size
     )
     logging.info(
         "Dataset %s: %d classes, %d training / %d evaluation examples (%s / %s); %d replica(s).",
@@ -206,53 +213,7 @@ def _run(config: TrainConfig) -> dict:
         replicas,
     )
 
-    def _dataset(context: tf.distribute.InputContext, split: str, **kwargs) -> tf.data.Dataset:
-        return data.build_dataset(
-            info,  # the dataset as resolved once, above
-            split,
-            image_size=config.data.image_size,
-            batch_size=context.get_per_replica_batch_size(batch_size),
-            seed=runtime.seed,
-            deterministic=runtime.deterministic,
-            input_context=context,
-            skip_corrupt_images=config.data.skip_corrupt_images,
-            **kwargs,
-        )
-
-    def train_dataset(context: tf.distribute.InputContext, start_step: int) -> tf.data.Dataset:
-        # A pipeline feeds num_replicas / num_pipelines replicas, one per-replica batch each per
-        # step: the data position of step `start_step` is that many batches per step further.
-        batches_per_step = context.num_replicas_in_sync // context.num_input_pipelines
-        return _dataset(
-            context, info.train_split, training=True, start_step=start_step * batches_per_step
-        )
-
-    def eval_dataset(context: tf.distribute.InputContext) -> tf.data.Dataset:
-        return _dataset(context, info.eval_split, training=False)
-
-    def optimizer_fn() -> keras.optimizers.Optimizer:
-        schedule = learning_rate_schedule(
-            optimizer.learning_rate,
-            optimizer.learning_rate_decay_factor,
-            optimizer.num_epochs_per_decay,
-            steps_per_epoch,
-        )
-        return build_optimizer(
-            optimizer.name, schedule, optimizer.momentum, runtime.mixed_precision
-        )
-
-    previous_policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(_POLICIES[runtime.mixed_precision])
-    try:
-        trainer = Trainer(
-            strategy,
-            lambda: _model_fn(config, info.num_classes),
-            optimizer_fn,
-            config.model_dir,
-            trainer_config,
-        )
-    finally:
-        keras.config.set_dtype_policy(previous_policy)
+    trainer, train_dataset, eval_dataset = build_trainer(config, info, strategy)
     try:
         restored = trainer.restore()
         _check_workers_agree_on_step(strategy, int(trainer.step.numpy()), config.model_dir)
@@ -315,6 +276,74 @@ def _run(config: TrainConfig) -> dict:
         raise data.DataError(f"{explained} (--skip_corrupt_images leaves such files out)") from e
     finally:
         trainer.close()
+
+
+def build_trainer(
+    config: TrainConfig,
+    info: DatasetInfo,
+    strategy: tf.distribute.Strategy | None = None,
+) -> tuple[Trainer, TrainDatasetFn, EvalDatasetFn]:
+    """The `Trainer` of `config` on `info` (the dataset as `data.get_info` resolved it, once).
+
+    Returns the trainer (model and optimizer built in `strategy`'s scope, the default strategy
+    when None, under the dtype policy of `config.runtime.mixed_precision`; nothing restored yet)
+    and its two dataset functions: `train_dataset(context, start_step)` and
+    `eval_dataset(context)`, as `Trainer.train` and `Trainer.evaluate` take them.
+    """
+    from keras_bninception import data
+
+    strategy = strategy or tf.distribute.get_strategy()
+    runtime, trainer_config, optimizer = config.runtime, config.trainer, config.optimizer
+    batch_size = trainer_config.batch_size
+
+    def _dataset(context: tf.distribute.InputContext, split: str, **kwargs) -> tf.data.Dataset:
+        return data.build_dataset(
+            info,
+            split,
+            image_size=config.data.image_size,
+            batch_size=context.get_per_replica_batch_size(batch_size),
+            seed=runtime.seed,
+            deterministic=runtime.deterministic,
+            input_context=context,
+            skip_corrupt_images=config.data.skip_corrupt_images,
+            **kwargs,
+        )
+
+    def train_dataset(context: tf.distribute.InputContext, start_step: int) -> tf.data.Dataset:
+        # A pipeline feeds num_replicas / num_pipelines replicas, one per-replica batch each per
+        # step: the data position of step `start_step` is that many batches per step further.
+        batches_per_step = context.num_replicas_in_sync // context.num_input_pipelines
+        return _dataset(
+            context, info.train_split, training=True, start_step=start_step * batches_per_step
+        )
+
+    def eval_dataset(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        return _dataset(context, info.eval_split, training=False)
+
+    def optimizer_fn() -> keras.optimizers.Optimizer:
+        schedule = learning_rate_schedule(
+            optimizer.learning_rate,
+            optimizer.learning_rate_decay_factor,
+            optimizer.num_epochs_per_decay,
+            info.num_train_examples / batch_size,  # steps per epoch
+        )
+        return build_optimizer(
+            optimizer.name, schedule, optimizer.momentum, runtime.mixed_precision
+        )
+
+    def model_fn() -> keras.Model:
+        model = build_model(config, info.num_classes)
+        init = config.init
+        init_checkpoint.apply_trainable_scopes(model, init.trainable_scopes, init.freeze_batch_norm)
+        return model
+
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(_POLICIES[runtime.mixed_precision])
+    try:
+        trainer = Trainer(strategy, model_fn, optimizer_fn, config.model_dir, trainer_config)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+    return trainer, train_dataset, eval_dataset
 
 
 # What a resumed run must keep: the network, the data and its order (dataset, image size, batch,
@@ -381,13 +410,6 @@ def _check_workers_agree_on_step(strategy: tf.distribute.Strategy, step: int, mo
             "use the same directory on a shared file system (e.g. gs://..., NFS), not a local "
             "path on each machine."
         )
-
-
-def _model_fn(config: TrainConfig, num_classes: int) -> keras.Model:
-    model = build_model(config, num_classes)
-    init = config.init
-    init_checkpoint.apply_trainable_scopes(model, init.trainable_scopes, init.freeze_batch_norm)
-    return model
 
 
 def write_metrics(model_dir: str, results: dict) -> str:
