@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -15,10 +16,6 @@ from keras_bninception.models import end_points as end_points_lib
 DEFAULT_SIZE = 224
 _POOLINGS = (None, "avg", "max")
 _KERAS_WEIGHTS_SUFFIXES = (".weights.h5", ".keras", ".h5")
-# What tf_slim's inception_v2 variables need (`slim_compatible`), and, to load its checkpoint,
-# what its computation needs too.
-_SLIM_VARIABLES = {"batch_norm": True, "scale": False, "mixed_4c_4d": "tf_slim"}
-_SLIM_CHECKPOINT = {**_SLIM_VARIABLES, "epsilon": 1e-3, "activation": "relu"}
 
 
 def _weights_kind(weights: Any) -> tuple[str | None, str | None]:
@@ -52,27 +49,9 @@ def _require(ok: bool, name: str, value: Any, accepted: str) -> None:
         raise ValueError(f"`{name}` must be {accepted}; received {name}={value!r}")
 
 
-def _slim_compatible(
-    weights_kind: str | None, slim_compatible: bool, given: dict[str, Any], activation: Any
-) -> bool:
-    """Whether to build tf_slim's variables; the one check of its requirements."""
-    if weights_kind != "tf_slim" and not slim_compatible:
-        return False
-    required = _SLIM_CHECKPOINT if weights_kind == "tf_slim" else _SLIM_VARIABLES
-    given = {**given, "activation": getattr(activation, "__name__", activation)}
-    wrong = [
-        f"{k}={given[k]!r} (needs {v!r})" for k, v in required.items() if given[k] not in (None, v)
-    ]
-    if wrong:
-        raise ValueError(
-            "slim_compatible=True (implied by a TF-slim checkpoint) needs tf_slim's network; "
-            f"these arguments contradict it: {', '.join(wrong)}"
-        )
-    return True
-
-
-def _input(input_tensor: Any, input_shape: Any, include_top: bool, weights: Any) -> Any:
-    """The image input: `input_tensor` or a new `keras.Input`, its shape checked."""
+def _input(input_tensor: Any, input_shape: Any, include_top: bool, weights: Any) -> tuple:
+    """The image input (`input_tensor` or a new `keras.Input`, its shape checked) and the model's
+    inputs (those `input_tensor` comes from)."""
     channels_first = keras.backend.image_data_format() == "channels_first"
     if input_tensor is not None:
         x = input_tensor
@@ -97,7 +76,10 @@ def _input(input_tensor: Any, input_shape: Any, include_top: bool, weights: Any)
             "The input must have a known number of channels, 3 channels (RGB) when loading "
             f"weights; received input shape {shape}"
         )
-    return x
+    if input_tensor is None:
+        return x, x
+    inputs = keras.utils.get_source_inputs(input_tensor)
+    return x, inputs[0] if len(inputs) == 1 else inputs
 
 
 def _load_keras_weights(model, path: str, include_top: bool, classes: int, depth_multiplier: float):
@@ -137,23 +119,17 @@ def BNInception(
 ) -> keras.Model:
     """Instantiates the BN-Inception (GoogLeNet v2) architecture.
 
-    Reference: Ioffe & Szegedy, Batch Normalization (ICML 2015, arxiv.org/abs/1502.03167),
-    appendix Figure 5: its table (`figure5.py`), every convolution followed by BN and the
-    non-linearity (`blocks.py`). Layers are named after tf_slim's `inception_v2` scopes, "/" ->
-    "_" ("Mixed_3b_Branch_1_Conv2d_0b_3x3"); `bninception_end_points` / `feature_extractor` give
-    tf_slim's end points. SAME padding throughout (the last map is ceil(n / 32) on a side); the
-    classifier is global average pooling and a Dense layer (tf_slim's "Logits/Conv2d_1c_1x1").
-    1,934,857,216 multiply-adds per 224x224 image (`keras_bninception.flops`).
-
-    Pretrained weights (nothing is downloaded): TF-slim's ImageNet checkpoint, 1001 classes
-    (http://download.tensorflow.org/models/inception_v2_2016_08_28.tar.gz), mapped by name:
-    `BNInception(weights="inception_v2.ckpt", classes=1001)` on `preprocess_input(images)`.
+    Ioffe & Szegedy, Batch Normalization (ICML 2015, arxiv.org/abs/1502.03167), appendix
+    Figure 5 (`figure5.py`; each convolution followed by BN and the non-linearity, `blocks.py`),
+    SAME padding throughout. Layers carry tf_slim's `inception_v2` scope names with "/" -> "_"
+    ("Mixed_3b_Branch_1_Conv2d_0b_3x3"); `feature_extractor` gives its end points.
 
     Args:
         include_top: whether to include the classifier.
         weights: `None`, a Keras weights file (`.weights.h5` / `.keras`) or a TF-slim
-            `inception_v2` checkpoint (a V1 file such as the published `inception_v2.ckpt`, or a
-            V2 prefix); it implies `slim_compatible=True`.
+            `inception_v2` checkpoint (a V1 file such as the published ImageNet
+            `inception_v2.ckpt`, 1001 classes, or a V2 prefix; nothing is downloaded); it implies
+            `slim_compatible=True`.
         input_tensor, input_shape: the image input (a Keras tensor) or its shape; sides >= 32
             or `None`. Default `(224, 224, 3)` with the top, `(None, None, 3)` without.
         pooling: without the top: `None` (Mixed_5c's 4D output), `"avg"` or `"max"`.
@@ -183,9 +159,13 @@ def BNInception(
     _require(0.0 <= dropout_rate < 1.0, "dropout_rate", dropout_rate, "in [0, 1)")
     ok = weights is None or not include_top or classifier_activation in (None, "softmax")
     _require(ok, "classifier_activation", classifier_activation, "None or 'softmax' with weights")
-    given = dict(batch_norm=batch_norm, scale=scale, mixed_4c_4d=mixed_4c_4d, epsilon=epsilon)
-    slim_compatible = _slim_compatible(weights_kind, slim_compatible, given, activation)
-    img_input = _input(input_tensor, input_shape, include_top, weights)
+    slim_compatible = slim_compatible or weights_kind == "tf_slim"
+    if slim_compatible:
+        given = dict(batch_norm=batch_norm, scale=scale, mixed_4c_4d=mixed_4c_4d, epsilon=epsilon)
+        tf_slim_checkpoint.check_slim_network(
+            {**given, "activation": activation}, checkpoint=weights_kind == "tf_slim"
+        )
+    img_input, inputs = _input(input_tensor, input_shape, include_top, weights)
 
     config = blocks.UnitConfig(
         batch_norm=batch_norm,
@@ -199,9 +179,9 @@ def BNInception(
         first_batch_norm=batch_norm and not slim_compatible,
     )
 
-    def depth(d: int) -> int:
-        return figure5.scaled_depth(d, depth_multiplier, min_depth)
-
+    depth = functools.partial(
+        figure5.scaled_depth, depth_multiplier=depth_multiplier, min_depth=min_depth
+    )
     end_points: dict[str, Any] = {}
     x = blocks.stem(img_input, depth, config, end_points)
     for row in figure5.inception_rows(mixed_4c_4d):
@@ -219,10 +199,6 @@ def BNInception(
     elif pooling == "max":
         x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
 
-    inputs = img_input
-    if input_tensor is not None:
-        inputs = keras.utils.get_source_inputs(input_tensor)
-        inputs = inputs[0] if len(inputs) == 1 else inputs
     model = keras.Model(inputs, x, name=name)
     end_points_lib.record(model, end_points)
 

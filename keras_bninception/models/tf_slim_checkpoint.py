@@ -10,7 +10,8 @@ prefix with ``.index`` / ``.data-*`` files. Both formats are read with ``tf.trai
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -35,6 +36,34 @@ _MODEL_VARIABLE_LEAVES = frozenset(
         "moving_variance",
     }
 )
+
+# What tf_slim's inception_v2 variables need of `BNInception`'s arguments (`slim_compatible`),
+# and, to load its checkpoint, what its computation needs too.
+SLIM_VARIABLES = {"batch_norm": True, "scale": False, "mixed_4c_4d": "tf_slim"}
+SLIM_CHECKPOINT = {**SLIM_VARIABLES, "epsilon": 1e-3, "activation": "relu"}
+
+
+def slim_conflicts(arguments: Mapping[str, Any], checkpoint: bool) -> list[str]:
+    """The `BNInception` `arguments` that contradict tf_slim's network, as `name=value (needs v)`.
+
+    `checkpoint`: loading its weights (`SLIM_CHECKPOINT`), not only its variables. A value of
+    None or none (a default that follows `slim_compatible`) contradicts nothing.
+    """
+    required = SLIM_CHECKPOINT if checkpoint else SLIM_VARIABLES
+    given = {k: getattr(arguments.get(k), "__name__", arguments.get(k)) for k in required}
+    return [
+        f"{k}={given[k]!r} (needs {v!r})" for k, v in required.items() if given[k] not in (None, v)
+    ]
+
+
+def check_slim_network(arguments: Mapping[str, Any], checkpoint: bool) -> None:
+    """Raises ValueError listing every `slim_conflicts` of `BNInception(slim_compatible=True)`."""
+    wrong = slim_conflicts(arguments, checkpoint)
+    if wrong:
+        raise ValueError(
+            "slim_compatible=True (implied by a TF-slim checkpoint) needs tf_slim's network; "
+            f"these arguments contradict it: {', '.join(wrong)}"
+        )
 
 
 def checkpoint_prefix(path: str | os.PathLike[str]) -> str | None:

@@ -29,6 +29,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from keras_bninception.models import tf_slim_checkpoint
 from keras_bninception.training import init_checkpoint
 from keras_bninception.training.config import MAX_SEED, TrainConfig, flag_fields
 from keras_bninception.training.errors import Interrupted, TrainingError
@@ -99,15 +100,8 @@ def resolve_init(config: TrainConfig, num_classes: int) -> tuple[TrainConfig, In
     source = init_checkpoint.resolve_init_source(config.init.init_checkpoint)
     changes: dict = {}
     if source.kind == init_checkpoint.TF_SLIM:
-        wrong = [
-            f"{name}={value!r} (needs {need!r})"
-            for name, value, need in (
-                ("batch_norm", config.model.batch_norm, True),
-                ("activation", config.model.activation, "relu"),
-                ("bn_epsilon", config.model.epsilon, 1e-3),
-            )
-            if value != need
-        ]
+        model = dataclasses.asdict(config.model)
+        wrong = tf_slim_checkpoint.slim_conflicts(model, checkpoint=True)
         if wrong:
             raise ValueError(
                 f"The TF-slim init_checkpoint {source.path!r} needs tf_slim's network; these "
