@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import assert_same_batches
 from sklearn.datasets import load_digits
 
 from keras_bninception import data
@@ -67,9 +68,7 @@ def test_training_batches_shapes_dtypes_range():
 
 def test_same_seed_same_stream_other_seed_differs():
     first, second = _batches(3), _batches(3)
-    for (x1, y1), (x2, y2) in zip(first, second, strict=True):
-        np.testing.assert_array_equal(x1, x2)
-        np.testing.assert_array_equal(y1, y2)
+    assert_same_batches(first, second)
     other = _batches(3, seed=8)
     assert not np.array_equal(first[0][1], other[0][1])
     assert not np.array_equal(first[0][0], other[0][0])
@@ -88,9 +87,7 @@ def test_start_step_equals_skipping_batches(start_step):
     )
     expected = [(x.numpy(), y.numpy()) for x, y in ds.skip(start_step).take(2)]
     resumed = _batches(2, seed=3, start_step=start_step)
-    for (x1, y1), (x2, y2) in zip(expected, resumed, strict=True):
-        np.testing.assert_array_equal(x1, x2)
-        np.testing.assert_array_equal(y1, y2)
+    assert_same_batches(expected, resumed)
 
 
 def test_each_epoch_is_a_fresh_permutation_of_the_train_split():

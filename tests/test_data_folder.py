@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import assert_same_batches
 from PIL import Image
 
 from keras_bninception import data
@@ -113,12 +114,8 @@ def test_deterministic_resume(folder, mode):
         return [(x.numpy(), y.numpy()) for x, y in ds.take(4)]
 
     full, again, resumed = stream(), stream(), stream(start_step=2)
-    for (x1, y1), (x2, y2) in zip(full, again, strict=True):
-        np.testing.assert_array_equal(x1, x2)
-        np.testing.assert_array_equal(y1, y2)
-    for (x1, y1), (x2, y2) in zip(full[2:], resumed[:2], strict=True):
-        np.testing.assert_array_equal(x1, x2)
-        np.testing.assert_array_equal(y1, y2)
+    assert_same_batches(full, again)
+    assert_same_batches(full[2:], resumed[:2])
 
 
 def test_get_info_resolves_the_folder_once_per_run(folder, monkeypatch):

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from helpers import assert_same_batches
 
 from keras_bninception import data
 from keras_bninception.data import sources
@@ -69,12 +70,8 @@ def test_imagenet2012_deterministic_resume(mocked, mode):
         return [(x.numpy(), y.numpy()) for x, y in ds.take(4)]
 
     full, again, resumed, other = stream(4), stream(4), stream(4, start_step=1), stream(5)
-    for (x1, y1), (x2, y2) in zip(full, again, strict=True):
-        np.testing.assert_array_equal(x1, x2)
-        np.testing.assert_array_equal(y1, y2)
-    for (x1, y1), (x2, y2) in zip(full[1:], resumed[:3], strict=True):
-        np.testing.assert_array_equal(x1, x2)
-        np.testing.assert_array_equal(y1, y2)
+    assert_same_batches(full, again)
+    assert_same_batches(full[1:], resumed[:3])
     assert not np.array_equal(full[0][0], other[0][0])
 
 
