@@ -4,6 +4,10 @@ as for `tf_slim_reference`), never as `tests.helpers`."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+
+import numpy as np
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED = 1337  # the autouse `seed` fixture of conftest.py
@@ -21,3 +25,23 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     env.update(extra)
     return env
+
+
+def run_python(args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """`python *args` in a child process of this checkout (`subprocess_env`), run from the
+    repository root; stdout and stderr captured as text."""
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=REPO_ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def assert_same_batches(a: list[tuple], b: list[tuple]) -> None:
+    """Two lists of (images, labels) batches are equal, batch by batch."""
+    for (x1, y1), (x2, y2) in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)

@@ -11,7 +11,7 @@ from unittest import mock
 
 import numpy as np
 import pytest
-from helpers import REPO_ROOT, subprocess_env
+from helpers import run_python
 from PIL import Image
 
 from keras_bninception.experiments import figure1, outputs, plots
@@ -123,24 +123,7 @@ def test_mnist_not_prepared_says_so(tmp_path):
 def _binary(args: list[str], block_matplotlib: bool = False) -> subprocess.CompletedProcess:
     prelude = "import sys; sys.modules['matplotlib'] = None; " if block_matplotlib else ""
     code = prelude + "from trainers import reproduce_figure1 as b; b.run()"
-    return subprocess.run(
-        [sys.executable, "-c", code, *args],
-        cwd=REPO_ROOT,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-def test_binary_without_matplotlib_end_to_end(tmp_path):
-    out = tmp_path / "out"
-    args = ["--steps=10", "--eval_every=5", f"--output_dir={out}"]
-    result = _binary(args, block_matplotlib=True)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert sorted(os.listdir(out)) == ["figure1.csv", "figure1.json"]
-    assert "pip install 'keras-bninception[plots]'" in result.stdout
-    assert "With BN: held-out accuracy" in result.stdout
+    return run_python(["-c", code, *args], timeout=600)
 
 
 def test_binary_bad_input_one_error_line(tmp_path):
@@ -153,10 +136,18 @@ def test_binary_bad_input_one_error_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_default_settings_show_the_papers_claim():
-    """Figure 1 on the default settings: BN learns faster and its sigmoid input drifts less."""
-    config = figure1.Figure1Config()
-    summary = figure1.run(config)["summary"]
+def test_default_settings_show_the_papers_claim(tmp_path):
+    """The binary end to end without matplotlib, on the default settings (one process for both):
+    Figure 1's claim, BN learns faster and its sigmoid input drifts less."""
+    out = tmp_path / "out"
+    result = _binary([f"--output_dir={out}"], block_matplotlib=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(os.listdir(out)) == ["figure1.csv", "figure1.json"]
+    assert "pip install 'keras-bninception[plots]'" in result.stdout
+    assert "With BN: held-out accuracy" in result.stdout
+
+    summary = json.loads((out / "figure1.json").read_text())
+    assert summary["steps"] == figure1.Figure1Config().steps
     early = str(min(int(s) for s in summary["heldout_accuracy"]["baseline"]))
     accuracy = summary["heldout_accuracy"]
     assert accuracy["batch_norm"][early] > accuracy["baseline"][early] + 0.2

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import REPO_ROOT, subprocess_env
+from helpers import run_python
 from PIL import Image
 
 from keras_bninception.experiments import plots, speedup
@@ -91,14 +91,7 @@ def test_unknown_dataset_fails_before_training():
 
 
 def _binary(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "trainers.reproduce_speedup", *args],
-        cwd=REPO_ROOT,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_python(["-m", "trainers.reproduce_speedup", *args], timeout=600)
 
 
 def test_binary_tiny_run_writes_every_output(tmp_path):
