@@ -22,7 +22,7 @@ def _weights_kind(weights: Any) -> tuple[str | None, str | None]:
     """("tf_slim", prefix), ("keras", path) or (None, None); ValueError for anything else."""
     if weights is None:
         return None, None
-    if isinstance(weights, str) and weights == "imagenet":
+    if weights == "imagenet":
         raise ValueError(
             'weights="imagenet" cannot be downloaded: no Keras ImageNet weights are published for '
             "BNInception. Download the TF-slim checkpoint inception_v2_2016_08_28.tar.gz "
@@ -37,10 +37,9 @@ def _weights_kind(weights: Any) -> tuple[str | None, str | None]:
         if prefix is not None:
             return "tf_slim", prefix
     raise ValueError(
-        "`weights` must be either `None` (random initialization), the path to a Keras weights "
-        "file (.weights.h5 or .keras) or the path of a TF-slim inception_v2 checkpoint (a V1 "
-        "checkpoint file such as the published inception_v2.ckpt, or a V2 prefix, the prefix of "
-        f"its .index file); received weights={weights!r}"
+        "`weights` must be either `None` (random initialization), the path to a Keras weights file "
+        "(.weights.h5 or .keras) or of a TF-slim inception_v2 checkpoint (a V1 file such as the "
+        f"published inception_v2.ckpt, or a V2 prefix); received weights={weights!r}"
     )
 
 
@@ -63,8 +62,7 @@ def _input(input_tensor: Any, input_shape: Any, include_top: bool, weights: Any)
             input_shape = (3, side, side) if channels_first else (side, side, 3)
         x = keras.Input(shape=tuple(input_shape))
     shape = tuple(x.shape[1:])
-    spatial = shape[1:] if channels_first else shape[:-1]
-    channels = shape[0] if channels_first else shape[-1]
+    spatial, channels = (shape[1:], shape[0]) if channels_first else (shape[:-1], shape[-1])
     low = figure5.MIN_INPUT_SIZE
     if len(shape) != 3 or any(s is not None and s < low for s in spatial):
         raise ValueError(
