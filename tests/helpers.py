@@ -4,6 +4,7 @@ as for `tf_slim_reference`), never as `tests.helpers`."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -45,3 +46,14 @@ def assert_same_batches(a: list[tuple], b: list[tuple]) -> None:
     for (x1, y1), (x2, y2) in zip(a, b, strict=True):
         np.testing.assert_array_equal(x1, x2)
         np.testing.assert_array_equal(y1, y2)
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports free on 127.0.0.1 now (for a local multi-worker cluster)."""
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports

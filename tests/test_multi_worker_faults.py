@@ -13,13 +13,12 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
-from helpers import REPO_ROOT, subprocess_env
+from helpers import REPO_ROOT, free_ports, subprocess_env
 
 from keras_bninception.training import TrainingError
 from keras_bninception.training.strategy import explain_worker_failure, get_strategy
@@ -28,16 +27,6 @@ WORKER_TIMEOUT = 5
 # Reaching the next collective (model building) and exiting, on a loaded 2-core machine.
 SLACK = 30
 JOINED = "MultiWorkerMirroredStrategy with cluster_spec"  # logged once the worker has joined
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def _wait_for(path: str, text: str, process: subprocess.Popen, timeout: float) -> None:
@@ -53,7 +42,7 @@ def _wait_for(path: str, text: str, process: subprocess.Popen, timeout: float) -
 
 @pytest.mark.slow
 def test_a_lost_worker_stops_the_other_within_the_timeout(tmp_path):
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
     processes, logs = [], []
     args = [
         "--distribution_strategy=multi_worker_mirrored",

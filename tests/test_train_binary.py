@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import REPO_ROOT, subprocess_env
+from helpers import REPO_ROOT, free_ports, subprocess_env
 from PIL import Image
 
 TIMEOUT = 300
@@ -177,16 +176,6 @@ def test_sigterm_checkpoints_the_step_reached_then_resumes_exactly(reference, tm
         assert "interrupted" not in json.load(f)
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def _workers(
     args: list[str], log_dir, per_worker: tuple[list[str], list[str]] = ([], [])
 ) -> list[tuple[int, str, str]]:
@@ -196,7 +185,7 @@ def _workers(
     Output goes to files, not pipes: a worker blocked on a full pipe would stall the collectives
     of the other.
     """
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
     processes, logs = [], []
     for i in range(2):
         out = open(os.path.join(log_dir, f"worker{i}.out"), "w+")
