@@ -256,32 +256,23 @@ def _try_decode(decode_fn, contents: tf.Tensor, image_size: int) -> tuple[tf.Ten
     )
 
 
-def _decoded(decoded: tf.Tensor, filename: tf.Tensor) -> tf.Tensor:
-    """`decoded`; logs and counts the file when False."""
+def _counted_unless(ok: tf.Tensor, filename: tf.Tensor, reason: str) -> tf.Tensor:
+    """`ok`; when False, logs and counts the file as a corrupt image (`reason`)."""
 
     def report():
         def record(name):
             name = name.numpy().decode(errors="replace")
-            _skip(f"corrupt image file {name}: {UNDECODABLE}", name)
+            _skip(f"corrupt image file {name}: {reason}", name)
             return False
 
         return tf.py_function(record, [filename], tf.bool)
 
-    return tf.cond(decoded, lambda: tf.constant(True), report)
+    return tf.cond(ok, lambda: tf.constant(True), report)
 
 
 def _usable(contents: tf.Tensor, filename: tf.Tensor) -> tf.Tensor:
     """Whether the header is an image's; logs and counts the file when not."""
-
-    def report():
-        def record(name):
-            name = name.numpy().decode(errors="replace")
-            _skip(f"corrupt image file {name}: not a JPEG, PNG, GIF or BMP file", name)
-            return False
-
-        return tf.py_function(record, [filename], tf.bool)
-
-    return tf.cond(_header_ok(contents), lambda: tf.constant(True), report)
+    return _counted_unless(_header_ok(contents), filename, "not a JPEG, PNG, GIF or BMP file")
 
 
 def build_dataset(
@@ -463,7 +454,7 @@ def build_dataset(
 
         ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
         if skip_corrupt_images:  # a valid header, but the data does not decode (truncated)
-            ds = ds.filter(lambda image, label, decoded, filename: _decoded(decoded, filename))
+            ds = ds.filter(lambda _i, _l, ok, name: _counted_unless(ok, name, UNDECODABLE))
             ds = ds.map(lambda image, label, decoded, filename: (image, label))
 
     ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE)
