@@ -25,6 +25,20 @@ def relative_error(actual, expected) -> float:
     return float(np.max(np.abs(actual - expected)) / np.max(np.abs(expected)))
 
 
+def _logits_error(
+    ref: tf_slim_reference.SlimReference, size: int, depth_multiplier: float
+) -> float:
+    """relative_error of BNInception's logits with `ref`'s checkpoint loaded against tf_slim's."""
+    model = BNInception(
+        weights=ref.checkpoint,
+        classes=1001,
+        classifier_activation=None,
+        input_shape=(size, size, 3),
+        depth_multiplier=depth_multiplier,
+    )
+    return relative_error(model(ref.images, training=False), ref.logits)
+
+
 @pytest.fixture(scope="module")
 def ref224(tmp_path_factory):
     return tf_slim_reference.build_checkpoint(
@@ -86,14 +100,7 @@ def test_odd_size_and_depth_multiplier(tmp_path):
     ref = tf_slim_reference.build_checkpoint(
         tmp_path, image_size=75, batch_size=1, depth_multiplier=0.5, seed=3
     )
-    model = BNInception(
-        weights=ref.checkpoint,
-        classes=1001,
-        classifier_activation=None,
-        input_shape=(75, 75, 3),
-        depth_multiplier=0.5,
-    )
-    assert relative_error(model(ref.images, training=False), ref.logits) < 1e-4
+    assert _logits_error(ref, 75, 0.5) < 1e-4
 
 
 def test_mismatched_checkpoints_are_rejected(ref224):
@@ -131,14 +138,7 @@ def test_v1_checkpoint_file_loads(tmp_path):
     )
     assert os.path.isfile(ref.checkpoint)
     assert not os.path.exists(ref.checkpoint + ".index")
-    model = BNInception(
-        weights=ref.checkpoint,
-        classes=1001,
-        classifier_activation=None,
-        input_shape=(32, 32, 3),
-        depth_multiplier=0.25,
-    )
-    assert relative_error(model(ref.images, training=False), ref.logits) < 1e-4
+    assert _logits_error(ref, 32, 0.25) < 1e-4
     # A file that is neither a checkpoint nor Keras weights is still rejected clearly.
     junk = tmp_path / "not_a_checkpoint.ckpt"
     junk.write_bytes(b"not a checkpoint")
