@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from helpers import assert_same_batches
 from PIL import Image
 
 from keras_bninception.data import pipeline, sources
@@ -84,11 +85,11 @@ def _batches(ds, steps: int) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(x.numpy(), y.numpy()) for x, y in ds.take(steps)]
 
 
-def _assert_same(a, b):
-    assert len(a) == len(b)
-    for (x1, y1), (x2, y2) in zip(a, b, strict=True):
-        np.testing.assert_array_equal(x1, x2)
-        np.testing.assert_array_equal(y1, y2)
+def _read_two_batches(reads: list[int], ds) -> tuple[int, list]:
+    """The records read (`_count_calls`' count) while taking two batches of `ds`, and them."""
+    reads[0] = 0
+    batches = _batches(ds, 2)
+    return reads[0], batches
 
 
 def test_tfrecord_resume_reads_from_its_block_and_equals_the_stream(tfds_dir, monkeypatch):
@@ -115,17 +116,14 @@ def test_tfrecord_resume_reads_from_its_block_and_equals_the_stream(tfds_dir, mo
         assert sorted(epoch) == sorted(i % 3 for i in range(NUM_TRAIN))
     assert not np.array_equal(labels[1], labels[2])
     # Step 25: epoch 2, element 20 of it, in the middle of a shuffle block.
-    _assert_same(_batches(stream(25), 5), full[25:30])
+    assert_same_batches(_batches(stream(25), 5), full[25:30])
 
     # A resume 100,000 epochs in reads about what one at step 0 reads: its block's file, not
     # the 4 million records before it.
-    reads[0] = 0
-    _batches(stream(0), 2)
-    first = reads[0]
+    first, _ = _read_two_batches(reads, stream(0))
     assert first > 0
-    reads[0] = 0
-    late = _batches(stream(100_000 * EPOCH_STEPS + 5), 2)
-    assert reads[0] <= first + NUM_TRAIN // NUM_SHARDS + BLOCK, (reads[0], first)
+    late_reads, late = _read_two_batches(reads, stream(100_000 * EPOCH_STEPS + 5))
+    assert late_reads <= first + NUM_TRAIN // NUM_SHARDS + BLOCK, (late_reads, first)
     assert len(late) == 2 and late[0][0].shape == (BATCH, 32, 32, 3)
 
 
@@ -157,11 +155,8 @@ def test_image_folder_resume_reads_only_its_batch(tmp_path, monkeypatch):
         )
 
     full = _batches(stream(0), 12)
-    _assert_same(_batches(stream(7), 5), full[7:12])
-    reads[0] = 0
-    _batches(stream(0), 2)
-    first = reads[0]
+    assert_same_batches(_batches(stream(7), 5), full[7:12])
+    first, _ = _read_two_batches(reads, stream(0))
     assert first > 0
-    reads[0] = 0
-    _batches(stream(10**7), 2)  # 2 million epochs in
-    assert reads[0] <= first + BATCH, (reads[0], first)
+    late_reads, _ = _read_two_batches(reads, stream(10**7))  # 2 million epochs in
+    assert late_reads <= first + BATCH, (late_reads, first)
