@@ -1,6 +1,7 @@
 """Batch-1 inference latency and file sizes of the exported BN-Inception (not a test).
 
     python benchmarks/inference.py [--image_size=224] [--classes=1000] [--runs=60] [--conv_only]
+        [--int8_max_pool]
 
 Builds BN-Inception (depth multiplier 1, 1000 classes, random weights: latency does not depend on
 their values), exports it with `keras_bninception.export` (SavedModel, TFLite float32 / float16 /
@@ -22,6 +23,10 @@ CPU's int8 kernels give at best. It comes first, with the CPU's int8 / bfloat16 
 (from /proc/cpuinfo): XNNPACK's int8 convolutions gain on CPUs with VNNI (x86) or sdot / i8mm (ARM);
 with AVX2 alone they do about as many multiply-adds per cycle as float32 FMA. `--conv_only` prints
 only that table (a minute instead of several).
+
+`--int8_max_pool` adds a timing-only int8 file of the same network with its average pools as max
+pools: XNNPACK takes no int8 AVERAGE_POOL_2D, so the real int8 graph runs in several partitions,
+this one in one; the row shows what the split costs.
 """
 
 from __future__ import annotations
@@ -43,8 +48,9 @@ import tensorflow as tf  # noqa: E402
 
 import keras_bninception  # noqa: E402
 from keras_bninception import export  # noqa: E402
-from keras_bninception.export import tflite  # noqa: E402
+from keras_bninception.export import exporter, tflite  # noqa: E402
 from keras_bninception.export.litert import TFLiteClassifier  # noqa: E402
+from keras_bninception.export.serving import ServingModule  # noqa: E402
 
 # /proc/cpuinfo flags that decide int8 (and bfloat16) throughput: x86 VNNI dot products
 # (AVX-512 or AVX), AMX tiles; ARM's dot-product (sdot) and 8-bit matrix-multiply (i8mm).
@@ -98,6 +104,21 @@ def xnnpack_partitions(interpreter, num_ops: int) -> tuple[int, dict[str, int]]:
             stack.extend(int(t) for t in original[producer[tensor]]["inputs"])
     left = collections.Counter(n["op_name"] for i, n in enumerate(original) if i not in taken)
     return len(delegates), dict(sorted(left.items()))
+
+
+def max_pool_copy(model: keras.Model) -> keras.Model:
+    """`model` with every AveragePooling2D replaced by a MaxPooling2D of the same window."""
+
+    def clone(layer):
+        if isinstance(layer, keras.layers.AveragePooling2D):
+            return keras.layers.MaxPooling2D(
+                layer.pool_size, layer.strides, layer.padding, name=layer.name
+            )
+        return layer.__class__.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def _interpreter(content: bytes):
@@ -170,6 +191,11 @@ def main() -> None:
     parser.add_argument(
         "--conv_only", action="store_true", help="only the single-convolution table"
     )
+    parser.add_argument(
+        "--int8_max_pool",
+        action="store_true",
+        help="also time an int8 file with max instead of average pools (one XNNPACK partition)",
+    )
     args = parser.parse_args()
     print(cpu_features(), flush=True)
     conv_table(min(args.runs, 30))
@@ -184,9 +210,8 @@ def main() -> None:
     calibration = rng.uniform(0, 255, (200, size, size, 3)).astype(np.float32)
     out = os.path.join(tempfile.mkdtemp(prefix="bninception_bench_"), "export")
     began = time.perf_counter()
-    info = export.export(
-        model, [f"class {i}" for i in range(args.classes)], out, calibration_images=calibration
-    )
+    class_names = [f"class {i}" for i in range(args.classes)]
+    info = export.export(model, class_names, out, calibration_images=calibration)
     print(f"export: {time.perf_counter() - began:.0f} s into {out}", flush=True)
 
     pixels = rng.uniform(0, 255, (1, size, size, 3)).astype(np.float32)
@@ -208,6 +233,18 @@ def main() -> None:
             with open(os.path.join(out, entry["path"]), "rb") as f:
                 num_ops = len(tflite.op_list(f.read()))
             partitions[name] = xnnpack_partitions(classifier.interpreter, num_ops)
+    if args.int8_max_pool:
+        content = tflite.convert(
+            ServingModule(max_pool_copy(model), class_names).tflite_model("int8"),
+            "int8",
+            exporter._calibration_batches(calibration[:16], size),
+        )
+        classifier = TFLiteClassifier(content, num_threads=1)
+        tensor = classifier.prepare(pixels[0])
+        name = "TFLite int8, average pools as max pools (timing only), 1 thread"
+        runners[name] = lambda c=classifier, t=tensor: c.invoke(t)
+        sizes[name] = len(content)
+        partitions[name] = xnnpack_partitions(classifier.interpreter, len(tflite.op_list(content)))
 
     times: dict[str, list[float]] = {name: [] for name in runners}
     for round_ in range(args.runs + 5):
