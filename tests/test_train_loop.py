@@ -47,8 +47,8 @@ def _fixed_batches(context: tf.distribute.InputContext, start_step: int) -> tf.d
     return tf.data.Dataset.from_tensor_slices((images, labels)).batch(per_replica).repeat()
 
 
-def _train(strategy, weights, model_dir) -> tuple[list[float], list[np.ndarray]]:
-    """Two steps; returns both losses and the weights after the first."""
+def _train(strategy, weights, model_dir) -> tuple[list[float], list[np.ndarray], list]:
+    """Two steps; returns both losses, the weights after the first and before it."""
     trainer = Trainer(
         strategy,
         lambda: _small_model(weights),
@@ -58,20 +58,21 @@ def _train(strategy, weights, model_dir) -> tuple[list[float], list[np.ndarray]]
             batch_size=GLOBAL_BATCH, weight_decay=4e-5, checkpoint_every=100, log_every=1
         ),
     )
+    initial = trainer.model.get_weights()
     losses = [trainer.train(_fixed_batches, 1)["loss"]]
     after_one_step = [np.array(w) for w in trainer.model.weights]
     losses.append(trainer.train(_fixed_batches, 2)["loss"])
-    return losses, after_one_step
+    return losses, after_one_step, initial
 
 
 @pytest.mark.slow
 def test_mirrored_two_replicas_match_one_device(logical_cpus, tmp_path):
     """Same global batch, synchronized BN: same losses and updates, to float tolerance."""
-    weights = _small_model().get_weights()
-    one_losses, one_weights = _train(tf.distribute.OneDeviceStrategy("/cpu:0"), weights, tmp_path)
+    one_device = tf.distribute.OneDeviceStrategy("/cpu:0")
+    one_losses, one_weights, weights = _train(one_device, None, tmp_path)
     mirrored = tf.distribute.MirroredStrategy(logical_cpus)
     assert mirrored.num_replicas_in_sync == 2
-    two_losses, two_weights = _train(mirrored, weights, tmp_path / "mirrored")
+    two_losses, two_weights, _ = _train(mirrored, weights, tmp_path / "mirrored")
     # Only a few steps compare: at 32x32 with batches of 8, BN in the last modules normalizes
     # over 8 values, and float rounding differences grow chaotically from the third step on.
     np.testing.assert_allclose(two_losses[0], one_losses[0], rtol=1e-5)  # same weights, batch
