@@ -4,6 +4,7 @@ as for `tf_slim_reference`), never as `tests.helpers`."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import numpy as np
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED = 1337  # the autouse `seed` fixture of conftest.py
 NUM_LOGICAL_CPUS = 2  # conftest.py splits the CPU into this many logical devices
+TRAIN_TIMEOUT = 600  # seconds for one `python -m trainers.train` process (a loaded machine)
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
@@ -39,6 +41,38 @@ def run_python(args: list[str], timeout: float) -> subprocess.CompletedProcess:
         text=True,
         timeout=timeout,
     )
+
+
+def train_command(args: list[str]) -> list[str]:
+    """`python -m trainers.train ARGS` with this interpreter."""
+    return [sys.executable, "-m", "trainers.train", *args]
+
+
+def start_train(args: list[str], **env: str) -> subprocess.Popen:
+    """Starts `python -m trainers.train ARGS`; stdout and stderr are text pipes."""
+    return subprocess.Popen(
+        train_command(args),
+        cwd=REPO_ROOT,
+        env=subprocess_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def run_train(args: list[str]) -> subprocess.CompletedProcess:
+    """Runs `python -m trainers.train ARGS` to its end (at most `TRAIN_TIMEOUT` seconds)."""
+    return run_python(["-m", "trainers.train", *args], TRAIN_TIMEOUT)
+
+
+def weights_digest(log: str) -> str:
+    """The final weights' SHA-256 a training run logs."""
+    return re.findall(r"Final weights sha256 (\w+)", log)[-1]
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The `error: ...` lines of a binary's stderr."""
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
 def assert_same_batches(a: list[tuple], b: list[tuple]) -> None:

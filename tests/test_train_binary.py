@@ -1,27 +1,23 @@
-"""`python -m trainers.train` as a subprocess: crash safety, multi-worker, bad input.
+"""`python -m trainers.train` as a subprocess: crash safety (SIGKILL, SIGTERM, exact resume).
 
-Small BN-Inception (depth multiplier 0.25, 32x32 digits) so that each process takes seconds.
+Small BN-Inception (depth multiplier 0.25, 32x32 digits) so that each process takes seconds. One
+uninterrupted reference run per module, which both tests compare with. Multi-worker runs and bad
+input: test_train_binary_errors.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import REPO_ROOT, free_ports, subprocess_env
-from PIL import Image
+from helpers import TRAIN_TIMEOUT, error_lines, run_train, start_train, weights_digest
 
-TIMEOUT = 300
 SMALL = [
     "--dataset=digits",
     "--image_size=32",
@@ -44,52 +40,11 @@ REFERENCE = [
 ]
 
 
-def _command(args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "trainers.train", *args]
-
-
-def _popen(args: list[str], **env: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        _command(args),
-        cwd=REPO_ROOT,
-        env=subprocess_env(**env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _run(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        _command(args),
-        cwd=REPO_ROOT,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-
-
-def _digest(log: str) -> str:
-    return re.findall(r"Final weights sha256 (\w+)", log)[-1]
-
-
-def _tree_hash(directory: str) -> dict[str, str]:
-    """File name -> SHA-256 of its bytes, for every file under `directory`."""
-    hashes = {}
-    for root, _, files in os.walk(directory):
-        for name in files:
-            path = os.path.join(root, name)
-            with open(path, "rb") as f:
-                hashes[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
-    return hashes
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> tuple[str, str]:
     """(model_dir, log) of the uninterrupted reference run."""
     model_dir = str(tmp_path_factory.mktemp("reference") / "run")
-    result = _run([*REFERENCE, f"--model_dir={model_dir}"])
+    result = run_train([*REFERENCE, f"--model_dir={model_dir}"])
     assert result.returncode == 0, result.stderr[-3000:]
     return model_dir, result.stderr
 
@@ -100,7 +55,7 @@ def test_sigkill_then_restart_gives_the_uninterrupted_weights(reference, tmp_pat
     model_dir = str(tmp_path / "run")
     args = [*REFERENCE, f"--model_dir={model_dir}"]
 
-    killed = _popen(args)
+    killed = start_train(args)
     last_saved, last_step = 0, 0
     for line in killed.stderr:
         if m := re.search(rf"step (\d+)/{STEPS} ", line):
@@ -110,7 +65,7 @@ def test_sigkill_then_restart_gives_the_uninterrupted_weights(reference, tmp_pat
             if last_saved >= 2 * EVERY:
                 killed.send_signal(signal.SIGKILL)
                 break
-    killed.wait(timeout=TIMEOUT)
+    killed.wait(timeout=TRAIN_TIMEOUT)
     for line in killed.stderr:  # what it printed before dying
         if m := re.search(rf"step (\d+)/{STEPS} ", line):
             last_step = max(last_step, int(m.group(1)))
@@ -119,7 +74,7 @@ def test_sigkill_then_restart_gives_the_uninterrupted_weights(reference, tmp_pat
     assert killed.returncode == -signal.SIGKILL
     assert 2 * EVERY <= last_step < STEPS  # killed mid-training
 
-    resumed = _run(args)
+    resumed = run_train(args)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     restored = int(re.search(r"Restored checkpoint \S+ \(step (\d+)\)", resumed.stderr).group(1))
     assert last_saved <= restored <= last_step
@@ -128,7 +83,7 @@ def test_sigkill_then_restart_gives_the_uninterrupted_weights(reference, tmp_pat
     assert f"step {restored}/{STEPS} " not in resumed.stderr
 
     # Same final weights, optimizer state and step as the uninterrupted run, bit for bit.
-    assert _digest(resumed.stderr) == _digest(ref_log)
+    assert weights_digest(resumed.stderr) == weights_digest(ref_log)
     ref = tf.train.load_checkpoint(os.path.join(ref_dir, "checkpoints"))
     new = tf.train.load_checkpoint(os.path.join(model_dir, "checkpoints"))
     names = [n for n in ref.get_variable_to_shape_map() if "save_counter" not in n]
@@ -144,15 +99,15 @@ def test_sigterm_checkpoints_the_step_reached_then_resumes_exactly(reference, tm
     model_dir = str(tmp_path / "run")
     # One tf.function call for all the steps: the stop must happen inside it.
     args = [*REFERENCE, "--checkpoint_every=1000", "--log_every=1000", f"--model_dir={model_dir}"]
-    process = _popen(args)
+    process = start_train(args)
     for line in process.stderr:
         if f"Training steps 1..{STEPS}," in line:
             break
     time.sleep(2.0)
     process.send_signal(signal.SIGTERM)
-    out, err = process.communicate(timeout=TIMEOUT)
+    out, err = process.communicate(timeout=TRAIN_TIMEOUT)
     assert process.returncode == 128 + signal.SIGTERM, err[-3000:]
-    (line,) = _error_lines(err)
+    (line,) = error_lines(err)
     match = re.fullmatch(
         r"error: Interrupted by SIGTERM at step (\d+); checkpoint (\S+) written\. Rerun the "
         r"same command to resume from it\.",
@@ -168,217 +123,9 @@ def test_sigterm_checkpoints_the_step_reached_then_resumes_exactly(reference, tm
     assert metrics["interrupted"] is True and metrics["step"] == step
     assert metrics["train"]["step"] == step
 
-    resumed = _run(args)
+    resumed = run_train(args)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Restored checkpoint {latest} (step {step})" in resumed.stderr
-    assert _digest(resumed.stderr) == _digest(ref_log)  # as if never interrupted
+    assert weights_digest(resumed.stderr) == weights_digest(ref_log)  # as if never interrupted
     with open(os.path.join(model_dir, "metrics.json")) as f:
         assert "interrupted" not in json.load(f)
-
-
-def _workers(
-    args: list[str], log_dir, per_worker: tuple[list[str], list[str]] = ([], [])
-) -> list[tuple[int, str, str]]:
-    """Runs `args` (+ `per_worker[i]`) as the two workers of a local cluster; returns (status,
-    stdout, stderr).
-
-    Output goes to files, not pipes: a worker blocked on a full pipe would stall the collectives
-    of the other.
-    """
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
-    processes, logs = [], []
-    for i in range(2):
-        out = open(os.path.join(log_dir, f"worker{i}.out"), "w+")
-        err = open(os.path.join(log_dir, f"worker{i}.err"), "w+")
-        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
-        processes.append(
-            subprocess.Popen(
-                _command(["--distribution_strategy=multi_worker_mirrored", *args, *per_worker[i]]),
-                cwd=REPO_ROOT,
-                env=subprocess_env(TF_CONFIG=tf_config),
-                stdout=out,
-                stderr=err,
-                text=True,
-            )
-        )
-        logs.append((out, err))
-    results = []
-    for process, (out, err) in zip(processes, logs, strict=True):
-        try:
-            process.wait(timeout=TIMEOUT)
-        finally:
-            if process.poll() is None:
-                process.kill()
-        out.seek(0)
-        err.seek(0)
-        results.append((process.returncode, out.read(), err.read()))
-        out.close()
-        err.close()
-    return results
-
-
-@pytest.mark.slow
-def test_multi_worker_mirrored_two_processes(tmp_path):
-    model_dir = str(tmp_path / "run")
-    args = [
-        *SMALL,
-        "--sync_batch_norm",
-        "--train_steps=6",
-        "--checkpoint_every=3",
-        "--log_every=3",
-        "--mode=train_and_eval",
-        f"--model_dir={model_dir}",
-    ]
-    (status0, out0, err0), (status1, out1, err1) = _workers(args, tmp_path)
-    assert status0 == 0, err0[-3000:]
-    assert status1 == 0, err1[-3000:]
-    assert "group_size = 2" in err0  # the all-reduces spanned both processes
-    # Identical weights on both workers (synchronized BN: moving statistics included).
-    assert _digest(err0) == _digest(err1)
-    evaluation = [re.search(r"Evaluation at step 6 on 360 examples: .*%", e) for e in (err0, err1)]
-    assert evaluation[0] and evaluation[0].group(0) == evaluation[1].group(0)
-    # Only the chief (worker 0) wrote into model_dir.
-    with open(os.path.join(model_dir, "metrics.json")) as f:
-        metrics = json.load(f)
-    assert metrics["num_replicas"] == 2 and metrics["eval"]["num_examples"] == 360
-    assert metrics["weights_sha256"] == _digest(err0)
-    assert tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")).endswith("ckpt-6")
-    assert "Metrics:" in out0 and "Metrics:" in out1
-
-    # A global batch the 2 replicas cannot share: both workers stop with one clear line.
-    bad_batch = [*args[:-1], "--batch_size=15", f"--model_dir={tmp_path}/b"]
-    for status, _, err in _workers(bad_batch, tmp_path):
-        assert status == 1
-        assert _error_lines(err) == [
-            "error: The global batch size (15) must be divisible by the number of replicas (2); "
-            "received batch_size=15"
-        ]
-
-
-@pytest.mark.slow
-def test_multi_worker_model_dir_not_shared_is_one_clear_error(reference, tmp_path):
-    ref_dir, _ = reference
-    shutil.copytree(ref_dir, tmp_path / "chief")  # the chief finds step 24, worker 1 nothing
-    args = [*REFERENCE, f"--train_steps={STEPS + 4}"]
-    dirs = ([f"--model_dir={tmp_path}/chief"], [f"--model_dir={tmp_path}/worker1"])
-    for status, _, err in _workers(args, tmp_path, dirs):
-        assert status == 1, err[-3000:]
-        (line,) = _error_lines(err)
-        assert re.match(
-            rf"error: The workers restored different steps from --model_dir=\S+ \(the chief "
-            rf"step {STEPS}, this worker step (0|{STEPS}), at least one differs\): every worker "
-            "must use the same directory",
-            line,
-        ), line
-
-
-def _error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("error:")]
-
-
-def _image_folder(root, corrupt: bool) -> str:
-    for split in ("train", "validation"):
-        for label in ("a", "b"):
-            os.makedirs(root / split / label)
-            for i in range(3):
-                pixels = np.full((40, 40, 3), 80 * i + (label == "b") * 30, np.uint8)
-                Image.fromarray(pixels).save(root / split / label / f"{i}.jpg")
-    if corrupt:
-        (root / "train" / "b" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a JPEG")
-    return str(root)
-
-
-@pytest.mark.slow
-def test_bad_input_one_line_nonzero_exit_checkpoint_intact(reference, tmp_path):
-    ref_dir, _ = reference
-    model_dir = str(tmp_path / "run")
-    shutil.copytree(ref_dir, model_dir)
-    before = _tree_hash(os.path.join(model_dir, "checkpoints"))
-    (tmp_path / "empty").mkdir()
-    corrupt = _image_folder(tmp_path / "corrupt", corrupt=True)
-    # (The reference run's dropout: a resume must keep the model's options.)
-    small = [*SMALL, "--dropout_rate=0.4", "--train_steps=40", f"--model_dir={model_dir}"]
-    cases = {
-        "unknown dataset": (
-            [*small, "--dataset=imagenet2013"],
-            1,
-            r"^error: unknown dataset 'imagenet2013'; choose 'digits' .*imagenet2012",
-        ),
-        "missing manual files": (
-            [
-                *small,
-                "--dataset=imagenet2012",
-                f"--data_dir={tmp_path}/tfds",
-                f"--manual_dir={tmp_path}/empty",
-            ],
-            1,
-            r"^error: .*ILSVRC2012_img_train\.tar.*ILSVRC2012_img_val\.tar",
-        ),
-        "empty image folder": (
-            [*small, "--dataset=image_folder", f"--data_dir={tmp_path}/empty"],
-            1,
-            r"^error: image folder .*empty has no images",
-        ),
-        "unreadable image folder": (
-            [*small, "--dataset=image_folder", f"--data_dir={tmp_path}/missing"],
-            1,
-            r"^error: image folder .*missing is missing or unreadable",
-        ),
-        "corrupt image": (
-            # A fresh model_dir: this folder has 2 classes, the reference checkpoint 10.
-            [
-                *SMALL,
-                "--train_steps=2",
-                "--dataset=image_folder",
-                f"--data_dir={corrupt}",
-                f"--model_dir={tmp_path}/fresh",
-            ],
-            1,
-            r"^error: corrupt image file .*/train/b/broken\.jpg",
-        ),
-        "learning rate out of range": (
-            [*small, "--learning_rate=-0.1"],
-            1,
-            r"^error: `learning_rate` must be a finite number > 0; "
-            r"received learning_rate=-0\.1$",
-        ),
-        "image size out of range": (
-            [*small, "--image_size=16"],
-            1,
-            r"^error: `image_size` must be an integer >= 32; received "
-            r"image_size=16$",
-        ),
-        "malformed flag": ([*small, "--mode=predict"], 2, r"^error: flag --mode=predict: "),
-    }
-    processes = {name: _popen(args) for name, (args, _, _) in cases.items()}
-    for name, process in processes.items():
-        out, err = process.communicate(timeout=TIMEOUT)
-        _, status, pattern = cases[name]
-        assert process.returncode == status, (name, err[-2000:])
-        lines = _error_lines(err)
-        assert len(lines) == 1, (name, err[-2000:])
-        assert re.search(pattern, lines[0]), (name, lines[0])
-        assert "Traceback" not in err and "Done:" not in out, name
-    assert not os.path.exists(tmp_path / "fresh" / "checkpoints")
-    assert _tree_hash(os.path.join(model_dir, "checkpoints")) == before
-
-    # A loss that becomes NaN: stop at once, say at which step, keep the last good checkpoint.
-    diverging = _run([*small, "--learning_rate=1e38", "--checkpoint_every=4", "--log_every=1"])
-    assert diverging.returncode == 1
-    (line,) = _error_lines(diverging.stderr)
-    step = int(re.search(r"NaN or infinite at step (\d+)", line).group(1))
-    assert STEPS < step <= 40
-    assert f"the last good checkpoint {model_dir}/checkpoints/ckpt-" in line
-    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
-    saved = int(latest.rsplit("-", 1)[1])
-    assert saved < step and f"ckpt-{saved} is kept" in line
-    # Every checkpoint written is finite, and the reference ones are untouched.
-    after = _tree_hash(os.path.join(model_dir, "checkpoints"))
-    for name, digest in before.items():
-        if name in after and name != "checkpoint":  # (rotation may delete the oldest)
-            assert after[name] == digest, name
-    reader = tf.train.load_checkpoint(latest)
-    for name in reader.get_variable_to_shape_map():
-        value = reader.get_tensor(name)
-        if np.issubdtype(np.asarray(value).dtype, np.floating):
-            assert np.isfinite(value).all(), name
