@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 import time
 from collections.abc import Callable
 
@@ -266,6 +267,9 @@ class Trainer:
         finally:
             self._stop.__exit__(None, None, None)
             writer.close()
+            pipeline = [iterator, dataset]
+            del iterator, dataset
+            release_in_background(pipeline)
         result.update(step=step, train_seconds=time.perf_counter() - began)
         return result
 
@@ -414,6 +418,20 @@ def random_states(model: keras.Model) -> list[tf.Variable]:
     """
     weights = {id(w) for w in model.weights}
     return [v.value for v in model.variables if id(v) not in weights]
+
+
+def release_in_background(objects: list) -> None:
+    """Drops the references `objects` holds (a tf.data iterator), in a daemon thread.
+
+    Destroying a tf.data iterator joins its autotuning thread, which (TensorFlow 2.21) does not
+    wake up on the cancellation but at the end of its optimization period: up to a minute late in
+    a run (`benchmarks/end_of_training.py`). The destruction releases the GIL while it waits, so
+    the run goes on at once, and a daemon thread does not delay the exit of the process. The
+    caller must hold no other reference: `objects` is emptied here.
+    """
+    held = list(objects)
+    objects.clear()
+    threading.Thread(target=held.clear, name="release_input_iterator", daemon=True).start()
 
 
 def _next_multiple(step: int, every: int) -> int:
