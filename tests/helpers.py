@@ -15,6 +15,15 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED = 1337  # the autouse `seed` fixture of conftest.py
 NUM_LOGICAL_CPUS = 2  # conftest.py splits the CPU into this many logical devices
 TRAIN_TIMEOUT = 600  # seconds for one `python -m trainers.train` process (a loaded machine)
+# A small deterministic training run of the binary: full network at a quarter width, 32x32 digits.
+SMALL_TRAIN_ARGS = [
+    "--dataset=digits",
+    "--image_size=32",
+    "--depth_multiplier=0.25",
+    "--bn_momentum=0.9",
+    "--batch_size=16",
+    "--seed=3",
+]
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:

@@ -16,21 +16,20 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import TRAIN_TIMEOUT, error_lines, run_train, start_train, weights_digest
+from helpers import (
+    SMALL_TRAIN_ARGS,
+    TRAIN_TIMEOUT,
+    error_lines,
+    run_train,
+    start_train,
+    weights_digest,
+)
 
-SMALL = [
-    "--dataset=digits",
-    "--image_size=32",
-    "--depth_multiplier=0.25",
-    "--bn_momentum=0.9",
-    "--batch_size=16",
-    "--seed=3",
-]
 # The reference run: 24 deterministic steps, a checkpoint every 4, with dropout (its random state
 # must be checkpointed too).
 STEPS, EVERY = 24, 4
 REFERENCE = [
-    *SMALL,
+    *SMALL_TRAIN_ARGS,
     "--dropout_rate=0.4",
     "--deterministic",
     "--mode=train",

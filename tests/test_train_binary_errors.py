@@ -19,6 +19,7 @@ import pytest
 import tensorflow as tf
 from helpers import (
     REPO_ROOT,
+    SMALL_TRAIN_ARGS,
     TRAIN_TIMEOUT,
     error_lines,
     free_ports,
@@ -30,18 +31,10 @@ from helpers import (
 )
 from PIL import Image
 
-SMALL = [
-    "--dataset=digits",
-    "--image_size=32",
-    "--depth_multiplier=0.25",
-    "--bn_momentum=0.9",
-    "--batch_size=16",
-    "--seed=3",
-]
 # The two-worker run: 6 steps, a checkpoint every 3, then an evaluation.
 STEPS = 6
 TWO_WORKERS = [
-    *SMALL,
+    *SMALL_TRAIN_ARGS,
     "--sync_batch_norm",
     f"--train_steps={STEPS}",
     "--checkpoint_every=3",
@@ -178,7 +171,7 @@ def test_bad_input_one_line_nonzero_exit_checkpoint_intact(two_workers, tmp_path
     (tmp_path / "empty").mkdir()
     corrupt = _image_folder(tmp_path / "corrupt", corrupt=True)
     # (The run's synchronized BN: a resume must keep the model's options.)
-    small = [*SMALL, "--sync_batch_norm", "--train_steps=40", f"--model_dir={model_dir}"]
+    small = [*SMALL_TRAIN_ARGS, "--sync_batch_norm", "--train_steps=40", f"--model_dir={model_dir}"]
     cases = {
         "unknown dataset": (
             [*small, "--dataset=imagenet2013"],
@@ -208,7 +201,7 @@ def test_bad_input_one_line_nonzero_exit_checkpoint_intact(two_workers, tmp_path
         "corrupt image": (
             # A fresh model_dir: this folder has 2 classes, the run's checkpoint 10.
             [
-                *SMALL,
+                *SMALL_TRAIN_ARGS,
                 "--train_steps=2",
                 "--dataset=image_folder",
                 f"--data_dir={corrupt}",
