@@ -2,7 +2,7 @@
 
 Destroying the training input iterator joins tf.data's autotuning thread, which wakes at the end of
 its optimization period (up to a minute once the run is a minute or two old), not on the
-cancellation. The trainer hands the iterator to a daemon thread instead
+cancellation. The trainer hands the iterator to a background thread instead
 (`trainer.release_in_background`). This script trains a small BN-Inception on the embedded digits
 with both, alternately, in one process ("synchronous": the iterator destroyed in `train`, as
 before) and prints how long `train` took to return after its final checkpoint.

@@ -421,17 +421,19 @@ def random_states(model: keras.Model) -> list[tf.Variable]:
 
 
 def release_in_background(objects: list) -> None:
-    """Drops the references `objects` holds (a tf.data iterator), in a daemon thread.
+    """Drops the references `objects` holds (a tf.data iterator), in a background thread.
 
     Destroying a tf.data iterator joins its autotuning thread, which (TensorFlow 2.21) does not
     wake up on the cancellation but at the end of its optimization period: up to a minute late in
     a run (`benchmarks/end_of_training.py`). The destruction releases the GIL while it waits, so
-    the run goes on at once, and a daemon thread does not delay the exit of the process. The
-    caller must hold no other reference: `objects` is emptied here.
+    the run goes on at once. The thread is not a daemon: Python ends a daemon thread at exit while
+    it waits inside TensorFlow's C++ code, which aborts the process ("FATAL: exception not
+    rethrown", seen after a finished run); so the wait, if any is left, moves to the process exit.
+    The caller must hold no other reference: `objects` is emptied here.
     """
     held = list(objects)
     objects.clear()
-    threading.Thread(target=held.clear, name="release_input_iterator", daemon=True).start()
+    threading.Thread(target=held.clear, name="release_input_iterator").start()
 
 
 def _next_multiple(step: int, every: int) -> int:
