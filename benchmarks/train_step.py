@@ -19,7 +19,10 @@ for their normalization (`BNInception(norm_layer=...)`):
 Each trains with SGD + momentum through one of two paths:
 
 - loop: the package's training loop (`keras_bninception.training.Trainer`, one device),
-  `--loop_steps` steps per `Trainer.train` call (its `tf.range` loop), time divided by them;
+  `--loop_steps` steps per `Trainer.train` call, all in one logging window (one call of its
+  compiled `tf.range` loop); the time is the trainer's own measure of that window (its
+  `images_per_second`), so neither the set-up of each call nor the checkpoint (weights and
+  momentum) `train` writes when it returns, which would add the same to every network's time;
 - keras: `model.compile` + `model.train_on_batch`, one step per call.
 
 Calls of the networks alternate (interleaved, so machine noise hits all alike) and the median of
@@ -110,7 +113,8 @@ def _optimizer() -> keras.optimizers.Optimizer:
 def _step_fn(
     path: str, network: str, size: int, batch: int, policy: str, model_dir: str, loop_steps: int = 1
 ):
-    """A callable running training steps of `network` through `path` (loop: `loop_steps`)."""
+    """A callable running training steps of `network` through `path` (loop: `loop_steps`);
+    it returns their time in seconds."""
     images, labels = _data(size, batch)
     if path == "keras":
         model = _model(network, size, policy)
@@ -118,17 +122,30 @@ def _step_fn(
             optimizer=_optimizer(),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         )
-        return lambda: model.train_on_batch(images, labels)
+
+        def train_on_batch() -> float:
+            began = time.perf_counter()
+            model.train_on_batch(images, labels)
+            return time.perf_counter() - began
+
+        return train_on_batch
     trainer = Trainer(
         tf.distribute.OneDeviceStrategy("/cpu:0"),
         lambda: _model(network, size, policy),
         _optimizer,
         model_dir,
-        TrainerConfig(batch_size=batch, weight_decay=0.0, checkpoint_every=10**9, log_every=1),
+        TrainerConfig(
+            batch_size=batch, weight_decay=0.0, checkpoint_every=10**9, log_every=loop_steps
+        ),
     )
     dataset = tf.data.Dataset.from_tensors((images, labels)).repeat()
-    steps = iter(range(loop_steps, 10**9, loop_steps))
-    return lambda: trainer.train(lambda context, start: dataset, next(steps))
+    ends = iter(range(loop_steps, 10**9, loop_steps))
+
+    def train() -> float:
+        metrics = trainer.train(lambda context, start: dataset, next(ends))
+        return loop_steps * batch / metrics["images_per_second"]
+
+    return train
 
 
 def _memory_child(path: str, network: str, size: int, batch: int, policy: str) -> None:
@@ -201,7 +218,7 @@ def main() -> None:
         f"Trainer.train call, 1 a train_on_batch call), SGD + momentum, {CLASSES} classes"
     )
     header = ["input × batch", "path", "policy", "network", "ms/step", "BN's cost over no BN"]
-    header += ["vs keras BN (float32)", "vs fused kernel", "first step s"]
+    header += ["vs keras BN (float32)", "vs fused kernel", "first call s"]
     if args.memory:
         header.append("peak RSS MB")
     print("| " + " | ".join(header) + " |")
@@ -218,15 +235,11 @@ def main() -> None:
                         steps[key] = _step_fn(
                             path, network, size, batch, policy, model_dir, args.loop_steps
                         )
-                        t0 = time.perf_counter()
-                        steps[key]()
-                        first[key] = time.perf_counter() - t0
+                        first[key] = steps[key]()
                 times = {key: [] for key in steps}
                 for _ in range(args.repeats):
                     for key, step in steps.items():
-                        t0 = time.perf_counter()
-                        step()
-                        times[key].append(time.perf_counter() - t0)
+                        times[key].append(step())
             per_call = args.loop_steps if path == "loop" else 1
             ms = {key: statistics.median(t) * 1e3 / per_call for key, t in times.items()}
             keras_f32 = ms[("float32", "keras BN")]
