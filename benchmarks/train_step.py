@@ -28,7 +28,11 @@ Each trains with SGD + momentum through one of two paths:
 Calls of the networks alternate (interleaved, so machine noise hits all alike) and the median of
 `--repeats` calls is reported after one warm-up call, whose time (tracing, XLA compilation) is
 reported too. `--memory` runs every network once more in a fresh subprocess and reports its peak
-resident memory (`ru_maxrss`) after three steps. `--mixed_precision bfloat16` adds rows under the
+resident memory (`ru_maxrss`) after three steps. `--memory_only` prints only memory: the peak
+RSS, and, from a second fresh process per network whose CPU tensors come from TensorFlow's
+counting BFC allocator, the peak of live tensors over steps 2-3 (what the graph keeps, without
+the XLA executables, graphs and allocator slack that RSS also holds), beside the size of all BN
+inputs (the activations BN's backward must keep). `--mixed_precision bfloat16` adds rows under the
 `mixed_bfloat16` policy, with the float32 Keras-BN network's time as the reference.
 
 `--profile DIR` instead traces one training-loop step of "ours" and "ours, BN then ReLU" with the
@@ -43,6 +47,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import math
 import os
 import re
 import resource
@@ -151,19 +156,49 @@ def _step_fn(
 def _memory_child(path: str, network: str, size: int, batch: int, policy: str) -> None:
     with tempfile.TemporaryDirectory() as model_dir:
         step = _step_fn(path, network, size, batch, policy, model_dir)
-        for _ in range(3):
+        step()  # tracing, XLA compilation
+        counted = os.environ.get("TF_CPU_ALLOCATOR_USE_BFC") == "true"  # else no counts
+        if counted:
+            tf.config.experimental.reset_memory_stats("CPU:0")
+        for _ in range(2):
             step()  # one step a call on both paths
-    print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+        tensors = tf.config.experimental.get_memory_info("CPU:0")["peak"] if counted else 0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"peak_mb": peak, "tensor_peak_mb": tensors / 2**20}))
 
 
 def _peak_memory(path: str, network: str, size: int, batch: int, policy: str) -> float:
+    """Peak RSS (MB) of a fresh process training `network` 3 steps, TensorFlow's own allocator."""
+    return _memory_run(path, network, size, batch, policy, {})["peak_mb"]
+
+
+def _tensor_peak(path: str, network: str, size: int, batch: int, policy: str) -> float:
+    """Peak of live TensorFlow tensors (MB) over steps 2-3, in a fresh process whose CPU tensors
+    come from TensorFlow's pooling BFC allocator (`TF_CPU_ALLOCATOR_USE_BFC`), which counts them."""
+    env = {"TF_CPU_ALLOCATOR_USE_BFC": "true"}
+    return _memory_run(path, network, size, batch, policy, env)["tensor_peak_mb"]
+
+
+def _memory_run(path, network, size, batch, policy, env: dict) -> dict:
     out = subprocess.run(
         [sys.executable, __file__, "--memory-child", path, network, str(size), str(batch), policy],
         capture_output=True,
         text=True,
         check=True,
+        env={**os.environ, **env},
     ).stdout
-    return json.loads(out.strip().splitlines()[-1])["peak_mb"]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _bn_input_mb(size: int, batch: int) -> float:
+    """What BN must keep for its backward: the input of every BN layer, float32, in MB."""
+    model = _model("ours", size, "float32")
+    values = sum(
+        math.prod(layer.input.shape[1:])
+        for layer in model.layers
+        if isinstance(layer, BatchNormalization)
+    )
+    return values * batch * 4 / 2**20
 
 
 def main() -> None:
@@ -194,20 +229,33 @@ def main() -> None:
     networks = [n for n in NETWORKS if n in args.networks]
     policies = ["float32"] + (["mixed_bfloat16"] if args.mixed_precision else [])
     if args.memory_only:
-        print("| input × batch | path | policy | network | peak RSS MB | vs keras BN |")
-        print("|---|---|---|---|---|---|")
+        print(
+            "| input × batch | path | policy | network | peak RSS MB | vs keras BN | "
+            "tensor peak MB | vs keras BN | BN's tensors over no BN MB |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|")
         for spec in args.sizes:
             size, batch = (int(v) for v in spec.lower().split("x"))
             for path in args.paths:
                 for policy in policies:
-                    peaks = {n: _peak_memory(path, n, size, batch, policy) for n in networks}
-                    for network, peak in peaks.items():
-                        ratio = peak / peaks["keras BN"] if "keras BN" in peaks else float("nan")
+                    cell = (path, size, batch, policy)
+                    rss = {n: _peak_memory(path, n, *cell[1:]) for n in networks}
+                    tensors = {n: _tensor_peak(path, n, *cell[1:]) for n in networks}
+                    for network in networks:
+                        rss_ratio = rss[network] / rss.get("keras BN", float("nan"))
+                        tensor_ratio = tensors[network] / tensors.get("keras BN", float("nan"))
+                        over = tensors[network] - tensors.get("no BN", float("nan"))
+                        over_text = "—" if network == "no BN" else f"{over:.0f}"
                         print(
                             f"| {size}×{size} × {batch} | {path} | {policy} | {network} | "
-                            f"{peak:.0f} | {ratio:.2f}× |",
+                            f"{rss[network]:.0f} | {rss_ratio:.2f}× | {tensors[network]:.0f} | "
+                            f"{tensor_ratio:.2f}× | {over_text} |",
                             flush=True,
                         )
+            print(
+                f"BN's inputs at {size}×{size} × {batch} (what its backward must keep, float32): "
+                f"{_bn_input_mb(size, batch):.0f} MB"
+            )
         return
     if "keras BN" not in networks:
         parser.error(f"--networks must include 'keras BN' (the reference); received {networks}")
