@@ -11,6 +11,11 @@ of ⟨y, dy⟩ with respect to x, γ and β for a fixed random dy.
 - fused: TensorFlow's C++ kernels `FusedBatchNormV3` / `FusedBatchNormGradV3` (what tf_keras'
   `fused=True` ran), as an anchor to measure against: never the layer's path.
 - ours: `keras_bninception.layers.BatchNormalization`.
+- one pass: y = x + 1 (read x, write y; its backward passes ∂ℓ/∂y through), interleaved with
+  the others: "ours in passes" is ours' time in units of it. The algorithm reads or writes a
+  full-size tensor 8 times (forward: x for μ_B and σ²_B, x again and y; backward: ∂ℓ/∂y and x
+  for the two sums, both again and ∂ℓ/∂x), i.e. 4 such passes, so a value near 4 means the layer
+  is bound by memory traffic, and a faster layer would need an algorithm that moves less data.
 
 bfloat16 rows run each under the `mixed_bfloat16` policy (x and y in bfloat16, γ, β and the
 statistics in float32). `--memory` measures, in a fresh subprocess per cell, the growth of the
@@ -40,7 +45,7 @@ import tensorflow as tf  # noqa: E402
 from keras_bninception.layers import BatchNormalization  # noqa: E402
 
 SHAPES = [(56, 56, 192), (28, 28, 256), (14, 14, 576), (7, 7, 1024)]
-NAMES = ("keras", "fused", "ours")
+NAMES = ("keras", "fused", "ours", "one pass")
 EPSILON = 1e-3
 
 
@@ -83,12 +88,22 @@ class FusedKernelBN(keras.layers.Layer):
         return fused(x, tf.cast(self.gamma, "float32"), tf.cast(self.beta, "float32"))
 
 
+class OnePass(keras.layers.Layer):
+    """y = x + 1 and its gradient (∂ℓ/∂y passed through): one read and one write of the tensor,
+    the unit in which the BN layers' times are read (the section-3 algorithm needs 4)."""
+
+    def call(self, x):
+        return x + tf.constant(1.0, x.dtype)
+
+
 def _layer(name: str, dtype: str) -> keras.layers.Layer:
     policy = "mixed_bfloat16" if dtype == "bfloat16" else "float32"
     if name == "keras":
         return keras.layers.BatchNormalization(epsilon=EPSILON, dtype=policy)
     if name == "fused":
         return FusedKernelBN(dtype=policy)
+    if name == "one pass":
+        return OnePass(dtype=policy)
     return BatchNormalization(epsilon=EPSILON, dtype=policy)
 
 
@@ -189,6 +204,8 @@ def main() -> None:
         "ours ms",
         "ours vs keras",
         "ours vs fused",
+        "one pass ms",
+        "ours in passes",
     ]
     if args.memory:
         header += ["keras MB", "fused MB", "ours MB"]
@@ -220,9 +237,11 @@ def main() -> None:
                 f"{ms['ours']:.1f}",
                 f"{ms['keras'] / ms['ours']:.2f}×",
                 f"{ms['fused'] / ms['ours']:.2f}×",
+                f"{ms['one pass']:.1f}",
+                f"{ms['ours'] / ms['one pass']:.1f}",
             ]
             if args.memory:
-                row += [f"{_memory(name, shape, dtype):.0f}" for name in NAMES]
+                row += [f"{_memory(name, shape, dtype):.0f}" for name in NAMES[:3]]
             print("| " + " | ".join(row) + " |", flush=True)
 
 
