@@ -238,9 +238,8 @@ def main() -> None:
             size, batch = (int(v) for v in spec.lower().split("x"))
             for path in args.paths:
                 for policy in policies:
-                    cell = (path, size, batch, policy)
-                    rss = {n: _peak_memory(path, n, *cell[1:]) for n in networks}
-                    tensors = {n: _tensor_peak(path, n, *cell[1:]) for n in networks}
+                    rss = {n: _peak_memory(path, n, size, batch, policy) for n in networks}
+                    tensors = {n: _tensor_peak(path, n, size, batch, policy) for n in networks}
                     for network in networks:
                         rss_ratio = rss[network] / rss.get("keras BN", float("nan"))
                         tensor_ratio = tensors[network] / tensors.get("keras BN", float("nan"))
