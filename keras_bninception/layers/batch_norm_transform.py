@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from collections.abc import Callable, Iterator
 
 import tensorflow as tf
@@ -119,28 +120,60 @@ def _blocked_reductions() -> bool:
 def _kernel(fn: Callable) -> Callable:
     """One step of the algorithm: an XLA-fused loop, or the same ops run one by one.
 
-    One compiled function per rank of the view (2 or 3, see below) and number of features:
-    `reduce_retracing` generalizes the shapes it has seen, and a function shared by both ranks
-    would be retraced with an unknown rank, where the kernels can no longer tell which axes to
-    reduce; the blocked reductions need the number of features as a Python int. Only m varies.
+    Traced once per view and set of Python arguments, with the view's batch axes unknown: XLA
+    compiles once per actual shape, but TensorFlow keeps one function for every m (each traced
+    op holds its Python stack, for error messages, as long as the process runs). A kernel
+    called while another kernel is traced is inlined into it: XLA would inline it anyway.
     """
-    fused_by_view: dict[tuple, Callable] = {}
+    traced: dict[tuple, Callable] = {}
 
     @functools.wraps(fn)
     def run(*args):
-        if not _XLA["enabled"]:
+        if not _XLA["enabled"] or _TRACING.depth:
             return fn(*args)
         # The kernels are never differentiated (the gradient is the hand-written one): cut them
         # off any GradientTape, which would otherwise have the function keep its intermediates.
-        args = [tf.stop_gradient(a) if isinstance(a, tf.Tensor) else a for a in args]
-        key = (args[0].shape.rank, args[0].shape[1])
-        if key not in fused_by_view:
-            fused_by_view[key] = tf.function(
-                fn, jit_compile=True, reduce_retracing=True, autograph=False
+        is_tensor = tuple(isinstance(a, tf.Tensor) for a in args)
+        tensors = [tf.stop_gradient(a) for a, t in zip(args, is_tensor, strict=True) if t]
+        statics = tuple(None if t else a for a, t in zip(args, is_tensor, strict=True))
+        signature = tuple(_relaxed_spec(t, args[0].shape.rank) for t in tensors)
+        key = (statics, is_tensor, signature)
+        if key not in traced:
+            traced[key] = tf.function(
+                functools.partial(_traced_body, fn, statics, is_tensor),
+                input_signature=signature,
+                jit_compile=True,
+                autograph=False,
             )
-        return fused_by_view[key](*args)
+        return traced[key](*tensors)
 
     return run
+
+
+def _traced_body(fn: Callable, statics: tuple, is_tensor: tuple, *tensors: tf.Tensor):
+    """fn on the Python arguments `statics` with the tensors put back where `is_tensor` says."""
+    values = iter(tensors)
+    _TRACING.depth += 1
+    try:
+        return fn(*(next(values) if t else a for a, t in zip(statics, is_tensor, strict=True)))
+    finally:
+        _TRACING.depth -= 1
+
+
+class _Tracing(threading.local):
+    depth = 0  # > 0 while a kernel's body is traced
+
+
+_TRACING = _Tracing()
+
+
+def _relaxed_spec(t: tf.Tensor, view_rank: int) -> tf.TensorSpec:
+    """t's spec with the batch axes of the view unknown: every axis but the features' (axis 1)
+    of a tensor of the view's rank; per-feature vectors and scalars keep their shapes."""
+    shape = t.shape.as_list()
+    if len(shape) == view_rank:
+        shape = [size if axis == 1 else None for axis, size in enumerate(shape)]
+    return tf.TensorSpec(shape, t.dtype)
 
 
 # The kernels work on a view of the activations: [m, C] when the feature axis is last (channels-last
