@@ -65,6 +65,7 @@ cross-replica sum of gradients adds them up once.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 import threading
@@ -139,12 +140,18 @@ def _kernel(fn: Callable) -> Callable:
         signature = tuple(_relaxed_spec(t, args[0].shape.rank) for t in tensors)
         key = (statics, is_tensor, signature)
         if key not in traced:
-            traced[key] = tf.function(
+            function = tf.function(
                 functools.partial(_traced_body, fn, statics, is_tensor),
                 input_signature=signature,
                 jit_compile=True,
                 autograph=False,
             )
+            # Every traced op keeps the Python stack it was created on, and XLA copies each
+            # into text when it compiles; traced here, that stack is the whole Keras call chain.
+            # A thread of its own starts the stack at the kernel.
+            with concurrent.futures.ThreadPoolExecutor(max_workers=1) as thread:
+                thread.submit(function.get_concrete_function).result()
+            traced[key] = function
         return traced[key](*tensors)
 
     return run
