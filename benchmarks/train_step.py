@@ -28,12 +28,18 @@ Each trains with SGD + momentum through one of two paths:
 Calls of the networks alternate (interleaved, so machine noise hits all alike) and the median of
 `--repeats` calls is reported after one warm-up call, whose time (tracing, XLA compilation) is
 reported too. `--memory` runs every network once more in a fresh subprocess and reports its peak
-resident memory (`ru_maxrss`) after three steps. `--memory_only` prints only memory: the peak
-RSS, and, from a second fresh process per network whose CPU tensors come from TensorFlow's
-counting BFC allocator, the peak of live tensors over steps 2-3 (what the graph keeps, without
-the XLA executables, graphs and allocator slack that RSS also holds), beside the size of all BN
-inputs (the activations BN's backward must keep). `--mixed_precision bfloat16` adds rows under the
-`mixed_bfloat16` policy, with the float32 Keras-BN network's time as the reference.
+resident memory (`ru_maxrss`) after `--memory_steps` steps. `--memory_only` prints only memory:
+- the peak RSS, median (and range) of `--memory_repeats` fresh processes a network, taken in
+  turn. With TensorFlow's default CPU allocator (malloc), where freed tensors land in the
+  heap decides how far RSS climbs, so it varies from process to process by up to ~100 MB at
+  224×224 × 32, and it keeps climbing for several steps: 10 steps by default, not 3;
+- from one more fresh process per network whose CPU tensors come from TensorFlow's counting
+  BFC allocator, the peak of live tensors after the first step (what the graph keeps, without
+  the XLA executables, graphs and allocator slack that RSS also holds);
+- the size of all BN inputs (the activations BN's backward must keep).
+
+`--mixed_precision bfloat16` adds rows under the `mixed_bfloat16` policy, with the float32
+Keras-BN network's time as the reference.
 
 `--profile DIR` instead traces one training-loop step of "ours" and "ours, BN then ReLU" with the
 TensorFlow profiler (written to DIR, for TensorBoard) and prints where the time goes: each
@@ -153,35 +159,37 @@ def _step_fn(
     return train
 
 
-def _memory_child(path: str, network: str, size: int, batch: int, policy: str) -> None:
+def _memory_child(path: str, network: str, size: int, batch: int, policy: str, steps: int) -> None:
     with tempfile.TemporaryDirectory() as model_dir:
         step = _step_fn(path, network, size, batch, policy, model_dir)
         step()  # tracing, XLA compilation
         counted = os.environ.get("TF_CPU_ALLOCATOR_USE_BFC") == "true"  # else no counts
         if counted:
             tf.config.experimental.reset_memory_stats("CPU:0")
-        for _ in range(2):
+        for _ in range(steps - 1):
             step()  # one step a call on both paths
         tensors = tf.config.experimental.get_memory_info("CPU:0")["peak"] if counted else 0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"peak_mb": peak, "tensor_peak_mb": tensors / 2**20}))
 
 
-def _peak_memory(path: str, network: str, size: int, batch: int, policy: str) -> float:
-    """Peak RSS (MB) of a fresh process training `network` 3 steps, TensorFlow's own allocator."""
-    return _memory_run(path, network, size, batch, policy, {})["peak_mb"]
+def _peak_memory(path: str, network: str, size: int, batch: int, policy: str, steps: int) -> float:
+    """Peak RSS (MB) of a fresh process training `network` `steps` steps, TF's own allocator."""
+    return _memory_run(path, network, size, batch, policy, steps, {})["peak_mb"]
 
 
-def _tensor_peak(path: str, network: str, size: int, batch: int, policy: str) -> float:
-    """Peak of live TensorFlow tensors (MB) over steps 2-3, in a fresh process whose CPU tensors
-    come from TensorFlow's pooling BFC allocator (`TF_CPU_ALLOCATOR_USE_BFC`), which counts them."""
+def _tensor_peak(path: str, network: str, size: int, batch: int, policy: str, steps: int) -> float:
+    """Peak of live TensorFlow tensors (MB) after the first of `steps` steps, in a fresh process
+    whose CPU tensors come from TensorFlow's pooling BFC allocator (`TF_CPU_ALLOCATOR_USE_BFC`),
+    which counts them."""
     env = {"TF_CPU_ALLOCATOR_USE_BFC": "true"}
-    return _memory_run(path, network, size, batch, policy, env)["tensor_peak_mb"]
+    return _memory_run(path, network, size, batch, policy, steps, env)["tensor_peak_mb"]
 
 
-def _memory_run(path, network, size, batch, policy, env: dict) -> dict:
+def _memory_run(path, network, size, batch, policy, steps: int, env: dict) -> dict:
+    child = [path, network, str(size), str(batch), policy, str(steps)]
     out = subprocess.run(
-        [sys.executable, __file__, "--memory-child", path, network, str(size), str(batch), policy],
+        [sys.executable, __file__, "--memory-child", *child],
         capture_output=True,
         text=True,
         check=True,
@@ -211,17 +219,23 @@ def main() -> None:
     parser.add_argument("--mixed_precision", choices=["bfloat16"], default=None)
     parser.add_argument("--profile", metavar="DIR", help="profile one step of ours (see above)")
     parser.add_argument("--memory", action="store_true", help="peak RSS, one process a network")
-    parser.add_argument("--memory_only", action="store_true", help="only the peak RSS column")
-    parser.add_argument("--memory-child", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--memory_only", action="store_true", help="only the memory columns")
+    parser.add_argument("--memory_steps", type=int, default=10, help="steps a memory process")
+    parser.add_argument("--memory_repeats", type=int, default=3, help="RSS processes a network")
+    parser.add_argument("--memory-child", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
-        path, network, size, batch, policy = args.memory_child
-        _memory_child(path, network, int(size), int(batch), policy)
+        path, network, size, batch, policy, steps = args.memory_child
+        _memory_child(path, network, int(size), int(batch), policy, int(steps))
         return
     if args.repeats < 3:
         parser.error(f"--repeats must be at least 3; received --repeats={args.repeats}")
     if args.loop_steps < 1:
         parser.error(f"--loop_steps must be at least 1; received --loop_steps={args.loop_steps}")
+    if args.memory_steps < 3:
+        parser.error(f"--memory_steps must be at least 3; received {args.memory_steps}")
+    if args.memory_repeats < 1:
+        parser.error(f"--memory_repeats must be at least 1; received {args.memory_repeats}")
     if args.profile:
         for spec in args.sizes:
             _profile(args.profile, *(int(v) for v in spec.lower().split("x")))
@@ -229,6 +243,11 @@ def main() -> None:
     networks = [n for n in NETWORKS if n in args.networks]
     policies = ["float32"] + (["mixed_bfloat16"] if args.mixed_precision else [])
     if args.memory_only:
+        print(
+            f"peak RSS: median (min-max) of {args.memory_repeats} processes a network, each "
+            f"training {args.memory_steps} steps; tensor peak: one process on the counting "
+            "allocator, after the first of 3 steps"
+        )
         print(
             "| input × batch | path | policy | network | peak RSS MB | vs keras BN | "
             "tensor peak MB | vs keras BN | BN's tensors over no BN MB |"
@@ -238,16 +257,24 @@ def main() -> None:
             size, batch = (int(v) for v in spec.lower().split("x"))
             for path in args.paths:
                 for policy in policies:
-                    rss = {n: _peak_memory(path, n, size, batch, policy) for n in networks}
-                    tensors = {n: _tensor_peak(path, n, size, batch, policy) for n in networks}
+                    runs = {n: [] for n in networks}
+                    for _ in range(args.memory_repeats):  # networks in turn, so drift hits all
+                        for network in networks:
+                            runs[network].append(
+                                _peak_memory(path, network, size, batch, policy, args.memory_steps)
+                            )
+                    rss = {n: statistics.median(r) for n, r in runs.items()}
+                    tensors = {n: _tensor_peak(path, n, size, batch, policy, 3) for n in networks}
                     for network in networks:
                         rss_ratio = rss[network] / rss.get("keras BN", float("nan"))
+                        low, high = min(runs[network]), max(runs[network])
+                        rss_text = f"{rss[network]:.0f} ({low:.0f}-{high:.0f})"
                         tensor_ratio = tensors[network] / tensors.get("keras BN", float("nan"))
                         over = tensors[network] - tensors.get("no BN", float("nan"))
                         over_text = "—" if network == "no BN" else f"{over:.0f}"
                         print(
                             f"| {size}×{size} × {batch} | {path} | {policy} | {network} | "
-                            f"{rss[network]:.0f} | {rss_ratio:.2f}× | {tensors[network]:.0f} | "
+                            f"{rss_text} | {rss_ratio:.2f}× | {tensors[network]:.0f} | "
                             f"{tensor_ratio:.2f}× | {over_text} |",
                             flush=True,
                         )
@@ -305,7 +332,8 @@ def main() -> None:
                     f"{first[(policy, network)]:.1f}",
                 ]
                 if args.memory:
-                    row.append(f"{_peak_memory(path, network, size, batch, policy):.0f}")
+                    rss = _peak_memory(path, network, size, batch, policy, args.memory_steps)
+                    row.append(f"{rss:.0f}")
                 print("| " + " | ".join(row) + " |", flush=True)
 
 
