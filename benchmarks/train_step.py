@@ -77,6 +77,8 @@ from keras_bninception.training.config import TrainerConfig  # noqa: E402
 
 CLASSES = 10
 NETWORKS = ("no BN", "fused kernel", "ours", "ours, BN then ReLU", "keras BN")
+# The counting allocator is deterministic: one process of a few steps gives the tensor peak.
+TENSOR_PEAK_STEPS = 3
 
 
 class _FusedKernelLayer(FusedKernelBN):
@@ -233,9 +235,13 @@ def main() -> None:
     if args.loop_steps < 1:
         parser.error(f"--loop_steps must be at least 1; received --loop_steps={args.loop_steps}")
     if args.memory_steps < 3:
-        parser.error(f"--memory_steps must be at least 3; received {args.memory_steps}")
+        parser.error(
+            f"--memory_steps must be at least 3; received --memory_steps={args.memory_steps}"
+        )
     if args.memory_repeats < 1:
-        parser.error(f"--memory_repeats must be at least 1; received {args.memory_repeats}")
+        parser.error(
+            f"--memory_repeats must be at least 1; received --memory_repeats={args.memory_repeats}"
+        )
     if args.profile:
         for spec in args.sizes:
             _profile(args.profile, *(int(v) for v in spec.lower().split("x")))
@@ -246,7 +252,7 @@ def main() -> None:
         print(
             f"peak RSS: median (min-max) of {args.memory_repeats} processes a network, each "
             f"training {args.memory_steps} steps; tensor peak: one process on the counting "
-            "allocator, after the first of 3 steps"
+            f"allocator, after the first of {TENSOR_PEAK_STEPS} steps"
         )
         print(
             "| input × batch | path | policy | network | peak RSS MB | vs keras BN | "
@@ -264,7 +270,10 @@ def main() -> None:
                                 _peak_memory(path, network, size, batch, policy, args.memory_steps)
                             )
                     rss = {n: statistics.median(r) for n, r in runs.items()}
-                    tensors = {n: _tensor_peak(path, n, size, batch, policy, 3) for n in networks}
+                    tensors = {
+                        n: _tensor_peak(path, n, size, batch, policy, TENSOR_PEAK_STEPS)
+                        for n in networks
+                    }
                     for network in networks:
                         rss_ratio = rss[network] / rss.get("keras BN", float("nan"))
                         low, high = min(runs[network]), max(runs[network])
