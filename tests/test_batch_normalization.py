@@ -463,6 +463,20 @@ def test_blocked_and_single_reduce_formulations_agree(relu):
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
+def test_reduction_formulation_by_default_blocked_on_cpu_except_bfloat16():
+    choose = batch_norm_transform._blocked_reductions  # read when a kernel is traced
+    assert [choose(d) for d in (tf.float16, tf.bfloat16, tf.float32, tf.float64)] == [
+        True,
+        False,
+        True,
+        True,
+    ]
+    with batch_norm_transform.use_blocked_reductions(True):  # an explicit choice wins
+        assert choose(tf.bfloat16)
+    with batch_norm_transform.use_blocked_reductions(False):
+        assert not choose(tf.float32)
+
+
 def test_blocked_moments_keep_variance_precision_at_large_mean():
     # Mean 1e4, std 1 over several blocks and a rest: the blocks' merge must not lose σ².
     x = _random([3, 7, 9, 512], mean=1e4, std=1.0, seed=35)

@@ -98,11 +98,14 @@ def use_xla(enabled: bool) -> Iterator[None]:
 def use_blocked_reductions(enabled: bool | None) -> Iterator[None]:
     """Within the block, reduce over the batch in cache-sized blocks (True) or as one XLA reduce.
 
-    `None` (the default) picks blocks when no GPU is visible: XLA's CPU backend writes the
-    elementwise input of a reduction such as (x_i − μ_B)² out as a full-size temporary before
-    summing it, while a loop over blocks of rows keeps it in cache; on GPUs XLA fuses the
-    reduction with its input and the loop would only add launches. Both formulations compute the
-    same statistics (tested one against the other). Read when a function is traced.
+    `None` (the default) picks blocks when no GPU is visible and x is not bfloat16: XLA's CPU
+    backend writes the elementwise input of a reduction such as (x_i − μ_B)² out as a full-size
+    temporary before summing it, while a loop over blocks of rows keeps it in cache; on GPUs XLA
+    fuses the reduction with its input and the loop would only add launches. For bfloat16 x
+    the single reduce stays: there the CPU loop measured slower than it on every BN-Inception
+    shape (`benchmarks/bn_layer.py --dtypes bfloat16`), float16 and float32 loops faster.
+    Both formulations compute the same statistics (tested one against the other). Read when a
+    function is traced.
     """
     previous = _BLOCKED["enabled"]
     _BLOCKED["enabled"] = None if enabled is None else bool(enabled)
@@ -112,9 +115,9 @@ def use_blocked_reductions(enabled: bool | None) -> Iterator[None]:
         _BLOCKED["enabled"] = previous
 
 
-def _blocked_reductions() -> bool:
+def _blocked_reductions(dtype: tf.DType) -> bool:
     if _BLOCKED["enabled"] is None:
-        return not tf.config.list_logical_devices("GPU")
+        return dtype != tf.bfloat16 and not tf.config.list_logical_devices("GPU")
     return _BLOCKED["enabled"]
 
 
@@ -440,7 +443,12 @@ def batch_norm_train(
     x_view = _view(x, axis)
     w_view = None if mask is None else tf.reshape(tf.cast(mask, stats_dtype), [-1, 1])
     relu = bool(relu)
-    blocked = not synchronized and mask is None and x_view.shape.rank == 2 and _blocked_reductions()
+    blocked = (
+        not synchronized
+        and mask is None
+        and x_view.shape.rank == 2
+        and _blocked_reductions(x.dtype)
+    )
 
     @tf.autograph.experimental.do_not_convert
     @tf.custom_gradient
