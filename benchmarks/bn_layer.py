@@ -1,6 +1,7 @@
 """Forward + backward of the project's BatchNormalization against Keras' layer and TF's kernel.
 
     python benchmarks/bn_layer.py [--repeats 15] [--batch 32] [--dtypes float32 bfloat16] [--memory]
+        [--reductions default|blocked|single]
 
 On the BN-Inception activation shapes, training mode, one process: three implementations run
 interleaved (Keras, fused kernel, ours, Keras, ...) so machine noise hits all alike, and the median
@@ -18,8 +19,11 @@ of ⟨y, dy⟩ with respect to x, γ and β for a fixed random dy.
   is bound by memory traffic, and a faster layer would need an algorithm that moves less data.
 
 bfloat16 rows run each under the `mixed_bfloat16` policy (x and y in bfloat16, γ, β and the
-statistics in float32). `--memory` measures, in a fresh subprocess per cell, the growth of the
-peak resident memory over one warm-up and three forward + backward runs, minus the inputs. The
+statistics in float32). `--reductions blocked` or `single` times ours with its reductions over
+blocks of rows or in one reduce, instead of the layer's own choice for the device and dtype
+(`batch_norm_transform.use_blocked_reductions`), to compare the two on a machine. `--memory`
+measures (with the layer's own choice), in a fresh subprocess per cell, the growth of the peak
+resident memory over one warm-up and three forward + backward runs, minus the inputs. The
 machine's copy bandwidth (NumPy copy between two preallocated arrays, read + write) and float32
 matmul throughput (2048² `tf.matmul`) are printed with the table, to compare machines.
 """
@@ -42,12 +46,14 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_bninception.layers import BatchNormalization  # noqa: E402
+from keras_bninception.layers import BatchNormalization, batch_norm_transform  # noqa: E402
 
 SHAPES = [(56, 56, 192), (28, 28, 256), (14, 14, 576), (7, 7, 1024)]
 LAYERS = ("keras", "fused", "ours")  # the BN implementations (one memory column each)
 NAMES = (*LAYERS, "one pass")
 EPSILON = 1e-3
+# --reductions: the argument of `batch_norm_transform.use_blocked_reductions`.
+REDUCTIONS = {"default": None, "blocked": True, "single": False}
 
 
 class FusedKernelBN(keras.layers.Layer):
@@ -184,6 +190,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
     parser.add_argument("--memory", action="store_true", help="peak memory, one process a cell")
+    parser.add_argument(
+        "--reductions",
+        choices=list(REDUCTIONS),
+        default="default",
+        help="ours' reduction formulation",
+    )
     parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -212,6 +224,11 @@ def main() -> None:
         header += ["keras MB", "fused MB", "ours MB"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
+    with batch_norm_transform.use_blocked_reductions(REDUCTIONS[args.reductions]):
+        _table(args)
+
+
+def _table(args: argparse.Namespace) -> None:
     for dtype in args.dtypes:
         for hwc in SHAPES:
             shape = (args.batch, *hwc)
