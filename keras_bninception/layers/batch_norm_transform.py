@@ -33,8 +33,9 @@ two XLA launches per training step (five when synchronized, where all-reduces se
 On a CPU the reductions run over cache-sized blocks of rows (`use_blocked_reductions`): XLA's CPU
 backend would otherwise write (x_i − μ_B)² and ∂ℓ/∂y_i · x̂_i out as full-size temporaries before
 summing them; blocked, the forward reads x twice (moments, y) and the backward reads ∂ℓ/∂y and x
-twice (sums, ∂ℓ/∂x), with no temporary. Every kernel is cut off the GradientTape (its gradient is
-the hand-written one), so no function keeps intermediates for an autodiff that never comes.
+twice (sums, ∂ℓ/∂x), with no temporary (bfloat16 inputs excepted, where the blocked loop measured
+slower). Every kernel is cut off the GradientTape (its gradient is the hand-written one), so no
+function keeps intermediates for an autodiff that never comes.
 `benchmarks/bn_layer.py` and `benchmarks/train_step.py` measure it against
 `keras.layers.BatchNormalization`; `use_xla(False)` runs the very same kernels op by op.
 
@@ -103,7 +104,7 @@ def use_blocked_reductions(enabled: bool | None) -> Iterator[None]:
     temporary before summing it, while a loop over blocks of rows keeps it in cache; on GPUs XLA
     fuses the reduction with its input and the loop would only add launches. For bfloat16 x
     the single reduce stays: there the CPU loop measured slower than it on every BN-Inception
-    shape (`benchmarks/bn_layer.py --dtypes bfloat16`), float16 and float32 loops faster.
+    shape (`benchmarks/bn_layer.py --dtypes bfloat16 --reductions blocked`, then `single`).
     Both formulations compute the same statistics (tested one against the other). Read when a
     function is traced.
     """
