@@ -279,8 +279,13 @@ def main() -> None:
                         low, high = min(runs[network]), max(runs[network])
                         rss_text = f"{rss[network]:.0f} ({low:.0f}-{high:.0f})"
                         tensor_ratio = tensors[network] / tensors.get("keras BN", float("nan"))
-                        over = tensors[network] - tensors.get("no BN", float("nan"))
-                        over_text = "—" if network == "no BN" else f"{over:.0f}"
+                        no_bn = tensors.get("no BN")  # not measured unless in --networks
+                        over = (
+                            None
+                            if network == "no BN" or no_bn is None
+                            else tensors[network] - no_bn
+                        )
+                        over_text = "—" if over is None else f"{over:.0f}"
                         print(
                             f"| {size}×{size} × {batch} | {path} | {policy} | {network} | "
                             f"{rss_text} | {rss_ratio:.2f}× | {tensors[network]:.0f} | "
