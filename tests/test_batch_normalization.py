@@ -579,22 +579,25 @@ def test_bn_relu_unit_float32_equals_bn_then_relu(shape, axis):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("blocked", [True, False])
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-def test_bn_relu_unit_mixed_precision(policy):
+def test_bn_relu_unit_mixed_precision(policy, blocked):
+    # 512 features: blocks of 64 rows, so m = 2·9·11 = 198 runs the blocked loop and its rest.
     half = policy.split("_")[1]
     unit = BatchNormalization(dtype=policy, activation="relu")
-    x = tf.cast(_random([8, 4, 4, 3], mean=2.0, seed=44), half)
-    with tf.GradientTape() as tape:
+    x = tf.cast(_random([2, 9, 11, 512], mean=2.0, seed=44), half)
+    weights = tf.cast(tf.range(512) % 3, "float32")
+    with batch_norm_transform.use_blocked_reductions(blocked), tf.GradientTape() as tape:
         tape.watch(x)
         z = unit(x, training=True)
-        loss = tf.reduce_sum(tf.cast(z, "float32") * tf.range(3, dtype="float32"))
+        loss = tf.reduce_sum(tf.cast(z, "float32") * weights)
     dx, dgamma, dbeta = tape.gradient(loss, [x, *unit.trainable_weights])
     assert z.dtype == dx.dtype == half and dgamma.dtype == dbeta.dtype == "float32"
     x32 = tf.cast(x, "float32")
     with tf.GradientTape() as tape:
         tape.watch(x32)
-        ref = tf.nn.relu(_textbook(x32, tf.ones([3]), tf.zeros([3]), -1, 1e-3))
-        loss_ref = tf.reduce_sum(ref * tf.range(3, dtype="float32"))
+        ref = tf.nn.relu(_textbook(x32, tf.ones([512]), tf.zeros([512]), -1, 1e-3))
+        loss_ref = tf.reduce_sum(ref * weights)
     np.testing.assert_allclose(tf.cast(z, "float32"), ref, atol=0.05)
     np.testing.assert_allclose(tf.cast(dx, "float32"), tape.gradient(loss_ref, x32), atol=0.05)
 
