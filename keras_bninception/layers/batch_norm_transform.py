@@ -315,7 +315,7 @@ def _blocks(tensors: tuple, dtype: tf.DType, step: Callable, initial: tuple) -> 
     """Folds `step(carry, blocks, n)` over blocks of rows of the [m, C] tensors.
 
     Full blocks of `rows` rows go through a loop, then the remaining m mod rows rows (maybe none);
-    `blocks` are the tensors' blocks cast to `dtype`, n their number of rows as `dtype`.
+    `blocks` are the tensors' blocks in their own dtype, n their number of rows as `dtype`.
     """
     channels = tensors[0].shape[1]
     rows = max(1, _BLOCK_ELEMENTS // channels)
@@ -326,11 +326,11 @@ def _blocks(tensors: tuple, dtype: tf.DType, step: Callable, initial: tuple) -> 
         # The loop runs only when m ≥ rows, but XLA compiles its body for every m: clipping the
         # (compile-time) block size to m keeps the slice valid when m < rows.
         size = tf.minimum(rows, tf.shape(tensors[0])[0])
-        blocks = [tf.cast(tf.slice(t, [i * rows, 0], [size, channels]), dtype) for t in tensors]
+        blocks = [tf.slice(t, [i * rows, 0], [size, channels]) for t in tensors]
         return (i + 1, *step(carry, blocks, tf.constant(rows, dtype)))
 
     _, *carry = tf.while_loop(lambda i, *_: i < full, body, (tf.constant(0), *initial))
-    rest = [tf.cast(t[full * rows :], dtype) for t in tensors]
+    rest = [t[full * rows :] for t in tensors]
     return step(tuple(carry), rest, tf.cast(m - full * rows, dtype))
 
 
@@ -347,7 +347,7 @@ def _blocked_moments(x: tf.Tensor, dtype: tf.DType) -> tuple:
 
     def merge(carry, blocks, n_b):
         n_a, mean_a, ssd_a = carry
-        block = blocks[0] - shift
+        block = tf.cast(blocks[0], dtype) - shift
         mean_b = tf.reduce_sum(block, 0) / tf.maximum(n_b, 1)
         ssd_b = tf.reduce_sum(tf.square(block - mean_b), 0)
         n = n_a + n_b
@@ -376,10 +376,9 @@ def _backward_blocked(dy, x, mean, inv_std, gamma, beta, relu, count):
 
     def accumulate(carry, blocks, unused_n):
         dbeta, dgamma = carry
-        dy_block, x_block = blocks  # in float32; ReLU's mask from x's dtype, as in the forward
-        if relu:
-            x_own = tf.cast(x_block, x.dtype)
-            dy_block = _relu_grad(dy_block, x_own, mean, inv_std, gamma, beta, relu)
+        dy_block, x_block = blocks  # in their own dtype; ReLU's mask as in the forward
+        dy_block = _relu_grad(dy_block, x_block, mean, inv_std, gamma, beta, relu)
+        dy_block, x_block = tf.cast(dy_block, mean.dtype), tf.cast(x_block, mean.dtype)
         return dbeta + tf.reduce_sum(dy_block, 0), dgamma + tf.reduce_sum(
             dy_block * (x_block - mean), 0
         )
