@@ -274,18 +274,16 @@ def main() -> None:
                         n: _tensor_peak(path, n, size, batch, policy, TENSOR_PEAK_STEPS)
                         for n in networks
                     }
+                    no_bn = tensors.get("no BN")  # measured only when in --networks
                     for network in networks:
                         rss_ratio = rss[network] / rss.get("keras BN", float("nan"))
                         low, high = min(runs[network]), max(runs[network])
                         rss_text = f"{rss[network]:.0f} ({low:.0f}-{high:.0f})"
                         tensor_ratio = tensors[network] / tensors.get("keras BN", float("nan"))
-                        no_bn = tensors.get("no BN")  # not measured unless in --networks
-                        over = (
-                            None
-                            if network == "no BN" or no_bn is None
-                            else tensors[network] - no_bn
-                        )
-                        over_text = "—" if over is None else f"{over:.0f}"
+                        if no_bn is None or network == "no BN":
+                            over_text = "—"
+                        else:
+                            over_text = f"{tensors[network] - no_bn:.0f}"
                         print(
                             f"| {size}×{size} × {batch} | {path} | {policy} | {network} | "
                             f"{rss_text} | {rss_ratio:.2f}× | {tensors[network]:.0f} | "
