@@ -247,6 +247,8 @@ def main() -> None:
             _profile(args.profile, *(int(v) for v in spec.lower().split("x")))
         return
     networks = [n for n in NETWORKS if n in args.networks]
+    if "keras BN" not in networks:
+        parser.error(f"--networks must include 'keras BN' (the reference); received {networks}")
     policies = ["float32"] + (["mixed_bfloat16"] if args.mixed_precision else [])
     if args.memory_only:
         print(
@@ -276,10 +278,10 @@ def main() -> None:
                     }
                     no_bn = tensors.get("no BN")  # measured only when in --networks
                     for network in networks:
-                        rss_ratio = rss[network] / rss.get("keras BN", float("nan"))
+                        rss_ratio = rss[network] / rss["keras BN"]
                         low, high = min(runs[network]), max(runs[network])
                         rss_text = f"{rss[network]:.0f} ({low:.0f}-{high:.0f})"
-                        tensor_ratio = tensors[network] / tensors.get("keras BN", float("nan"))
+                        tensor_ratio = tensors[network] / tensors["keras BN"]
                         if no_bn is None or network == "no BN":
                             over_text = "—"
                         else:
@@ -295,8 +297,6 @@ def main() -> None:
                 f"{_bn_input_mb(size, batch):.0f} MB"
             )
         return
-    if "keras BN" not in networks:
-        parser.error(f"--networks must include 'keras BN' (the reference); received {networks}")
     print(
         f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPU cores; "
         f"copy {copy_bandwidth() / 1e9:.1f} GB/s, matmul {matmul_flops() / 1e9:.0f} GFLOP/s "
