@@ -14,10 +14,10 @@ of ⟨y, dy⟩ with respect to x, γ and β for a fixed random dy.
 - ours: `keras_bninception.layers.BatchNormalization`.
 - one pass: y = 2x, whose run is its backward ∂ℓ/∂x = 2 ∂ℓ/∂y (read ∂ℓ/∂y, write ∂ℓ/∂x; y
   itself is never used, so TensorFlow prunes it), interleaved with the others: "ours in passes"
-  is ours' time in units of it. The algorithm reads or writes a
-  full-size tensor 8 times (forward: x for μ_B and σ²_B, x again and y; backward: ∂ℓ/∂y and x
-  for the two sums, both again and ∂ℓ/∂x), i.e. 4 such passes, so a value near 4 means the layer
-  is bound by memory traffic, and a faster layer would need an algorithm that moves less data.
+  is ours' time in units of it. The algorithm reads or writes a full-size tensor 8 times
+  (forward: x for μ_B and σ²_B, x again and y; backward: ∂ℓ/∂y and x for the two sums, both
+  again and ∂ℓ/∂x), i.e. 4 such passes. The unit is TensorFlow's multiply op, not the memory's
+  limit: a layer can take fewer than 4 of them if it moves data faster than that op does.
 
 bfloat16 rows run each under the `mixed_bfloat16` policy (x and y in bfloat16, γ, β and the
 statistics in float32). `--reductions blocked` or `single` times ours with its reductions over
@@ -128,8 +128,8 @@ def _step_fn(layer: keras.layers.Layer, dy: tf.Tensor):
 
 def _run(step, x: tf.Tensor) -> None:
     """One forward + backward run, waited for by fetching one value of ∂ℓ/∂x: `.numpy()` on
-    the whole gradient would copy it into fresh memory, which took 8 ms at 32×56×56×192 on
-    machine B, about a third of a layer's time, and counted the same for every layer."""
+    the whole gradient would copy it into fresh memory, a cost that is no layer's and that was
+    8.2 ms at 32×56×56×192 on machine B (a quarter of ours' time there)."""
     tf.reshape(step(x)[0], [-1])[:1].numpy()
 
 

@@ -160,7 +160,7 @@ def test_image_folder_resume_reads_only_its_batch(tmp_path, monkeypatch):
     first, _ = _read_two_batches(reads, stream(0))
     assert first > 0
     # 2 million epochs in. tf.data reads ahead by an amount that depends on thread timing (two
-    # batches of 4 have taken 9 to 24 reads, more under load), so the slack is two epochs'
+    # batches of 4 have taken 9 to 24 reads, the most under load), so the slack is two epochs'
     # files; reading the epochs before it would take 40 million reads.
     late_reads, _ = _read_two_batches(reads, stream(10**7))
     assert late_reads <= first + 2 * (2 * per_class), (late_reads, first)
