@@ -444,7 +444,8 @@ def test_inference_folds_into_the_convolution_for_tflite(unit):
 
 @pytest.mark.parametrize("relu", [False, True])
 def test_blocked_and_single_reduce_formulations_agree(relu):
-    # 512 features: blocks of 64 rows, so m = 2·9·11 = 198 is 3 full blocks and a 6-row rest.
+    # 512 features: blocks of 64 rows; m = 2·9·11 = 198 rows, reduced in halves of 99 (a row is
+    # 2 KiB), so each half is a full block and a 35-row rest.
     x = _random([2, 9, 11, 512], mean=1.0, std=2.0, seed=32)
     gamma, beta = _random([512], mean=1.0, seed=33), _random([512], seed=34)
     outputs = []
@@ -463,6 +464,15 @@ def test_blocked_and_single_reduce_formulations_agree(relu):
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
+def test_rows_reduced_in_halves_where_a_row_is_a_multiple_of_64_bytes():
+    # The halves are slices that TensorFlow makes without copying only for such rows.
+    parts = batch_norm_transform._row_parts
+    assert [p.shape[0] for p in parts(tf.zeros([199, 512]))] == [99, 100]
+    assert [p.shape[0] for p in parts(tf.zeros([199, 32], tf.bfloat16))] == [99, 100]
+    assert [p.shape[0] for p in parts(tf.zeros([199, 8]))] == [199]
+    assert [p.shape[0] for p in parts(tf.zeros([199, 16], tf.bfloat16))] == [199]
+
+
 def test_reduction_formulation_by_default_blocked_on_cpu_except_bfloat16():
     choose = batch_norm_transform._blocked_reductions  # read when a kernel is traced
     assert [choose(d) for d in (tf.float16, tf.bfloat16, tf.float32, tf.float64)] == [
@@ -478,7 +488,8 @@ def test_reduction_formulation_by_default_blocked_on_cpu_except_bfloat16():
 
 
 def test_blocked_moments_keep_variance_precision_at_large_mean():
-    # Mean 1e4, std 1 over several blocks and a rest: the blocks' merge must not lose σ².
+    # Mean 1e4, std 1, m = 189 in halves of 94 and 95, each a block and a rest: merging blocks and
+    # halves must not lose σ².
     x = _random([3, 7, 9, 512], mean=1e4, std=1.0, seed=35)
     with batch_norm_transform.use_blocked_reductions(True):
         _, mean, var, _ = batch_norm_transform.batch_norm_train(

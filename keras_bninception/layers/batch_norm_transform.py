@@ -28,14 +28,16 @@ Speed. The transform is memory-bound, and on TensorFlow every op is a pass over 
 full-size temporary. So each step of the algorithm below is a *kernel* written on a flat [m, C]
 view of the activations (channels-last needs no copy for it), and XLA compiles a whole pass into
 one computation: the forward (Σx, Σ(x − μ_B)², y) and the backward ((Σ ∂ℓ/∂y, Σ ∂ℓ/∂y·x̂), ∂ℓ/∂x).
-Only y and ∂ℓ/∂x are written at full size; everything else is a per-feature vector. A layer costs
-two XLA launches per training step (five when synchronized, where all-reduces separate the steps).
+Only y and ∂ℓ/∂x are written at full size; everything else is a per-feature vector. A pass is one
+XLA launch (five launches in all when synchronized, where all-reduces separate the steps).
 On a CPU the reductions run over cache-sized blocks of rows (`use_blocked_reductions`): XLA's CPU
 backend would otherwise write (x_i − μ_B)² and ∂ℓ/∂y_i · x̂_i out as full-size temporaries before
 summing them; blocked, the forward reads x twice (moments, y) and the backward reads ∂ℓ/∂y and x
 twice (sums, ∂ℓ/∂x), with no temporary (bfloat16 inputs excepted, where the blocked loop measured
-slower). Every kernel is cut off the GradientTape (its gradient is the hand-written one), so no
-function keeps intermediates for an autodiff that never comes.
+slower). XLA runs such a loop on one core, so each half of the rows gets a loop of its own, in
+kernels that TensorFlow runs side by side, and the halves are merged: three launches a pass.
+Every kernel is cut off the GradientTape (its gradient is the hand-written one), so no function
+keeps intermediates for an autodiff that never comes.
 `benchmarks/bn_layer.py` and `benchmarks/train_step.py` measure it against
 `keras.layers.BatchNormalization`; `use_xla(False)` runs the very same kernels op by op.
 
@@ -334,45 +336,40 @@ def _blocks(tensors: tuple, dtype: tf.DType, step: Callable, initial: tuple) -> 
     return step(tuple(carry), rest, tf.cast(m - full * rows, dtype))
 
 
-def _blocked_moments(x: tf.Tensor, dtype: tf.DType) -> tuple:
-    """m, μ_B and Σ (x_i − μ_B)² in one read of x.
+def _chan_merge(a: tuple, b: tuple) -> tuple:
+    """(n, Σ, Σ squared deviations from the mean) of two sets of rows, from each set's own: the
+    pairwise update of Chan, Golub & LeVeque, exact in the deviations (no E[x²] − E[x]²)."""
+    n_a, sum_a, ssd_a = a
+    n_b, sum_b, ssd_b = b
+    n = n_a + n_b
+    delta = sum_b / tf.maximum(n_b, 1) - sum_a / tf.maximum(n_a, 1)  # between the two means
+    return n, sum_a + sum_b, ssd_a + ssd_b + tf.square(delta) * n_a * n_b / tf.maximum(n, 1)
 
-    Values are first shifted by the batch's first row K (x_i − K is exact for x_i near K, so a
+
+@_kernel
+def _blocked_moments(x, shift):
+    """m, Σ (x_i − K) and Σ (x_i − μ_B)², in one read of x.
+
+    Values are first shifted by K (x_i − K is exact for x_i near K: with K a row of the batch, a
     feature of mean 1e4 and standard deviation 1 is summed as values of size 1); each block's
     mean and squared deviations from it are computed exactly (two passes over a block in cache),
-    and blocks are merged by the pairwise update of Chan, Golub & LeVeque: no E[x²] − E[x]²
-    anywhere, so the precision of the two-pass form.
+    and blocks are merged by `_chan_merge`: the precision of the two-pass form.
     """
-    shift = tf.reduce_sum(tf.cast(x[:1], dtype), 0)  # K, the first row (zeros when m = 0)
+    dtype = shift.dtype
 
     def merge(carry, blocks, n_b):
-        n_a, mean_a, ssd_a = carry
         block = tf.cast(blocks[0], dtype) - shift
-        mean_b = tf.reduce_sum(block, 0) / tf.maximum(n_b, 1)
-        ssd_b = tf.reduce_sum(tf.square(block - mean_b), 0)
-        n = n_a + n_b
-        delta = mean_b - mean_a
-        share = n_b / tf.maximum(n, 1)
-        return n, mean_a + delta * share, ssd_a + ssd_b + tf.square(delta) * n_a * share
+        sum_b = tf.reduce_sum(block, 0)
+        ssd_b = tf.reduce_sum(tf.square(block - sum_b / tf.maximum(n_b, 1)), 0)
+        return _chan_merge(carry, (n_b, sum_b, ssd_b))
 
     zeros = tf.zeros([x.shape[1]], dtype)
-    count, mean, ssd = _blocks((x,), dtype, merge, (tf.constant(0, dtype), zeros, zeros))
-    return count, mean + shift, ssd
+    return _blocks((x,), dtype, merge, (tf.constant(0, dtype), zeros, zeros))
 
 
 @_kernel
-def _forward_blocked(x, gamma, beta, epsilon, relu):
-    """Algorithm 1 with blocked reductions: what `_forward` computes without a mask."""
-    count, mean, ssd = _blocked_moments(x, gamma.dtype)
-    count = tf.maximum(count, 1)
-    variance = ssd / count  # σ²_B, line 2
-    inv_std = tf.math.rsqrt(variance + epsilon)
-    return _normalize(x, mean, inv_std, gamma, beta, relu), mean, variance, inv_std, count
-
-
-@_kernel
-def _backward_blocked(dy, x, mean, inv_std, gamma, beta, relu, count):
-    """The section-3 chain with blocked reductions: what `_backward` computes without a mask."""
+def _blocked_grad_sums(dy, x, mean, inv_std, gamma, beta, relu):
+    """Σ ∂ℓ/∂y_i and Σ ∂ℓ/∂y_i · (x_i − μ_B), in one read of ∂ℓ/∂y and x."""
 
     def accumulate(carry, blocks, unused_n):
         dbeta, dgamma = carry
@@ -384,9 +381,42 @@ def _backward_blocked(dy, x, mean, inv_std, gamma, beta, relu, count):
         )
 
     zeros = tf.zeros_like(mean)
-    dbeta, dgamma = _blocks((dy, x), mean.dtype, accumulate, (zeros, zeros))
-    dgamma = dgamma * inv_std  # Σ ∂ℓ/∂y_i · x̂_i
-    dx = _grad_input(dy, x, None, mean, inv_std, gamma, beta, relu, dbeta, dgamma, count)
+    return _blocks((dy, x), mean.dtype, accumulate, (zeros, zeros))
+
+
+def _row_parts(x: tf.Tensor) -> list[tf.Tensor]:
+    """x's rows in two halves, or all of them in one part, each part reduced by a kernel of its own.
+
+    XLA runs a loop on one core; TensorFlow runs the two halves' kernels at once. It slices rows
+    without copying when a row is a multiple of 64 bytes (every layer of BN-Inception: its
+    feature counts are multiples of 32); other rows stay in one part rather than be copied.
+    """
+    if x.shape[1] * x.dtype.size % 64:
+        return [x]
+    half = tf.shape(x)[0] // 2
+    return [x[:half], x[half:]]
+
+
+def _forward_blocked(x, gamma, beta, epsilon, relu):
+    """Algorithm 1 with blocked reductions: what `_forward` computes without a mask."""
+    shift = tf.reduce_sum(tf.cast(x[:1], gamma.dtype), 0)  # K, the first row (zeros when m = 0)
+    parts = [_blocked_moments(part, shift) for part in _row_parts(x)]
+    count, total, ssd = functools.reduce(_chan_merge, parts)
+    count = tf.maximum(count, 1)
+    mean = total / count + shift  # μ_B, line 1
+    variance = ssd / count  # σ²_B, line 2
+    inv_std = tf.math.rsqrt(variance + epsilon)
+    return _normalize(x, mean, inv_std, gamma, beta, relu), mean, variance, inv_std, count
+
+
+def _backward_blocked(dy, x, mean, inv_std, gamma, beta, relu, count):
+    """The section-3 chain with blocked reductions: what `_backward` computes without a mask."""
+    statistics = (mean, inv_std, gamma, beta, relu)
+    parts = zip(_row_parts(dy), _row_parts(x), strict=True)
+    sums = [_blocked_grad_sums(dy_part, x_part, *statistics) for dy_part, x_part in parts]
+    dbeta = tf.add_n([s[0] for s in sums])
+    dgamma = tf.add_n([s[1] for s in sums]) * inv_std  # Σ ∂ℓ/∂y_i · x̂_i
+    dx = _grad_input(dy, x, None, *statistics, dbeta, dgamma, count)
     return dx, dgamma, dbeta
 
 
