@@ -19,6 +19,9 @@ of ⟨y, dy⟩ with respect to x, γ and β for a fixed random dy.
   again and ∂ℓ/∂x), i.e. 4 such passes. The unit is TensorFlow's multiply op, not the memory's
   limit: a layer can take fewer than 4 of them if it moves data faster than that op does.
 
+"cores" is the process's CPU time over the wall time of a layer's timed runs: how many of the
+machine's cores it kept busy.
+
 bfloat16 rows run each under the `mixed_bfloat16` policy (x and y in bfloat16, γ, β and the
 statistics in float32). `--reductions blocked` or `single` times ours with its reductions over
 blocks of rows or in one reduce, instead of the layer's own choice for the device and dtype
@@ -225,6 +228,8 @@ def main() -> None:
         "ours ms",
         "ours vs keras",
         "ours vs fused",
+        "fused cores",
+        "ours cores",
         "one pass ms",
         "ours in passes",
     ]
@@ -249,12 +254,15 @@ def _table(args: argparse.Namespace) -> None:
                 for _ in range(2):  # trace, compile, warm up
                     _run(steps[name], x)
             times = {name: [] for name in NAMES}
+            cpu_times = {name: [] for name in NAMES}
             for _ in range(args.repeats):
                 for name in NAMES:
-                    t0 = time.perf_counter()
+                    t0, cpu0 = time.perf_counter(), time.process_time()
                     _run(steps[name], x)
                     times[name].append(time.perf_counter() - t0)
+                    cpu_times[name].append(time.process_time() - cpu0)
             ms = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+            cores = {name: sum(cpu_times[name]) / sum(times[name]) for name in NAMES}
             row = [
                 "×".join(map(str, shape)),
                 dtype,
@@ -263,6 +271,8 @@ def _table(args: argparse.Namespace) -> None:
                 f"{ms['ours']:.1f}",
                 f"{ms['keras'] / ms['ours']:.2f}×",
                 f"{ms['fused'] / ms['ours']:.2f}×",
+                f"{cores['fused']:.2f}",
+                f"{cores['ours']:.2f}",
                 f"{ms['one pass']:.1f}",
                 f"{ms['ours'] / ms['one pass']:.1f}",
             ]
