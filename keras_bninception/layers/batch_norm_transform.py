@@ -28,8 +28,8 @@ Speed. The transform is memory-bound, and on TensorFlow every op is a pass over 
 full-size temporary. So each step of the algorithm below is a *kernel* written on a flat [m, C]
 view of the activations (channels-last needs no copy for it), and XLA compiles a whole pass into
 one computation: the forward (Σx, Σ(x − μ_B)², y) and the backward ((Σ ∂ℓ/∂y, Σ ∂ℓ/∂y·x̂), ∂ℓ/∂x).
-Only y and ∂ℓ/∂x are written at full size; everything else is a per-feature vector. A pass is one
-XLA launch (five launches in all when synchronized, where all-reduces separate the steps).
+Only y and ∂ℓ/∂x are written at full size; everything else is a per-feature vector. In one reduce,
+a pass is one XLA launch (five launches in all when synchronized, where all-reduces separate them).
 On a CPU the reductions run over cache-sized blocks of rows (`use_blocked_reductions`): XLA's CPU
 backend would otherwise write (x_i − μ_B)² and ∂ℓ/∂y_i · x̂_i out as full-size temporaries before
 summing them; blocked, the forward reads x twice (moments, y) and the backward reads ∂ℓ/∂y and x
