@@ -348,7 +348,7 @@ def _chan_merge(a: tuple, b: tuple) -> tuple:
 
 @_kernel
 def _blocked_moments(x, shift):
-    """m, Σ (x_i − K) and Σ (x_i − μ_B)², in one read of x.
+    """m, Σ (x_i − K) and Σ (x_i − x̄)², x̄ the mean of these rows, in one read of x.
 
     Values are first shifted by K (x_i − K is exact for x_i near K: with K a row of the batch, a
     feature of mean 1e4 and standard deviation 1 is summed as values of size 1); each block's
