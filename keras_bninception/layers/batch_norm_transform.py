@@ -35,7 +35,8 @@ backend would otherwise write (x_i − μ_B)² and ∂ℓ/∂y_i · x̂_i out as
 summing them; blocked, the forward reads x twice (moments, y) and the backward reads ∂ℓ/∂y and x
 twice (sums, ∂ℓ/∂x), with no temporary (bfloat16 inputs excepted, where the blocked loop measured
 slower). XLA runs such a loop on one core, so each half of the rows gets a loop of its own, in
-kernels that TensorFlow runs side by side, and the halves are merged: three launches a pass.
+kernels that TensorFlow runs side by side, and the halves are merged: three launches a pass (two
+where a row is not a multiple of 64 bytes and stays whole, see `_row_parts`).
 Every kernel is cut off the GradientTape (its gradient is the hand-written one), so no function
 keeps intermediates for an autodiff that never comes.
 `benchmarks/bn_layer.py` and `benchmarks/train_step.py` measure it against
