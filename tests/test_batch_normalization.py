@@ -444,8 +444,8 @@ def test_inference_folds_into_the_convolution_for_tflite(unit):
 
 @pytest.mark.parametrize("relu", [False, True])
 def test_blocked_and_single_reduce_formulations_agree(relu):
-    # 512 features: blocks of 64 rows; m = 2·9·11 = 198 rows, reduced in halves of 99 (a row is
-    # 2 KiB), so each half is a full block and a 35-row rest.
+    # 512 features: blocks of 64 rows; m = 2·9·11 = 198 rows, so three full blocks, one in the
+    # first part, two in the second with the 6-row rest.
     x = _random([2, 9, 11, 512], mean=1.0, std=2.0, seed=32)
     gamma, beta = _random([512], mean=1.0, seed=33), _random([512], seed=34)
     outputs = []
@@ -464,13 +464,19 @@ def test_blocked_and_single_reduce_formulations_agree(relu):
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
-def test_rows_reduced_in_halves_where_a_row_is_a_multiple_of_64_bytes():
-    # The halves are slices that TensorFlow makes without copying only for such rows.
-    parts = batch_norm_transform._row_parts
-    assert [p.shape[0] for p in parts(tf.zeros([199, 512]))] == [99, 100]
-    assert [p.shape[0] for p in parts(tf.zeros([199, 32], tf.bfloat16))] == [99, 100]
-    assert [p.shape[0] for p in parts(tf.zeros([199, 8]))] == [199]
-    assert [p.shape[0] for p in parts(tf.zeros([199, 16], tf.bfloat16))] == [199]
+@pytest.mark.parametrize(("rows", "parts"), [(199, [(0, 64), (64, 199)]), (40, [(0, 0), (0, 40)])])
+def test_blocked_parts_share_the_rows_each_once(rows, parts):
+    # 512 features: blocks of 64 rows. 199 rows: three full blocks, part 0 takes one, part 1 two
+    # and the 7 rows after them; 40 rows: no full block, part 1 takes them all.
+    x = _random([rows, 512], mean=3.0, seed=36)
+    x64 = x.numpy().astype("float64")
+    for p, (begin, end) in enumerate(parts):
+        n, total, ssd = batch_norm_transform._blocked_moments(x, tf.constant(p), tf.float32)
+        part = x64[begin:end]
+        deviations = part - part.mean(0) if len(part) else part
+        assert n == end - begin
+        np.testing.assert_allclose(total, (part - x64[0]).sum(0), rtol=1e-5, atol=1e-3)
+        np.testing.assert_allclose(ssd, (deviations**2).sum(0), rtol=1e-5)
 
 
 def test_reduction_formulation_by_default_blocked_on_cpu_except_bfloat16():
@@ -488,8 +494,8 @@ def test_reduction_formulation_by_default_blocked_on_cpu_except_bfloat16():
 
 
 def test_blocked_moments_keep_variance_precision_at_large_mean():
-    # Mean 1e4, std 1, m = 189 in halves of 94 and 95, each a block and a rest: merging blocks and
-    # halves must not lose σ².
+    # Mean 1e4, std 1, m = 189: one block in the first part, one and a 61-row rest in the second:
+    # merging blocks and parts must not lose σ².
     x = _random([3, 7, 9, 512], mean=1e4, std=1.0, seed=35)
     with batch_norm_transform.use_blocked_reductions(True):
         _, mean, var, _ = batch_norm_transform.batch_norm_train(

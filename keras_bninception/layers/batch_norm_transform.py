@@ -34,11 +34,13 @@ On a CPU the reductions run over cache-sized blocks of rows (`use_blocked_reduct
 backend would otherwise write (x_i − μ_B)² and ∂ℓ/∂y_i · x̂_i out as full-size temporaries before
 summing them; blocked, the forward reads x twice (moments, y) and the backward reads ∂ℓ/∂y and x
 twice (sums, ∂ℓ/∂x), with no temporary (bfloat16 inputs excepted, where the blocked loop measured
-slower). XLA runs such a loop on one core, so each half of the rows gets a loop of its own, in
-kernels that TensorFlow runs side by side, and the halves are merged: three launches a pass (two
-where a row is not a multiple of 64 bytes and stays whole, see `_row_parts`).
-Every kernel is cut off the GradientTape (its gradient is the hand-written one), so no function
-keeps intermediates for an autodiff that never comes.
+slower). XLA runs such a loop on one core, so the blocks are shared by two calls of the reduction
+kernel, which TensorFlow runs side by side, and the elementwise kernel that follows merges their
+sums: three launches a pass. Everything between the launches happens inside them, so a layer adds
+only these calls to the training step's graph (each op there costs memory and time when the step
+is traced and run for the first time).
+The transform's inputs are cut off the GradientTape (the gradient is the hand-written one), so no
+kernel keeps intermediates for an autodiff that never comes.
 `benchmarks/bn_layer.py` and `benchmarks/train_step.py` measure it against
 `keras.layers.BatchNormalization`; `use_xla(False)` runs the very same kernels op by op.
 
@@ -131,7 +133,8 @@ def _kernel(fn: Callable) -> Callable:
     Traced once per view and set of Python arguments, with the view's batch axes unknown: XLA
     compiles once per actual shape, but TensorFlow keeps one function for every m (each traced
     op holds its Python stack, for error messages, as long as the process runs). A kernel
-    called while another kernel is traced is inlined into it: XLA would inline it anyway.
+    called while another kernel is traced is inlined into it: XLA would inline it anyway. Its
+    tensors must come cut off any GradientTape (`batch_norm_train` cuts them where they enter).
     """
     traced: dict[tuple, Callable] = {}
 
@@ -139,10 +142,8 @@ def _kernel(fn: Callable) -> Callable:
     def run(*args):
         if not _XLA["enabled"] or _TRACING.depth:
             return fn(*args)
-        # The kernels are never differentiated (the gradient is the hand-written one): cut them
-        # off any GradientTape, which would otherwise have the function keep its intermediates.
         is_tensor = tuple(isinstance(a, tf.Tensor) for a in args)
-        tensors = [tf.stop_gradient(a) for a, t in zip(args, is_tensor, strict=True) if t]
+        tensors = [a for a, t in zip(args, is_tensor, strict=True) if t]
         statics = tuple(None if t else a for a, t in zip(args, is_tensor, strict=True))
         signature = tuple(_relaxed_spec(t, args[0].shape.rank) for t in tensors)
         key = (statics, is_tensor, signature)
@@ -314,11 +315,18 @@ _backward_fused = _kernel(_backward)
 _BLOCK_ELEMENTS = 32768
 
 
-def _blocks(tensors: tuple, dtype: tf.DType, step: Callable, initial: tuple) -> tuple:
-    """Folds `step(carry, blocks, n)` over blocks of rows of the [m, C] tensors.
+# The rows are reduced in _PARTS parts, each by a kernel call of its own: XLA runs a loop on one
+# core, and TensorFlow runs the calls at once. Part p takes its share of the full blocks; the last
+# part also takes the rows after them. Every call reads the whole x, which XLA slices in place.
+_PARTS = 2
 
-    Full blocks of `rows` rows go through a loop, then the remaining m mod rows rows (maybe none);
-    `blocks` are the tensors' blocks in their own dtype, n their number of rows as `dtype`.
+
+def _blocks(tensors: tuple, part: tf.Tensor, dtype: tf.DType, step: Callable, initial: tuple):
+    """Folds `step(carry, blocks, n)` over the blocks of rows of the [m, C] tensors in `part`.
+
+    Full blocks of `rows` rows go through a loop, then, in the last part, the remaining m mod rows
+    rows (maybe none); `blocks` are the tensors' blocks in their own dtype, n their number of rows
+    as `dtype`.
     """
     channels = tensors[0].shape[1]
     rows = max(1, _BLOCK_ELEMENTS // channels)
@@ -328,13 +336,18 @@ def _blocks(tensors: tuple, dtype: tf.DType, step: Callable, initial: tuple) -> 
     def body(i, *carry):
         # The loop runs only when m ≥ rows, but XLA compiles its body for every m: clipping the
         # (compile-time) block size to m keeps the slice valid when m < rows.
-        size = tf.minimum(rows, tf.shape(tensors[0])[0])
+        size = tf.minimum(rows, m)
         blocks = [tf.slice(t, [i * rows, 0], [size, channels]) for t in tensors]
         return (i + 1, *step(carry, blocks, tf.constant(rows, dtype)))
 
-    _, *carry = tf.while_loop(lambda i, *_: i < full, body, (tf.constant(0), *initial))
-    rest = [t[full * rows :] for t in tensors]
-    return step(tuple(carry), rest, tf.cast(m - full * rows, dtype))
+    first, end = full * part // _PARTS, full * (part + 1) // _PARTS
+    _, *carry = tf.while_loop(lambda i, *_: i < end, body, (first, *initial))
+
+    def rest():
+        blocks = [t[full * rows :] for t in tensors]
+        return step(tuple(carry), blocks, tf.cast(m - full * rows, dtype))
+
+    return tf.cond(part == _PARTS - 1, rest, lambda: tuple(carry))
 
 
 def _chan_merge(a: tuple, b: tuple) -> tuple:
@@ -347,16 +360,21 @@ def _chan_merge(a: tuple, b: tuple) -> tuple:
     return n, sum_a + sum_b, ssd_a + ssd_b + tf.square(delta) * n_a * n_b / tf.maximum(n, 1)
 
 
+def _shift(x: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
+    """K, x's first row in `dtype` (zeros when x has no rows)."""
+    return tf.reduce_sum(tf.cast(x[:1], dtype), 0)
+
+
 @_kernel
-def _blocked_moments(x, shift):
-    """m, Σ (x_i − K) and Σ (x_i − x̄)², x̄ the mean of these rows, in one read of x.
+def _blocked_moments(x, part, dtype):
+    """n, Σ (x_i − K) and Σ (x_i − x̄)² over the rows of `part`, x̄ their mean, in one read of them.
 
     Values are first shifted by K (x_i − K is exact for x_i near K: with K a row of the batch, a
     feature of mean 1e4 and standard deviation 1 is summed as values of size 1); each block's
     mean and squared deviations from it are computed exactly (two passes over a block in cache),
     and blocks are merged by `_chan_merge`: the precision of the two-pass form.
     """
-    dtype = shift.dtype
+    shift = _shift(x, dtype)
 
     def merge(carry, blocks, n_b):
         block = tf.cast(blocks[0], dtype) - shift
@@ -365,12 +383,24 @@ def _blocked_moments(x, shift):
         return _chan_merge(carry, (n_b, sum_b, ssd_b))
 
     zeros = tf.zeros([x.shape[1]], dtype)
-    return _blocks((x,), dtype, merge, (tf.constant(0, dtype), zeros, zeros))
+    return _blocks((x,), part, dtype, merge, (tf.constant(0, dtype), zeros, zeros))
 
 
 @_kernel
-def _blocked_grad_sums(dy, x, mean, inv_std, gamma, beta, relu):
-    """Σ ∂ℓ/∂y_i and Σ ∂ℓ/∂y_i · (x_i − μ_B), in one read of ∂ℓ/∂y and x."""
+def _blocked_normalize(x, gamma, beta, epsilon, relu, *moments):
+    """μ_B, σ²_B from the parts' `_blocked_moments` (flat, three per part), then y as `_forward`."""
+    parts = [moments[i : i + 3] for i in range(0, len(moments), 3)]
+    count, total, ssd = functools.reduce(_chan_merge, parts)
+    count = tf.maximum(count, 1)
+    mean = total / count + _shift(x, gamma.dtype)  # μ_B, line 1
+    variance = ssd / count  # σ²_B, line 2
+    inv_std = tf.math.rsqrt(variance + epsilon)
+    return _normalize(x, mean, inv_std, gamma, beta, relu), mean, variance, inv_std, count
+
+
+@_kernel
+def _blocked_grad_sums(dy, x, part, mean, inv_std, gamma, beta, relu):
+    """Σ ∂ℓ/∂y_i and Σ ∂ℓ/∂y_i · (x_i − μ_B) over the rows of `part`, in one read of them."""
 
     def accumulate(carry, blocks, unused_n):
         dbeta, dgamma = carry
@@ -382,43 +412,29 @@ def _blocked_grad_sums(dy, x, mean, inv_std, gamma, beta, relu):
         )
 
     zeros = tf.zeros_like(mean)
-    return _blocks((dy, x), mean.dtype, accumulate, (zeros, zeros))
+    return _blocks((dy, x), part, mean.dtype, accumulate, (zeros, zeros))
 
 
-def _row_parts(x: tf.Tensor) -> list[tf.Tensor]:
-    """x's rows in two halves, or all of them in one part, each part reduced by a kernel of its own.
-
-    XLA runs a loop on one core; TensorFlow runs the two halves' kernels at once. It slices rows
-    without copying when a row is a multiple of 64 bytes (every layer of BN-Inception: its
-    feature counts are multiples of 32); other rows stay in one part rather than be copied.
-    """
-    if x.shape[1] * x.dtype.size % 64:
-        return [x]
-    half = tf.shape(x)[0] // 2
-    return [x[:half], x[half:]]
+@_kernel
+def _blocked_grad_input(dy, x, mean, inv_std, gamma, beta, relu, count, *sums):
+    """∂ℓ/∂x, ∂ℓ/∂γ, ∂ℓ/∂β from the parts' `_blocked_grad_sums` (flat, two per part)."""
+    dbeta = tf.add_n(sums[0::2])
+    dgamma = tf.add_n(sums[1::2]) * inv_std  # Σ ∂ℓ/∂y_i · x̂_i
+    dx = _grad_input(dy, x, None, mean, inv_std, gamma, beta, relu, dbeta, dgamma, count)
+    return dx, dgamma, dbeta
 
 
 def _forward_blocked(x, gamma, beta, epsilon, relu):
     """Algorithm 1 with blocked reductions: what `_forward` computes without a mask."""
-    shift = tf.reduce_sum(tf.cast(x[:1], gamma.dtype), 0)  # K, the first row (zeros when m = 0)
-    parts = [_blocked_moments(part, shift) for part in _row_parts(x)]
-    count, total, ssd = functools.reduce(_chan_merge, parts)
-    count = tf.maximum(count, 1)
-    mean = total / count + shift  # μ_B, line 1
-    variance = ssd / count  # σ²_B, line 2
-    inv_std = tf.math.rsqrt(variance + epsilon)
-    return _normalize(x, mean, inv_std, gamma, beta, relu), mean, variance, inv_std, count
+    parts = [_blocked_moments(x, tf.constant(p), gamma.dtype) for p in range(_PARTS)]
+    return _blocked_normalize(x, gamma, beta, epsilon, relu, *(v for s in parts for v in s))
 
 
 def _backward_blocked(dy, x, mean, inv_std, gamma, beta, relu, count):
     """The section-3 chain with blocked reductions: what `_backward` computes without a mask."""
     statistics = (mean, inv_std, gamma, beta, relu)
-    parts = zip(_row_parts(dy), _row_parts(x), strict=True)
-    sums = [_blocked_grad_sums(dy_part, x_part, *statistics) for dy_part, x_part in parts]
-    dbeta = tf.add_n([s[0] for s in sums])
-    dgamma = tf.add_n([s[1] for s in sums]) * inv_std  # Σ ∂ℓ/∂y_i · x̂_i
-    dx = _grad_input(dy, x, None, *statistics, dbeta, dgamma, count)
-    return dx, dgamma, dbeta
+    parts = [_blocked_grad_sums(dy, x, tf.constant(p), *statistics) for p in range(_PARTS)]
+    return _blocked_grad_input(dy, x, *statistics, count, *(v for s in parts for v in s))
 
 
 def _view(x: tf.Tensor, axis: int) -> tf.Tensor:
@@ -472,7 +488,9 @@ def batch_norm_train(
         )
     stats_dtype = gamma.dtype
     x_view = _view(x, axis)
-    w_view = None if mask is None else tf.reshape(tf.cast(mask, stats_dtype), [-1, 1])
+    w_view = (
+        None if mask is None else tf.stop_gradient(tf.reshape(tf.cast(mask, stats_dtype), [-1, 1]))
+    )
     relu = bool(relu)
     blocked = (
         not synchronized
@@ -484,6 +502,9 @@ def batch_norm_train(
     @tf.autograph.experimental.do_not_convert
     @tf.custom_gradient
     def transform(x_view, gamma, beta):
+        # No step is differentiated (the gradient is `backward`): cut off from any GradientTape,
+        # which would otherwise have every kernel function keep its intermediates for it.
+        x_view, gamma, beta = (tf.stop_gradient(t) for t in (x_view, gamma, beta))
         if synchronized:
             y, mean, variance, inv_std, count = _forward(
                 x_view, w_view, gamma, beta, epsilon, relu, _cross_replica_sum
@@ -496,6 +517,7 @@ def batch_norm_train(
             )
 
         def backward(dy, *unused_statistics_grads):
+            dy = tf.stop_gradient(dy)
             statistics = (mean, inv_std, gamma, beta, relu)
             if synchronized:
                 return _backward(dy, x_view, w_view, *statistics, count, _cross_replica_sum)
