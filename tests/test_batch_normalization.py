@@ -479,6 +479,28 @@ def test_blocked_parts_share_the_rows_each_once(rows, parts):
         np.testing.assert_allclose(ssd, (deviations**2).sum(0), rtol=1e-5)
 
 
+def test_blocked_reductions_add_few_ops_to_a_traced_step():
+    # Every op of a traced training step costs memory and time when it is traced and first run;
+    # a BN layer is called ~70 times in BN-Inception. The blocked path's glue (its parts' merge,
+    # the statistics) lives inside its kernels: it adds only its extra kernel calls to the graph.
+    def graph_ops(blocked):
+        @tf.function
+        def step(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = batch_norm_transform.batch_norm_train(
+                    x, tf.ones([64]), tf.zeros([64]), axis=3, epsilon=1e-3, relu=True
+                )[0]
+            return tape.gradient(y, x)
+
+        with batch_norm_transform.use_blocked_reductions(blocked):
+            graph = step.get_concrete_function(tf.TensorSpec([2, 4, 4, 64])).graph
+        return len(graph.as_graph_def().node)
+
+    single = graph_ops(False)
+    assert graph_ops(True) <= single + 12, (graph_ops(True), single)
+
+
 def test_reduction_formulation_by_default_blocked_on_cpu_except_bfloat16():
     choose = batch_norm_transform._blocked_reductions  # read when a kernel is traced
     assert [choose(d) for d in (tf.float16, tf.bfloat16, tf.float32, tf.float64)] == [
