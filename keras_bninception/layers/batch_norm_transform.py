@@ -317,7 +317,8 @@ _BLOCK_ELEMENTS = 32768
 
 # The rows are reduced in _PARTS parts, each by a kernel call of its own: XLA runs a loop on one
 # core, and TensorFlow runs the calls at once. Part p takes its share of the full blocks; the last
-# part also takes the rows after them. Every call reads the whole x, which XLA slices in place.
+# part also takes the rows after them. Every call is given the whole x and reads only its part
+# (XLA slices it in place, without a copy).
 _PARTS = 2
 
 
