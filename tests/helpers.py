@@ -3,11 +3,15 @@ as for `tf_slim_reference`), never as `tests.helpers`."""
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 
@@ -26,15 +30,27 @@ SMALL_TRAIN_ARGS = [
 ]
 
 
+@functools.cache
+def _xla_cache_dir() -> str:
+    """A directory, removed at exit, where this test process's children keep XLA's compiled
+    kernels: each training child would otherwise compile the same BN kernels again."""
+    path = tempfile.mkdtemp(prefix="xla-cache-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     """The environment of a child Python process running this checkout's code.
 
     The repository first on PYTHONPATH, TensorFlow's C++ INFO/WARNING logs off, no TF_CONFIG
-    inherited (a child is a single-machine run unless `extra` gives it one).
+    inherited (a child is a single-machine run unless `extra` gives it one), and XLA's compiled
+    kernels shared through `_xla_cache_dir`.
     """
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    cache = f"--tf_xla_persistent_cache_directory={_xla_cache_dir()}"
+    env["TF_XLA_FLAGS"] = f"{env.get('TF_XLA_FLAGS', '')} {cache}".strip()
     env.update(extra)
     return env
 
