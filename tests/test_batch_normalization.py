@@ -632,6 +632,9 @@ def test_bn_relu_unit_mixed_precision(policy, blocked):
         loss = tf.reduce_sum(tf.cast(z, "float32") * weights)
     dx, dgamma, dbeta = tape.gradient(loss, [x, *unit.trainable_weights])
     assert z.dtype == dx.dtype == half and dgamma.dtype == dbeta.dtype == "float32"
+    # The backward's ReLU mask is the forward's z > 0 exactly (recomputed with its rounding).
+    positives = tf.reduce_sum(tf.cast(z > 0, "float32"), [0, 1, 2])
+    np.testing.assert_array_equal(dbeta, weights * positives)
     x32 = tf.cast(x, "float32")
     with tf.GradientTape() as tape:
         tape.watch(x32)

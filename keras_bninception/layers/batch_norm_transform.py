@@ -227,24 +227,30 @@ def _sum_squared_deviations(x, w, mean):
 
 
 def _pre_activation(x, mean, inv_std, gamma, beta):
-    """y_i = γ (x_i − μ_B) / sqrt(σ²_B + ε) + β (Algorithm 1, lines 3 and 4), in x's dtype."""
+    """y_i = γ (x_i − μ_B) / sqrt(σ²_B + ε) + β (Algorithm 1, lines 3 and 4), in μ_B's dtype."""
     scale = _feature(gamma * inv_std, x)
-    y = (tf.cast(x, mean.dtype) - _feature(mean, x)) * scale + _feature(beta, x)
-    return tf.cast(y, x.dtype)
+    return (tf.cast(x, mean.dtype) - _feature(mean, x)) * scale + _feature(beta, x)
 
 
 @_kernel
 def _normalize(x, mean, inv_std, gamma, beta, relu):
-    """y_i, or z_i = max(y_i, 0) for the BN + ReLU unit."""
+    """y_i, or z_i = max(y_i, 0) for the BN + ReLU unit, in x's dtype.
+
+    The ReLU comes before the cast: rounding is monotone and keeps 0, so max(round(y), 0) =
+    round(max(y, 0)), and a half-precision z is rounded once (XLA's CPU backend would otherwise
+    widen round(y) to float32 again for the max and round it a second time).
+    """
     y = _pre_activation(x, mean, inv_std, gamma, beta)
-    return tf.nn.relu(y) if relu else y
+    return tf.cast(tf.nn.relu(y) if relu else y, x.dtype)
 
 
 def _relu_grad(dy, x, mean, inv_std, gamma, beta, relu):
-    """∂ℓ/∂y: ∂ℓ/∂z_i where z_i > 0, else 0 (z's sign recomputed from x); ∂ℓ/∂y if no ReLU."""
+    """∂ℓ/∂y in μ_B's dtype: ∂ℓ/∂z_i where z_i > 0, else 0 (z's sign recomputed from x with the
+    forward's rounding to x's dtype); ∂ℓ/∂y if no ReLU."""
+    dy = tf.cast(dy, mean.dtype)
     if not relu:
         return dy
-    positive = _pre_activation(x, mean, inv_std, gamma, beta) > 0
+    positive = tf.cast(_pre_activation(x, mean, inv_std, gamma, beta), x.dtype) > 0
     return tf.where(positive, dy, tf.zeros_like(dy))
 
 
@@ -252,7 +258,7 @@ def _relu_grad(dy, x, mean, inv_std, gamma, beta, relu):
 def _grad_sums(dy, x, mean, inv_std, gamma, beta, relu):
     """∂ℓ/∂β = Σ ∂ℓ/∂y_i and ∂ℓ/∂γ = Σ ∂ℓ/∂y_i · x̂_i."""
     axes = _reduce_axes(x)
-    dy = tf.cast(_relu_grad(dy, x, mean, inv_std, gamma, beta, relu), mean.dtype)
+    dy = _relu_grad(dy, x, mean, inv_std, gamma, beta, relu)
     x_hat = (tf.cast(x, mean.dtype) - _feature(mean, x)) * _feature(inv_std, x)
     return tf.reduce_sum(dy, axes), tf.reduce_sum(dy * x_hat, axes)
 
@@ -265,7 +271,7 @@ def _grad_input(dy, x, w, mean, inv_std, gamma, beta, relu, dbeta, dgamma, count
     correction = (_feature(dbeta, x) + x_hat * _feature(dgamma, x)) / count
     if w is not None:
         correction = correction * tf.cast(w, mean.dtype)
-    dx = _feature(gamma * inv_std, x) * (tf.cast(dy, mean.dtype) - correction)
+    dx = _feature(gamma * inv_std, x) * (dy - correction)
     return tf.cast(dx, x.dtype)
 
 
@@ -407,7 +413,7 @@ def _blocked_grad_sums(dy, x, part, mean, inv_std, gamma, beta, relu):
         dbeta, dgamma = carry
         dy_block, x_block = blocks  # in their own dtype; ReLU's mask as in the forward
         dy_block = _relu_grad(dy_block, x_block, mean, inv_std, gamma, beta, relu)
-        dy_block, x_block = tf.cast(dy_block, mean.dtype), tf.cast(x_block, mean.dtype)
+        x_block = tf.cast(x_block, mean.dtype)
         return dbeta + tf.reduce_sum(dy_block, 0), dgamma + tf.reduce_sum(
             dy_block * (x_block - mean), 0
         )
