@@ -515,6 +515,21 @@ def test_reduction_formulation_by_default_blocked_on_cpu_except_bfloat16():
         assert not choose(tf.float32)
 
 
+def test_blocked_bfloat16_blocks_are_read_exactly():
+    # The blocked kernels read bfloat16 as 16-bit patterns and widen them themselves: the
+    # statistics must be those of the same values given in float32, bit for bit.
+    x = tf.cast(_random([2, 9, 11, 512], mean=2.0, std=3.0, seed=45), "bfloat16")
+    ones, zeros = tf.ones([512]), tf.zeros([512])
+    with batch_norm_transform.use_blocked_reductions(True):
+        half, full = (
+            batch_norm_transform.batch_norm_train(v, ones, zeros, axis=3, epsilon=1e-3)
+            for v in (x, tf.cast(x, "float32"))
+        )
+    assert half[0].dtype == "bfloat16"
+    for a, b in zip(half[1:], full[1:], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_blocked_moments_keep_variance_precision_at_large_mean():
     # Mean 1e4, std 1, m = 189: one block in the first part, one and a 61-row rest in the second:
     # merging blocks and parts must not lose σ².

@@ -33,12 +33,12 @@ a pass is one XLA launch (five launches in all when synchronized, where all-redu
 On a CPU the reductions run over cache-sized blocks of rows (`use_blocked_reductions`): XLA's CPU
 backend would otherwise write (x_i − μ_B)² and ∂ℓ/∂y_i · x̂_i out as full-size temporaries before
 summing them; blocked, the forward reads x twice (moments, y) and the backward reads ∂ℓ/∂y and x
-twice (sums, ∂ℓ/∂x), with no temporary (bfloat16 inputs excepted, where the blocked loop measured
-slower). XLA runs such a loop on one core, so the blocks are shared by two calls of the reduction
-kernel, which TensorFlow runs side by side, and the elementwise kernel that follows merges their
-sums: three launches a pass. Everything between the launches happens inside them, so a layer adds
-only these calls to the training step's graph (each op there costs memory and time when the step
-is traced and run for the first time).
+twice (sums, ∂ℓ/∂x), with no temporary (bfloat16 blocks are read as their 16-bit patterns and
+widened in the loop: see `_bits`). XLA runs such a loop on one core, so the blocks are shared by
+two calls of the reduction kernel, which TensorFlow runs side by side, and the elementwise kernel
+that follows merges their sums: three launches a pass. Everything between the launches happens
+inside them, so a layer adds only these calls to the training step's graph (each op there costs
+memory and time when the step is traced and run for the first time).
 The transform's inputs are cut off the GradientTape (the gradient is the hand-written one), so no
 kernel keeps intermediates for an autodiff that never comes.
 `benchmarks/bn_layer.py` and `benchmarks/train_step.py` measure it against
@@ -244,13 +244,13 @@ def _normalize(x, mean, inv_std, gamma, beta, relu):
     return tf.cast(tf.nn.relu(y) if relu else y, x.dtype)
 
 
-def _relu_grad(dy, x, mean, inv_std, gamma, beta, relu):
+def _relu_grad(dy, x, mean, inv_std, gamma, beta, relu, rounding=None):
     """∂ℓ/∂y in μ_B's dtype: ∂ℓ/∂z_i where z_i > 0, else 0 (z's sign recomputed from x with the
-    forward's rounding to x's dtype); ∂ℓ/∂y if no ReLU."""
+    forward's rounding to z's dtype, `rounding` or else x's); ∂ℓ/∂y if no ReLU."""
     dy = tf.cast(dy, mean.dtype)
     if not relu:
         return dy
-    positive = tf.cast(_pre_activation(x, mean, inv_std, gamma, beta), x.dtype) > 0
+    positive = tf.cast(_pre_activation(x, mean, inv_std, gamma, beta), rounding or x.dtype) > 0
     return tf.where(positive, dy, tf.zeros_like(dy))
 
 
@@ -319,6 +319,10 @@ _backward_fused = _kernel(_backward)
 # Blocked reductions, on the [m, C] view: rows are taken in blocks of about _BLOCK_ELEMENTS values
 # (128 KiB of float32, cache-resident), each block reduced exactly, and the blocks combined.
 _BLOCK_ELEMENTS = 32768
+# ... and of at least _MIN_ROWS rows: XLA's CPU backend sums more than 32 rows as a tree of 32-row
+# windows, vectorized across the features; 32 rows or fewer, it sums each feature's column in a
+# scalar loop fused with the block's elementwise input, much slower (C = 1024 gave 32 rows).
+_MIN_ROWS = 33
 
 
 # The rows are reduced in _PARTS parts, each by a kernel call of its own: XLA runs a loop on one
@@ -328,15 +332,33 @@ _BLOCK_ELEMENTS = 32768
 _PARTS = 2
 
 
+def _bits(x: tf.Tensor) -> tf.Tensor:
+    """A bfloat16 tensor as its 16-bit patterns (`tf.bitcast`: no copy); other dtypes as they are.
+
+    The blocked kernels take bfloat16 tensors so: XLA's CPU backend slices bfloat16 only after
+    widening it to float32, and it widens the whole tensor, before the loop, in every part's call.
+    The bitcast happens outside the kernels (inside one, XLA copies it). float16 is left as it
+    is: on CPUs it is rare (`mixed_float16` is for GPUs, where the single reduce runs).
+    """
+    return tf.bitcast(x, tf.uint16) if x.dtype == tf.bfloat16 else x
+
+
+def _widen(t: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
+    """t in `dtype`; `_bits` patterns become the float32 with the same upper 16 bits (exact)."""
+    if t.dtype == tf.uint16:
+        t = tf.bitcast(tf.bitwise.left_shift(tf.cast(t, tf.uint32), 16), tf.float32)
+    return tf.cast(t, dtype)
+
+
 def _blocks(tensors: tuple, part: tf.Tensor, dtype: tf.DType, step: Callable, initial: tuple):
     """Folds `step(carry, blocks, n)` over the blocks of rows of the [m, C] tensors in `part`.
 
     Full blocks of `rows` rows go through a loop, then, in the last part, the remaining m mod rows
-    rows (maybe none); `blocks` are the tensors' blocks in their own dtype, n their number of rows
-    as `dtype`.
+    rows (maybe none); `blocks` are the tensors' blocks in `dtype` (`_bits` widened), n their
+    number of rows as `dtype`.
     """
     channels = tensors[0].shape[1]
-    rows = max(1, _BLOCK_ELEMENTS // channels)
+    rows = max(_MIN_ROWS, _BLOCK_ELEMENTS // channels)
     m = tf.shape(tensors[0])[0]
     full = m // rows
 
@@ -344,14 +366,14 @@ def _blocks(tensors: tuple, part: tf.Tensor, dtype: tf.DType, step: Callable, in
         # The loop runs only when m ≥ rows, but XLA compiles its body for every m: clipping the
         # (compile-time) block size to m keeps the slice valid when m < rows.
         size = tf.minimum(rows, m)
-        blocks = [tf.slice(t, [i * rows, 0], [size, channels]) for t in tensors]
+        blocks = [_widen(tf.slice(t, [i * rows, 0], [size, channels]), dtype) for t in tensors]
         return (i + 1, *step(carry, blocks, tf.constant(rows, dtype)))
 
     first, end = full * part // _PARTS, full * (part + 1) // _PARTS
     _, *carry = tf.while_loop(lambda i, *_: i < end, body, (first, *initial))
 
     def rest():
-        blocks = [t[full * rows :] for t in tensors]
+        blocks = [_widen(t[full * rows :], dtype) for t in tensors]
         return step(tuple(carry), blocks, tf.cast(m - full * rows, dtype))
 
     return tf.cond(part == _PARTS - 1, rest, lambda: tuple(carry))
@@ -369,7 +391,7 @@ def _chan_merge(a: tuple, b: tuple) -> tuple:
 
 def _shift(x: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
     """K, x's first row in `dtype` (zeros when x has no rows)."""
-    return tf.reduce_sum(tf.cast(x[:1], dtype), 0)
+    return tf.reduce_sum(_widen(x[:1], dtype), 0)
 
 
 @_kernel
@@ -384,7 +406,7 @@ def _blocked_moments(x, part, dtype):
     shift = _shift(x, dtype)
 
     def merge(carry, blocks, n_b):
-        block = tf.cast(blocks[0], dtype) - shift
+        block = blocks[0] - shift
         sum_b = tf.reduce_sum(block, 0)
         ssd_b = tf.reduce_sum(tf.square(block - sum_b / tf.maximum(n_b, 1)), 0)
         return _chan_merge(carry, (n_b, sum_b, ssd_b))
@@ -406,14 +428,14 @@ def _blocked_normalize(x, gamma, beta, epsilon, relu, *moments):
 
 
 @_kernel
-def _blocked_grad_sums(dy, x, part, mean, inv_std, gamma, beta, relu):
-    """Σ ∂ℓ/∂y_i and Σ ∂ℓ/∂y_i · (x_i − μ_B) over the rows of `part`, in one read of them."""
+def _blocked_grad_sums(dy, x, part, mean, inv_std, gamma, beta, relu, x_dtype):
+    """Σ ∂ℓ/∂y_i and Σ ∂ℓ/∂y_i · (x_i − μ_B) over the rows of `part`, in one read of them;
+    `x_dtype` is the layer input's (x may come as `_bits`), for ReLU's mask as in the forward."""
 
     def accumulate(carry, blocks, unused_n):
         dbeta, dgamma = carry
-        dy_block, x_block = blocks  # in their own dtype; ReLU's mask as in the forward
-        dy_block = _relu_grad(dy_block, x_block, mean, inv_std, gamma, beta, relu)
-        x_block = tf.cast(x_block, mean.dtype)
+        dy_block, x_block = blocks
+        dy_block = _relu_grad(dy_block, x_block, mean, inv_std, gamma, beta, relu, x_dtype)
         return dbeta + tf.reduce_sum(dy_block, 0), dgamma + tf.reduce_sum(
             dy_block * (x_block - mean), 0
         )
@@ -433,14 +455,16 @@ def _blocked_grad_input(dy, x, mean, inv_std, gamma, beta, relu, count, *sums):
 
 def _forward_blocked(x, gamma, beta, epsilon, relu):
     """Algorithm 1 with blocked reductions: what `_forward` computes without a mask."""
-    parts = [_blocked_moments(x, tf.constant(p), gamma.dtype) for p in range(_PARTS)]
+    bits = _bits(x)
+    parts = [_blocked_moments(bits, tf.constant(p), gamma.dtype) for p in range(_PARTS)]
     return _blocked_normalize(x, gamma, beta, epsilon, relu, *(v for s in parts for v in s))
 
 
 def _backward_blocked(dy, x, mean, inv_std, gamma, beta, relu, count):
     """The section-3 chain with blocked reductions: what `_backward` computes without a mask."""
     statistics = (mean, inv_std, gamma, beta, relu)
-    parts = [_blocked_grad_sums(dy, x, tf.constant(p), *statistics) for p in range(_PARTS)]
+    bits = (_bits(dy), _bits(x))
+    parts = [_blocked_grad_sums(*bits, tf.constant(p), *statistics, x.dtype) for p in range(_PARTS)]
     return _blocked_grad_input(dy, x, *statistics, count, *(v for s in parts for v in s))
 
 
