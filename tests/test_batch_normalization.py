@@ -501,18 +501,13 @@ def test_blocked_reductions_add_few_ops_to_a_traced_step():
     assert blocked <= single + 12, (blocked, single)
 
 
-def test_reduction_formulation_by_default_blocked_on_cpu_except_bfloat16():
+def test_reduction_formulation_by_default_blocked_on_cpu():
     choose = batch_norm_transform._blocked_reductions  # read when a kernel is traced
-    assert [choose(d) for d in (tf.float16, tf.bfloat16, tf.float32, tf.float64)] == [
-        True,
-        False,
-        True,
-        True,
-    ]
-    with batch_norm_transform.use_blocked_reductions(True):  # an explicit choice wins
-        assert choose(tf.bfloat16)
-    with batch_norm_transform.use_blocked_reductions(False):
-        assert not choose(tf.float32)
+    assert choose() == (not tf.config.list_logical_devices("GPU"))
+    with batch_norm_transform.use_blocked_reductions(False):  # an explicit choice wins
+        assert not choose()
+        with batch_norm_transform.use_blocked_reductions(None):
+            assert choose() == (not tf.config.list_logical_devices("GPU"))
 
 
 def test_blocked_bfloat16_blocks_are_read_exactly():

@@ -104,12 +104,11 @@ def use_xla(enabled: bool) -> Iterator[None]:
 def use_blocked_reductions(enabled: bool | None) -> Iterator[None]:
     """Within the block, reduce over the batch in cache-sized blocks (True) or as one XLA reduce.
 
-    `None` (the default) picks blocks when no GPU is visible and x is not bfloat16: XLA's CPU
-    backend writes the elementwise input of a reduction such as (x_i − μ_B)² out as a full-size
-    temporary before summing it, while a loop over blocks of rows keeps it in cache; on GPUs XLA
-    fuses the reduction with its input and the loop would only add launches. For bfloat16 x
-    the single reduce stays: there the CPU loop measured slower than it on every BN-Inception
-    shape (`benchmarks/bn_layer.py --dtypes bfloat16 --reductions blocked`, then `single`).
+    `None` (the default) picks blocks when no GPU is visible: XLA's CPU backend writes the
+    elementwise input of a reduction such as (x_i − μ_B)² out as a full-size temporary before
+    summing it (for bfloat16 x, x widened to float32 too), while a loop over blocks of rows keeps
+    it in cache; on GPUs XLA fuses the reduction with its input and the loop would only add
+    launches (`benchmarks/bn_layer.py --reductions blocked`, then `single`, compares the two).
     Both formulations compute the same statistics (tested one against the other). Read when a
     function is traced.
     """
@@ -121,9 +120,9 @@ def use_blocked_reductions(enabled: bool | None) -> Iterator[None]:
         _BLOCKED["enabled"] = previous
 
 
-def _blocked_reductions(dtype: tf.DType) -> bool:
+def _blocked_reductions() -> bool:
     if _BLOCKED["enabled"] is None:
-        return dtype != tf.bfloat16 and not tf.config.list_logical_devices("GPU")
+        return not tf.config.list_logical_devices("GPU")
     return _BLOCKED["enabled"]
 
 
@@ -523,12 +522,7 @@ def batch_norm_train(
         None if mask is None else tf.stop_gradient(tf.reshape(tf.cast(mask, stats_dtype), [-1, 1]))
     )
     relu = bool(relu)
-    blocked = (
-        not synchronized
-        and mask is None
-        and x_view.shape.rank == 2
-        and _blocked_reductions(x.dtype)
-    )
+    blocked = not synchronized and mask is None and x_view.shape.rank == 2 and _blocked_reductions()
 
     @tf.autograph.experimental.do_not_convert
     @tf.custom_gradient
