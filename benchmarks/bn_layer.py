@@ -30,7 +30,7 @@ machine's cores it kept busy.
 
 bfloat16 rows run each under the `mixed_bfloat16` policy (x and y in bfloat16, γ, β and the
 statistics in float32). `--reductions blocked` or `single` times ours with its reductions over
-blocks of rows or in one reduce, instead of the layer's own choice for the device and dtype
+blocks of rows or in one reduce, instead of the layer's own choice for the device
 (`batch_norm_transform.use_blocked_reductions`), to compare the two on a machine. `--memory`
 measures (with the layer's own choice), in a fresh subprocess per cell, the growth of the peak
 resident memory over one warm-up and three forward + backward runs, minus the inputs. The
