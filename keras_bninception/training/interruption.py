@@ -4,9 +4,10 @@ A preempted cloud VM gets SIGTERM (and some seconds of grace), Ctrl-C sends SIGI
 training loop runs inside one `tf.function` call (many steps), Python signal handlers cannot run:
 CPython runs them on the main thread only between bytecodes. So `StopRequest` also registers a
 wake-up socket (`signal.set_wakeup_fd`): the C-level handler writes the signal number into it at
-once, and a watcher thread sets `flag`, a scalar variable the loop reads after every step. The loop
-all-reduces the flag together with the loss (one collective, as before), so every replica of every
-worker sees the same sum and stops after the same step.
+once, and a watcher thread sets `flag`, a scalar variable the loop reads after every step (the
+Python handler itself does nothing: it may run in the middle of tracing). The loop all-reduces the
+flag together with the loss (one collective, as before), so every replica of every worker sees the
+same sum and stops after the same step.
 """
 
 from __future__ import annotations
@@ -78,8 +79,12 @@ class StopRequest:
         self.flag.assign(1.0)
 
     def _handle(self, number: int, frame: FrameType | None) -> None:
-        # Runs on the main thread between two tf.function calls; the watcher was faster.
-        self._request(number)
+        # Installed so that SIGTERM does not end the process and SIGINT raises no
+        # KeyboardInterrupt; the watcher acts on the signal. Nothing here may call TensorFlow
+        # (or log): CPython runs this on the main thread between any two bytecodes, also in the
+        # middle of tracing a tf.function, where a TensorFlow call would build into the graph
+        # being traced and may wait on a lock that the interrupted code holds.
+        del number, frame
 
     def _watch(self) -> None:
         reader = self._sockets[0]
