@@ -464,10 +464,10 @@ def test_blocked_and_single_reduce_formulations_agree(relu):
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize(("rows", "parts"), [(199, [(0, 64), (64, 199)]), (40, [(0, 0), (0, 40)])])
-def test_blocked_parts_share_the_rows_each_once(rows, parts):
-    # 512 features: blocks of 64 rows. 199 rows: three full blocks, part 0 takes one, part 1 two
-    # and the 7 rows after them; 40 rows: no full block, part 1 takes them all.
+@pytest.mark.parametrize(("rows", "parts"), [(199, [(0, 64), (64, 192)]), (40, [(0, 0), (0, 0)])])
+def test_blocked_parts_share_the_full_blocks_each_once(rows, parts):
+    # 512 features: blocks of 64 rows. 199 rows: three full blocks, part 0 takes one, part 1 two;
+    # 40 rows: no full block. The rows after the full blocks are left to the merging kernel.
     x = _random([rows, 512], mean=3.0, seed=36)
     x64 = x.numpy().astype("float64")
     for p, (begin, end) in enumerate(parts):
@@ -477,6 +477,20 @@ def test_blocked_parts_share_the_rows_each_once(rows, parts):
         assert n == end - begin
         np.testing.assert_allclose(total, (part - x64[0]).sum(0), rtol=1e-5, atol=1e-3)
         np.testing.assert_allclose(ssd, (deviations**2).sum(0), rtol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [199, 192, 40])
+def test_blocked_statistics_count_every_row_once(rows):
+    # The parts' full blocks and the rest (7, none, or all 40 rows) make up μ_B and σ²_B.
+    x = _random([rows, 512], mean=3.0, std=2.0, seed=37)
+    with batch_norm_transform.use_blocked_reductions(True):
+        _, mean, var, count = batch_norm_transform.batch_norm_train(
+            x, tf.ones([512]), tf.zeros([512]), axis=1, epsilon=1e-3
+        )
+    x64 = x.numpy().astype("float64")
+    assert count == rows
+    np.testing.assert_allclose(mean, x64.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(var, x64.var(0), rtol=1e-5)
 
 
 def test_blocked_reductions_add_few_ops_to_a_traced_step():

@@ -324,10 +324,12 @@ _BLOCK_ELEMENTS = 32768
 _MIN_ROWS = 33
 
 
-# The rows are reduced in _PARTS parts, each by a kernel call of its own: XLA runs a loop on one
-# core, and TensorFlow runs the calls at once. Part p takes its share of the full blocks; the last
-# part also takes the rows after them. Every call is given the whole x and reads only its part
-# (XLA slices it in place, without a copy).
+# The full blocks are reduced in _PARTS parts, each by a kernel call of its own: XLA runs a loop on
+# one core, and TensorFlow runs the calls at once. Every call is given the whole x and reads only
+# its blocks (XLA slices them in place, without a copy). The m mod rows rows after the full blocks
+# (the rest) are reduced by the elementwise kernel that merges the parts' sums: it reads all rows
+# anyway, and the loop kernels stay a loop alone (a branch for the rest there would be compiled
+# into each of them, and each compiled kernel stays in memory as long as the process runs).
 _PARTS = 2
 
 
@@ -349,15 +351,16 @@ def _widen(t: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
     return tf.cast(t, dtype)
 
 
-def _blocks(tensors: tuple, part: tf.Tensor, dtype: tf.DType, step: Callable, initial: tuple):
-    """Folds `step(carry, blocks, n)` over the blocks of rows of the [m, C] tensors in `part`.
+def _rows(t: tf.Tensor) -> int:
+    """The rows of a block of the [m, C] tensor t."""
+    return max(_MIN_ROWS, _BLOCK_ELEMENTS // t.shape[1])
 
-    Full blocks of `rows` rows go through a loop, then, in the last part, the remaining m mod rows
-    rows (maybe none); `blocks` are the tensors' blocks in `dtype` (`_bits` widened), n their
-    number of rows as `dtype`.
-    """
+
+def _blocks(tensors: tuple, part: tf.Tensor, dtype: tf.DType, step: Callable, initial: tuple):
+    """Folds `step(carry, blocks)` over `part`'s share of the full blocks of rows of the [m, C]
+    tensors; `blocks` are the tensors' blocks in `dtype` (`_bits` widened)."""
     channels = tensors[0].shape[1]
-    rows = max(_MIN_ROWS, _BLOCK_ELEMENTS // channels)
+    rows = _rows(tensors[0])
     m = tf.shape(tensors[0])[0]
     full = m // rows
 
@@ -366,16 +369,17 @@ def _blocks(tensors: tuple, part: tf.Tensor, dtype: tf.DType, step: Callable, in
         # (compile-time) block size to m keeps the slice valid when m < rows.
         size = tf.minimum(rows, m)
         blocks = [_widen(tf.slice(t, [i * rows, 0], [size, channels]), dtype) for t in tensors]
-        return (i + 1, *step(carry, blocks, tf.constant(rows, dtype)))
+        return (i + 1, *step(carry, blocks))
 
     first, end = full * part // _PARTS, full * (part + 1) // _PARTS
     _, *carry = tf.while_loop(lambda i, *_: i < end, body, (first, *initial))
+    return tuple(carry)
 
-    def rest():
-        blocks = [_widen(t[full * rows :], dtype) for t in tensors]
-        return step(tuple(carry), blocks, tf.cast(m - full * rows, dtype))
 
-    return tf.cond(part == _PARTS - 1, rest, lambda: tuple(carry))
+def _rest(t: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
+    """The rows of the [m, C] tensor t after its full blocks (m mod rows, maybe none), in dtype."""
+    rows = _rows(t)
+    return _widen(t[tf.shape(t)[0] // rows * rows :], dtype)
 
 
 def _chan_merge(a: tuple, b: tuple) -> tuple:
@@ -393,9 +397,16 @@ def _shift(x: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
     return tf.reduce_sum(_widen(x[:1], dtype), 0)
 
 
+def _block_moments(block: tf.Tensor) -> tuple:
+    """(n, Σ, Σ squared deviations from the mean) of a block's rows: two passes over it."""
+    n = tf.cast(tf.shape(block)[0], block.dtype)
+    total = tf.reduce_sum(block, 0)
+    return n, total, tf.reduce_sum(tf.square(block - total / tf.maximum(n, 1)), 0)
+
+
 @_kernel
 def _blocked_moments(x, part, dtype):
-    """n, Σ (x_i − K) and Σ (x_i − x̄)² over the rows of `part`, x̄ their mean, in one read of them.
+    """n, Σ (x_i − K) and Σ (x_i − x̄)² over the full blocks of `part`, x̄ their mean, in one read.
 
     Values are first shifted by K (x_i − K is exact for x_i near K: with K a row of the batch, a
     feature of mean 1e4 and standard deviation 1 is summed as values of size 1); each block's
@@ -404,11 +415,8 @@ def _blocked_moments(x, part, dtype):
     """
     shift = _shift(x, dtype)
 
-    def merge(carry, blocks, n_b):
-        block = blocks[0] - shift
-        sum_b = tf.reduce_sum(block, 0)
-        ssd_b = tf.reduce_sum(tf.square(block - sum_b / tf.maximum(n_b, 1)), 0)
-        return _chan_merge(carry, (n_b, sum_b, ssd_b))
+    def merge(carry, blocks):
+        return _chan_merge(carry, _block_moments(blocks[0] - shift))
 
     zeros = tf.zeros([x.shape[1]], dtype)
     return _blocks((x,), part, dtype, merge, (tf.constant(0, dtype), zeros, zeros))
@@ -416,28 +424,35 @@ def _blocked_moments(x, part, dtype):
 
 @_kernel
 def _blocked_normalize(x, gamma, beta, epsilon, relu, *moments):
-    """μ_B, σ²_B from the parts' `_blocked_moments` (flat, three per part), then y as `_forward`."""
+    """μ_B, σ²_B from the parts' `_blocked_moments` (flat, three per part) and the rest's, then y
+    as `_forward`."""
+    shift = _shift(x, gamma.dtype)
     parts = [moments[i : i + 3] for i in range(0, len(moments), 3)]
+    parts.append(_block_moments(_rest(x, gamma.dtype) - shift))
     count, total, ssd = functools.reduce(_chan_merge, parts)
     count = tf.maximum(count, 1)
-    mean = total / count + _shift(x, gamma.dtype)  # μ_B, line 1
+    mean = total / count + shift  # μ_B, line 1
     variance = ssd / count  # σ²_B, line 2
     inv_std = tf.math.rsqrt(variance + epsilon)
     return _normalize(x, mean, inv_std, gamma, beta, relu), mean, variance, inv_std, count
 
 
+def _block_grad_sums(dy, x, mean, inv_std, gamma, beta, relu, x_dtype) -> tuple:
+    """Σ ∂ℓ/∂y_i and Σ ∂ℓ/∂y_i · (x_i − μ_B) over a block's rows (in μ_B's dtype); `x_dtype` is
+    the layer input's, for ReLU's mask as in the forward."""
+    dy = _relu_grad(dy, x, mean, inv_std, gamma, beta, relu, x_dtype)
+    return tf.reduce_sum(dy, 0), tf.reduce_sum(dy * (x - mean), 0)
+
+
 @_kernel
 def _blocked_grad_sums(dy, x, part, mean, inv_std, gamma, beta, relu, x_dtype):
-    """Σ ∂ℓ/∂y_i and Σ ∂ℓ/∂y_i · (x_i − μ_B) over the rows of `part`, in one read of them;
-    `x_dtype` is the layer input's (x may come as `_bits`), for ReLU's mask as in the forward."""
+    """`_block_grad_sums` over the full blocks of `part`, in one read of them (x may come as
+    `_bits`)."""
+    statistics = (mean, inv_std, gamma, beta, relu, x_dtype)
 
-    def accumulate(carry, blocks, unused_n):
-        dbeta, dgamma = carry
-        dy_block, x_block = blocks
-        dy_block = _relu_grad(dy_block, x_block, mean, inv_std, gamma, beta, relu, x_dtype)
-        return dbeta + tf.reduce_sum(dy_block, 0), dgamma + tf.reduce_sum(
-            dy_block * (x_block - mean), 0
-        )
+    def accumulate(carry, blocks):
+        sums = _block_grad_sums(*blocks, *statistics)
+        return tuple(a + b for a, b in zip(carry, sums, strict=True))
 
     zeros = tf.zeros_like(mean)
     return _blocks((dy, x), part, mean.dtype, accumulate, (zeros, zeros))
@@ -445,9 +460,12 @@ def _blocked_grad_sums(dy, x, part, mean, inv_std, gamma, beta, relu, x_dtype):
 
 @_kernel
 def _blocked_grad_input(dy, x, mean, inv_std, gamma, beta, relu, count, *sums):
-    """∂ℓ/∂x, ∂ℓ/∂γ, ∂ℓ/∂β from the parts' `_blocked_grad_sums` (flat, two per part)."""
-    dbeta = tf.add_n(sums[0::2])
-    dgamma = tf.add_n(sums[1::2]) * inv_std  # Σ ∂ℓ/∂y_i · x̂_i
+    """∂ℓ/∂x, ∂ℓ/∂γ, ∂ℓ/∂β from the parts' `_blocked_grad_sums` (flat, two per part) and the
+    rest's."""
+    rest = (_rest(dy, mean.dtype), _rest(x, mean.dtype))
+    rest_dbeta, rest_dgamma = _block_grad_sums(*rest, mean, inv_std, gamma, beta, relu, x.dtype)
+    dbeta = tf.add_n([*sums[0::2], rest_dbeta])
+    dgamma = tf.add_n([*sums[1::2], rest_dgamma]) * inv_std  # Σ ∂ℓ/∂y_i · x̂_i
     dx = _grad_input(dy, x, None, mean, inv_std, gamma, beta, relu, dbeta, dgamma, count)
     return dx, dgamma, dbeta
 
