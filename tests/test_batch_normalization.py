@@ -493,6 +493,37 @@ def test_blocked_statistics_count_every_row_once(rows):
     np.testing.assert_allclose(var, x64.var(0), rtol=1e-5)
 
 
+def test_kernels_are_traced_once_for_every_shape():
+    # A traced kernel stays in memory as long as the process runs, while XLA compiles per shape
+    # anyway: layers of every shape (channels included) share one traced function a kernel.
+    kernels = [
+        batch_norm_transform._blocked_moments,
+        batch_norm_transform._blocked_normalize,
+        batch_norm_transform._blocked_grad_sums,
+        batch_norm_transform._blocked_grad_input,
+    ]
+
+    def forward_backward(shape, seed):
+        x = _random(shape, mean=2.0, std=3.0, seed=seed)
+        gamma, beta = tf.ones(shape[-1:]), tf.zeros(shape[-1:])
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y, mean, var, _ = batch_norm_transform.batch_norm_train(
+                x, gamma, beta, axis=3, epsilon=1e-3, relu=True
+            )
+        assert tape.gradient(y, x).shape == shape
+        x64 = x.numpy().astype("float64").reshape(-1, shape[-1])
+        np.testing.assert_allclose(mean, x64.mean(0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(var, x64.var(0), rtol=1e-5)
+
+    with batch_norm_transform.use_blocked_reductions(True):
+        forward_backward([2, 3, 3, 8], seed=47)
+        traced = [len(kernel.traced) for kernel in kernels]
+        forward_backward([3, 5, 5, 24], seed=48)
+        forward_backward([1, 9, 9, 1024], seed=49)
+    assert [len(kernel.traced) for kernel in kernels] == traced
+
+
 def test_blocked_reductions_add_few_ops_to_a_traced_step():
     # Every op of a traced training step costs memory and time when it is traced and first run;
     # a BN layer is called ~70 times in BN-Inception. The blocked path's glue (its parts' merge,

@@ -129,9 +129,11 @@ def _blocked_reductions() -> bool:
 def _kernel(fn: Callable) -> Callable:
     """One step of the algorithm: an XLA-fused loop, or the same ops run one by one.
 
-    Traced once per view and set of Python arguments, with the view's batch axes unknown: XLA
-    compiles once per actual shape, but TensorFlow keeps one function for every m (each traced
-    op holds its Python stack, for error messages, as long as the process runs). A kernel
+    Traced once per set of Python arguments and of tensor dtypes and ranks, with every axis
+    unknown: XLA compiles once per actual shape anyway, while TensorFlow keeps each traced
+    function as long as the process runs (its graph, and every op's Python stack for error
+    messages), so one function serves all the layers of a network. Shapes the kernels need as
+    numbers (block sizes) come from `tf.shape`, which XLA knows when it compiles. A kernel
     called while another kernel is traced is inlined into it: XLA would inline it anyway. Its
     tensors must come cut off any GradientTape (`batch_norm_train` cuts them where they enter).
     """
@@ -144,7 +146,7 @@ def _kernel(fn: Callable) -> Callable:
         is_tensor = tuple(isinstance(a, tf.Tensor) for a in args)
         tensors = [a for a, t in zip(args, is_tensor, strict=True) if t]
         statics = tuple(None if t else a for a, t in zip(args, is_tensor, strict=True))
-        signature = tuple(_relaxed_spec(t, args[0].shape.rank) for t in tensors)
+        signature = tuple(tf.TensorSpec([None] * t.shape.rank, t.dtype) for t in tensors)
         key = (statics, is_tensor, signature)
         if key not in traced:
             function = tf.function(
@@ -161,6 +163,7 @@ def _kernel(fn: Callable) -> Callable:
             traced[key] = function
         return traced[key](*tensors)
 
+    run.traced = traced  # the traced functions by key: one per set of statics, dtypes and ranks
     return run
 
 
@@ -179,15 +182,6 @@ class _Tracing(threading.local):
 
 
 _TRACING = _Tracing()
-
-
-def _relaxed_spec(t: tf.Tensor, view_rank: int) -> tf.TensorSpec:
-    """t's spec with the batch axes of the view unknown: every axis but the features' (axis 1)
-    of a tensor of the view's rank; per-feature vectors and scalars keep their shapes."""
-    shape = t.shape.as_list()
-    if len(shape) == view_rank:
-        shape = [size if axis == 1 else None for axis, size in enumerate(shape)]
-    return tf.TensorSpec(shape, t.dtype)
 
 
 # The kernels work on a view of the activations: [m, C] when the feature axis is last (channels-last
@@ -351,15 +345,15 @@ def _widen(t: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
     return tf.cast(t, dtype)
 
 
-def _rows(t: tf.Tensor) -> int:
-    """The rows of a block of the [m, C] tensor t."""
-    return max(_MIN_ROWS, _BLOCK_ELEMENTS // t.shape[1])
+def _rows(t: tf.Tensor) -> tf.Tensor:
+    """The rows of a block of the [m, C] tensor t (a constant when XLA compiles)."""
+    return tf.maximum(_MIN_ROWS, _BLOCK_ELEMENTS // tf.shape(t)[1])
 
 
 def _blocks(tensors: tuple, part: tf.Tensor, dtype: tf.DType, step: Callable, initial: tuple):
     """Folds `step(carry, blocks)` over `part`'s share of the full blocks of rows of the [m, C]
     tensors; `blocks` are the tensors' blocks in `dtype` (`_bits` widened)."""
-    channels = tensors[0].shape[1]
+    channels = tf.shape(tensors[0])[1]
     rows = _rows(tensors[0])
     m = tf.shape(tensors[0])[0]
     full = m // rows
@@ -418,7 +412,7 @@ def _blocked_moments(x, part, dtype):
     def merge(carry, blocks):
         return _chan_merge(carry, _block_moments(blocks[0] - shift))
 
-    zeros = tf.zeros([x.shape[1]], dtype)
+    zeros = tf.zeros(tf.shape(x)[1:], dtype)
     return _blocks((x,), part, dtype, merge, (tf.constant(0, dtype), zeros, zeros))
 
 
