@@ -2,7 +2,8 @@
 
     python benchmarks/train_step.py [--sizes 224x32 64x32] [--repeats 5] [--paths loop keras]
         [--networks ...] [--loop_steps 3] [--mixed_precision bfloat16] [--memory]
-    python benchmarks/train_step.py --profile DIR [--sizes 224x32]
+    python benchmarks/train_step.py --profile DIR [--sizes 224x32] [--networks ...]
+        [--mixed_precision bfloat16]
 
 For each input size × global batch (`SIZExBATCH`), BN-Inception models are built, identical but
 for their normalization (`BNInception(norm_layer=...)`):
@@ -41,11 +42,13 @@ resident memory (`ru_maxrss`) after `--memory_steps` steps. `--memory_only` prin
 `--mixed_precision bfloat16` adds rows under the `mixed_bfloat16` policy, with the float32
 Keras-BN network's time as the reference.
 
-`--profile DIR` instead traces one training-loop step of "ours" and "ours, BN then ReLU" with the
+`--profile DIR` instead traces one training-loop step of each network in `--networks` ("ours,
+BN then ReLU" and "ours" if not given), in float32 or under `--mixed_precision`, with the
 TensorFlow profiler (written to DIR, for TensorBoard) and prints where the time goes: each
 TensorFlow op's own time (nested ops subtracted), summed over the compute threads and grouped by
-what it belongs to (the BN layers' forward, backward and moving averages, the separate ReLU
-layers, convolutions and their gradients, the optimizer, the rest).
+what it belongs to (ours' BN kernels, TensorFlow's fused BN kernels, the BN layers' other ops
+and moving averages, the separate ReLU layers, convolutions and their gradients, the optimizer,
+the rest).
 """
 
 from __future__ import annotations
@@ -79,6 +82,7 @@ CLASSES = 10
 NETWORKS = ("no BN", "fused kernel", "ours", "ours, BN then ReLU", "keras BN")
 # The counting allocator is deterministic: one process of a few steps gives the tensor peak.
 TENSOR_PEAK_STEPS = 3
+PROFILED = ("ours, BN then ReLU", "ours")  # --profile's networks unless --networks is given
 
 
 class _FusedKernelLayer(FusedKernelBN):
@@ -216,7 +220,7 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["224x32"], help="SIZExBATCH, e.g. 64x32")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--paths", nargs="+", default=["loop", "keras"], choices=["loop", "keras"])
-    parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=NETWORKS)
+    parser.add_argument("--networks", nargs="+", choices=NETWORKS, help="default: all five")
     parser.add_argument("--loop_steps", type=int, default=3, help="steps per Trainer.train call")
     parser.add_argument("--mixed_precision", choices=["bfloat16"], default=None)
     parser.add_argument("--profile", metavar="DIR", help="profile one step of ours (see above)")
@@ -243,10 +247,12 @@ def main() -> None:
             f"--memory_repeats must be at least 1; received --memory_repeats={args.memory_repeats}"
         )
     if args.profile:
+        networks = [n for n in NETWORKS if n in (args.networks or PROFILED)]
+        policy = "float32" if args.mixed_precision is None else f"mixed_{args.mixed_precision}"
         for spec in args.sizes:
-            _profile(args.profile, *(int(v) for v in spec.lower().split("x")))
+            _profile(args.profile, *(int(v) for v in spec.lower().split("x")), networks, policy)
         return
-    networks = [n for n in NETWORKS if n in args.networks]
+    networks = [n for n in NETWORKS if n in (args.networks or NETWORKS)]
     if "keras BN" not in networks:
         parser.error(f"--networks must include 'keras BN' (the reference); received {networks}")
     policies = ["float32"] + (["mixed_bfloat16"] if args.mixed_precision else [])
@@ -379,10 +385,12 @@ def _category(op: str) -> str:
     if op == _XLA_RUN:  # without --jit_compile, only the BN layers' kernels are XLA computations
         return "BN kernels (XLA: forward, backward; with ReLU in the unit)"
     name, _, op_type = op.rpartition(":")
+    if "FusedBatchNorm" in op_type:
+        return "BN kernels (TensorFlow's fused C++ ops)"
     if "_BatchNorm" in name:
         if "AssignVariableOp" in op_type or "/moving" in name.lower():
             return "BN moving averages"
-        return "BN layers' other ops (cast, reshape, ...)"
+        return "BN layers' other ops (ours: cast, reshape, ...; Keras' layer: all its math)"
     if "_Activation" in name:
         return "ReLU layers (forward, backward)"
     if "Conv2D" in op_type or "DepthwiseConv2dNative" in op_type or "MatMul" in op_type:
@@ -392,18 +400,18 @@ def _category(op: str) -> str:
     return "other (pooling, concat, loss, data, ...)"
 
 
-def _profile(logdir: str, size: int, batch: int) -> None:
-    """Traces one training-loop step of ours, without and with the BN + ReLU unit."""
+def _profile(logdir: str, size: int, batch: int, networks: list[str], policy: str) -> None:
+    """Traces one training-loop step of each of `networks` under `policy`."""
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    print(f"| {size}×{size} × {batch}, one training-loop step | ", end="")
     shares = {}
-    for network in ("ours, BN then ReLU", "ours"):
+    for network in networks:
         with tempfile.TemporaryDirectory() as model_dir:
-            step = _step_fn("loop", network, size, batch, "float32", model_dir)
+            step = _step_fn("loop", network, size, batch, policy, model_dir)
             step()  # tracing and XLA compilation
             step()
-            out = os.path.join(logdir, network.replace(", ", "_").replace(" ", "_"))
+            name = f"{policy}_{network}".replace(", ", "_").replace(" ", "_")
+            out = os.path.join(logdir, name)
             t0 = time.perf_counter()
             tf.profiler.experimental.start(out)
             try:
@@ -419,9 +427,11 @@ def _profile(logdir: str, size: int, batch: int) -> None:
             by_category[_category(op)] += ms
         shares[network] = (wall, by_category)
     categories = sorted(
-        {c for _, b in shares.values() for c in b}, key=lambda c: -shares["ours"][1][c]
+        {c for _, b in shares.values() for c in b},
+        key=lambda c: -max(b[c] for _, b in shares.values()),
     )
-    print(" | ".join(f"{n}: ms (share)" for n in shares) + " |")
+    title = f"| {size}×{size} × {batch}, {policy}, one training-loop step | "
+    print(title + " | ".join(f"{n}: ms (share)" for n in shares) + " |")
     print("|---|" + "---|" * len(shares))
     for category in categories:
         cells = []
