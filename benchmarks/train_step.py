@@ -223,7 +223,7 @@ def main() -> None:
     parser.add_argument("--networks", nargs="+", choices=NETWORKS, help="default: all five")
     parser.add_argument("--loop_steps", type=int, default=3, help="steps per Trainer.train call")
     parser.add_argument("--mixed_precision", choices=["bfloat16"], default=None)
-    parser.add_argument("--profile", metavar="DIR", help="profile one step of ours (see above)")
+    parser.add_argument("--profile", metavar="DIR", help="profile a step of each network")
     parser.add_argument("--memory", action="store_true", help="peak RSS, one process a network")
     parser.add_argument("--memory_only", action="store_true", help="only the memory columns")
     parser.add_argument("--memory_steps", type=int, default=10, help="steps a memory process")
