@@ -25,6 +25,9 @@ of ⟨y, dy⟩ with respect to x, γ and β for a fixed random dy, as in a netwo
   i.e. 4 such passes. The unit is TensorFlow's multiply op, not the memory's limit: a layer can
   take fewer than 4 of them if it moves data faster than that op does.
 
+"fused vs keras" is the anchor's own speed-up over Keras' layer: how far a hand-written BN can
+get on the machine with TensorFlow's C++ kernels as the bar.
+
 "cores" is the process's CPU time over the wall time of a layer's timed runs: how many of the
 machine's cores it kept busy.
 
@@ -237,6 +240,7 @@ def main() -> None:
         "ours ms",
         "ours vs keras",
         "ours vs fused",
+        "fused vs keras",
         "fused cores",
         "ours cores",
         "one pass ms",
@@ -280,6 +284,7 @@ def _table(args: argparse.Namespace) -> None:
                 f"{ms['ours']:.1f}",
                 f"{ms['keras'] / ms['ours']:.2f}×",
                 f"{ms['fused'] / ms['ours']:.2f}×",
+                f"{ms['keras'] / ms['fused']:.2f}×",
                 f"{cores['fused']:.2f}",
                 f"{cores['ours']:.2f}",
                 f"{ms['y = 2x'] / 2:.1f}",
