@@ -12,6 +12,9 @@ ARGS   ?= tests
 
 .PHONY: demo test pytest lint bazel-test bench clean
 
+# BN's C++ CPU ops (keras_bninception/layers/cpu_ops.py), built against the venv's TensorFlow.
+CPU_OPS := keras_bninception/layers/_cpu_reductions.so
+
 $(VENV)/.base: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -22,7 +25,10 @@ $(VENV)/.test: $(VENV)/.base
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
-demo: $(VENV)/.base
+$(CPU_OPS): keras_bninception/layers/cpu_reductions.cc keras_bninception/layers/cpu_ops.py $(VENV)/.base
+	$(PY) -m keras_bninception.layers.cpu_ops
+
+demo: $(VENV)/.base $(CPU_OPS)
 	$(PY) -m trainers.demo
 
 test: lint bazel-test
@@ -31,14 +37,14 @@ lint: $(VENV)/.test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-pytest: $(VENV)/.test
+pytest: $(VENV)/.test $(CPU_OPS)
 	$(PY) -m pytest -q $(ARGS)
 
-bazel-test: $(VENV)/.test
+bazel-test: $(VENV)/.test $(CPU_OPS)
 	./tools/bazel_test.sh $(abspath $(PY))
 
-bench: $(VENV)/.base
+bench: $(VENV)/.base $(CPU_OPS)
 	$(PY) benchmarks/bn_layer.py
 
 clean:
-	rm -rf $(VENV) bazel-*
+	rm -rf $(VENV) bazel-* $(CPU_OPS)

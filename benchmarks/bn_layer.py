@@ -1,7 +1,7 @@
 """Forward + backward of the project's BatchNormalization against Keras' layer and TF's kernel.
 
     python benchmarks/bn_layer.py [--repeats 15] [--batch 32] [--dtypes float32 bfloat16] [--memory]
-        [--reductions default|blocked|single]
+        [--reductions default|cpu-ops|blocked|single]
 
 On the BN-Inception activation shapes, training mode, one process: three implementations run
 interleaved (Keras, fused kernel, ours, Keras, ...) so machine noise hits all alike, and the median
@@ -32,11 +32,12 @@ get on the machine with TensorFlow's C++ kernels as the bar.
 machine's cores it kept busy.
 
 bfloat16 rows run each under the `mixed_bfloat16` policy (x and y in bfloat16, γ, β and the
-statistics in float32). `--reductions blocked` or `single` times ours with its reductions over
-blocks of rows or in one reduce, instead of the layer's own choice for the device
-(`batch_norm_transform.use_blocked_reductions`), to compare the two on a machine. `--memory`
-measures (with the layer's own choice), in a fresh subprocess per cell, the growth of the peak
-resident memory over one warm-up and three forward + backward runs, minus the inputs. The
+statistics in float32). `--reductions` times ours with its reductions done another way than its
+own choice for the device: `cpu-ops` by the C++ ops over blocks of rows (float32; bfloat16 takes
+the XLA loops), `blocked` by the XLA loops over blocks of rows, `single` in one XLA reduce
+(`batch_norm_transform.use_blocked_reductions` and `use_cpu_ops`), to compare them on a machine.
+`--memory` measures (with the layer's own choice), in a fresh subprocess per cell, the growth of
+the peak resident memory over one warm-up and three forward + backward runs, minus the inputs. The
 machine's copy bandwidth (NumPy copy between two preallocated arrays, read + write) and float32
 matmul throughput (2048² `tf.matmul`) are printed with the table, to compare machines.
 """
@@ -65,8 +66,13 @@ SHAPES = [(56, 56, 192), (28, 28, 256), (14, 14, 576), (7, 7, 1024)]
 LAYERS = ("keras", "fused", "ours")  # the BN implementations (one memory column each)
 NAMES = (*LAYERS, "y = 2x")
 EPSILON = 1e-3
-# --reductions: the argument of `batch_norm_transform.use_blocked_reductions`.
-REDUCTIONS = {"default": None, "blocked": True, "single": False}
+# --reductions: the arguments of `batch_norm_transform.use_blocked_reductions` and `use_cpu_ops`.
+REDUCTIONS = {
+    "default": (None, None),
+    "cpu-ops": (True, True),
+    "blocked": (True, False),
+    "single": (False, False),
+}
 
 
 class FusedKernelBN(keras.layers.Layer):
@@ -250,7 +256,11 @@ def main() -> None:
         header += ["keras MB", "fused MB", "ours MB"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    with batch_norm_transform.use_blocked_reductions(REDUCTIONS[args.reductions]):
+    blocked, cpu_ops = REDUCTIONS[args.reductions]
+    with (
+        batch_norm_transform.use_blocked_reductions(blocked),
+        batch_norm_transform.use_cpu_ops(cpu_ops),
+    ):
         _table(args)
 
 

@@ -385,6 +385,8 @@ def _category(op: str) -> str:
     if op == _XLA_RUN:  # without --jit_compile, only the BN layers' kernels are XLA computations
         return "BN kernels (XLA: forward, backward; with ReLU in the unit)"
     name, _, op_type = op.rpartition(":")
+    if "KerasBnInception" in op_type:
+        return "BN kernels (ours' C++ ops: the two reductions)"
     if "FusedBatchNorm" in op_type:
         return "BN kernels (TensorFlow's fused C++ ops)"
     if "_BatchNorm" in name:

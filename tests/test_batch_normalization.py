@@ -442,15 +442,20 @@ def test_inference_folds_into_the_convolution_for_tflite(unit):
     np.testing.assert_allclose(y, model(x, training=False), atol=1e-5)
 
 
+@pytest.mark.parametrize("cpu_ops", [False, True], ids=["xla loops", "C++ ops"])
 @pytest.mark.parametrize("relu", [False, True])
-def test_blocked_and_single_reduce_formulations_agree(relu):
+def test_blocked_and_single_reduce_formulations_agree(relu, cpu_ops):
     # 512 features: blocks of 64 rows; m = 2·9·11 = 198 rows, so three full blocks, one in the
-    # first part, two in the second with the 6-row rest.
+    # first part, two in the second with the 6-row rest. The C++ ops: 32-row blocks in 2 chunks.
     x = _random([2, 9, 11, 512], mean=1.0, std=2.0, seed=32)
     gamma, beta = _random([512], mean=1.0, seed=33), _random([512], seed=34)
     outputs = []
     for blocked in (True, False):
-        with batch_norm_transform.use_blocked_reductions(blocked), tf.GradientTape() as tape:
+        with (
+            batch_norm_transform.use_blocked_reductions(blocked),
+            batch_norm_transform.use_cpu_ops(cpu_ops),
+            tf.GradientTape() as tape,
+        ):
             tape.watch([x, gamma, beta])
             y, mean, var, count = batch_norm_transform.batch_norm_train(
                 x, gamma, beta, axis=3, epsilon=1e-3, relu=relu
@@ -479,11 +484,16 @@ def test_blocked_parts_share_the_full_blocks_each_once(rows, parts):
         np.testing.assert_allclose(ssd, (deviations**2).sum(0), rtol=1e-5)
 
 
-@pytest.mark.parametrize("rows", [199, 192, 40])
-def test_blocked_statistics_count_every_row_once(rows):
-    # The parts' full blocks and the rest (7, none, or all 40 rows) make up μ_B and σ²_B.
+@pytest.mark.parametrize("cpu_ops", [False, True], ids=["xla loops", "C++ ops"])
+@pytest.mark.parametrize("rows", [199, 192, 40, 1])
+def test_blocked_statistics_count_every_row_once(rows, cpu_ops):
+    # The parts' full blocks and the rest (7, none, or all 40 rows) make up μ_B and σ²_B; the
+    # C++ ops' chunks and their last, shorter block too.
     x = _random([rows, 512], mean=3.0, std=2.0, seed=37)
-    with batch_norm_transform.use_blocked_reductions(True):
+    with (
+        batch_norm_transform.use_blocked_reductions(True),
+        batch_norm_transform.use_cpu_ops(cpu_ops),
+    ):
         _, mean, var, count = batch_norm_transform.batch_norm_train(
             x, tf.ones([512]), tf.zeros([512]), axis=1, epsilon=1e-3
         )
@@ -516,7 +526,7 @@ def test_kernels_are_traced_once_for_every_shape():
         np.testing.assert_allclose(mean, x64.mean(0), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(var, x64.var(0), rtol=1e-5)
 
-    with batch_norm_transform.use_blocked_reductions(True):
+    with batch_norm_transform.use_blocked_reductions(True), batch_norm_transform.use_cpu_ops(False):
         forward_backward([2, 3, 3, 8], seed=47)
         traced = [len(kernel.traced) for kernel in kernels]
         forward_backward([3, 5, 5, 24], seed=48)
@@ -524,10 +534,11 @@ def test_kernels_are_traced_once_for_every_shape():
     assert [len(kernel.traced) for kernel in kernels] == traced
 
 
-def test_blocked_reductions_add_few_ops_to_a_traced_step():
+@pytest.mark.parametrize("cpu_ops", [False, True], ids=["xla loops", "C++ ops"])
+def test_blocked_reductions_add_few_ops_to_a_traced_step(cpu_ops):
     # Every op of a traced training step costs memory and time when it is traced and first run;
     # a BN layer is called ~70 times in BN-Inception. The blocked path's glue (its parts' merge,
-    # the statistics) lives inside its kernels: it adds only its extra kernel calls to the graph.
+    # the statistics) lives inside its kernels or ops: it adds only its extra calls to the graph.
     def graph_ops(blocked):
         @tf.function
         def step(x):
@@ -538,7 +549,10 @@ def test_blocked_reductions_add_few_ops_to_a_traced_step():
                 )[0]
             return tape.gradient(y, x)
 
-        with batch_norm_transform.use_blocked_reductions(blocked):
+        with (
+            batch_norm_transform.use_blocked_reductions(blocked),
+            batch_norm_transform.use_cpu_ops(cpu_ops),
+        ):
             graph = step.get_concrete_function(tf.TensorSpec([2, 4, 4, 64])).graph
         return len(graph.as_graph_def().node)
 
@@ -560,7 +574,7 @@ def test_blocked_bfloat16_blocks_are_read_exactly():
     # statistics must be those of the same values given in float32, bit for bit.
     x = tf.cast(_random([2, 9, 11, 512], mean=2.0, std=3.0, seed=45), "bfloat16")
     ones, zeros = tf.ones([512]), tf.zeros([512])
-    with batch_norm_transform.use_blocked_reductions(True):
+    with batch_norm_transform.use_blocked_reductions(True), batch_norm_transform.use_cpu_ops(False):
         half, full = (
             batch_norm_transform.batch_norm_train(v, ones, zeros, axis=3, epsilon=1e-3)
             for v in (x, tf.cast(x, "float32"))
@@ -570,11 +584,15 @@ def test_blocked_bfloat16_blocks_are_read_exactly():
         np.testing.assert_array_equal(a, b)
 
 
-def test_blocked_moments_keep_variance_precision_at_large_mean():
-    # Mean 1e4, std 1, m = 189: one block in the first part, one and a 61-row rest in the second:
-    # merging blocks and parts must not lose σ².
+@pytest.mark.parametrize("cpu_ops", [False, True], ids=["xla loops", "C++ ops"])
+def test_blocked_moments_keep_variance_precision_at_large_mean(cpu_ops):
+    # Mean 1e4, std 1, m = 189: one block in the first part, one and a 61-row rest in the second
+    # (the C++ ops: two chunks of 32-row blocks): merging blocks and parts must not lose σ².
     x = _random([3, 7, 9, 512], mean=1e4, std=1.0, seed=35)
-    with batch_norm_transform.use_blocked_reductions(True):
+    with (
+        batch_norm_transform.use_blocked_reductions(True),
+        batch_norm_transform.use_cpu_ops(cpu_ops),
+    ):
         _, mean, var, _ = batch_norm_transform.batch_norm_train(
             x, tf.ones([512]), tf.zeros([512]), axis=3, epsilon=1e-3
         )

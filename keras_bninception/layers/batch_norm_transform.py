@@ -41,6 +41,11 @@ inside them, so a layer adds only these calls to the training step's graph (each
 memory and time when the step is traced and run for the first time).
 The transform's inputs are cut off the GradientTape (the gradient is the hand-written one), so no
 kernel keeps intermediates for an autodiff that never comes.
+On a CPU, for float32 activations, the two reductions run instead as C++ TensorFlow ops
+(`cpu_reductions.cc`, built and loaded by `cpu_ops`; `use_cpu_ops`): the same blocks, shift and
+merge, with the rows shared among the intra-op pool's threads, and XLA's elementwise kernels as
+above. They are faster than the XLA loops, and they never run inside an XLA compilation, where the
+XLA loops do.
 `benchmarks/bn_layer.py` and `benchmarks/train_step.py` measure it against
 `keras.layers.BatchNormalization`; `use_xla(False)` runs the very same kernels op by op.
 
@@ -78,12 +83,17 @@ import threading
 from collections.abc import Callable, Iterator
 
 import tensorflow as tf
+from tensorflow.python.ops import control_flow_util
 
-__all__ = ["batch_norm_train", "use_blocked_reductions", "use_xla"]
+from keras_bninception.layers import cpu_ops
+
+__all__ = ["batch_norm_train", "use_blocked_reductions", "use_cpu_ops", "use_xla"]
 
 _XLA = {"enabled": True}
 # None: blocked reductions exactly when no GPU is visible (read when a function is traced).
 _BLOCKED = {"enabled": None}
+# None: the C++ ops of `cpu_ops` for the blocked float32 reductions whenever their library loads.
+_CPU_OPS = {"enabled": None}
 
 
 @contextlib.contextmanager
@@ -118,6 +128,37 @@ def use_blocked_reductions(enabled: bool | None) -> Iterator[None]:
         yield
     finally:
         _BLOCKED["enabled"] = previous
+
+
+@contextlib.contextmanager
+def use_cpu_ops(enabled: bool | None) -> Iterator[None]:
+    """Within the block, compute the blocked float32 reductions with the C++ ops of `cpu_ops`
+    (True: raises if their library does not load), with the XLA loops (False), or with the C++ ops
+    when their library loads (None, the default). Read when a function is traced.
+
+    The ops never run inside an XLA compilation (`tf.function(jit_compile=True)`, Keras'
+    `jit_compile=True`), which cannot run them: there the XLA loops do.
+    """
+    if enabled and cpu_ops.load() is None:
+        raise RuntimeError(
+            f"use_cpu_ops(True) needs {cpu_ops.LIBRARY}; build it with "
+            "`python -m keras_bninception.layers.cpu_ops`"
+        )
+    previous = _CPU_OPS["enabled"]
+    _CPU_OPS["enabled"] = None if enabled is None else bool(enabled)
+    try:
+        yield
+    finally:
+        _CPU_OPS["enabled"] = previous
+
+
+def _cpu_ops():
+    """The C++ ops' module if they are to run in the function traced now, else None."""
+    if _CPU_OPS["enabled"] is False:
+        return None
+    if control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
+        return None
+    return cpu_ops.load()
 
 
 def _blocked_reductions() -> bool:
@@ -479,6 +520,19 @@ def _backward_blocked(dy, x, mean, inv_std, gamma, beta, relu, count):
     return _blocked_grad_input(dy, x, *statistics, count, *(v for s in parts for v in s))
 
 
+def _forward_cpu(ops, x, gamma, beta, epsilon, relu):
+    """`_forward_blocked` with μ_B and σ²_B from the C++ op (same blocks, shift and merge)."""
+    mean, variance, inv_std, count = ops.keras_bn_inception_moments(x, epsilon=epsilon)
+    return _normalize(x, mean, inv_std, gamma, beta, relu), mean, variance, inv_std, count
+
+
+def _backward_cpu(ops, dy, x, mean, inv_std, gamma, beta, relu, count):
+    """`_backward_blocked` with ∂ℓ/∂β and ∂ℓ/∂γ from the C++ op."""
+    dbeta, dgamma = ops.keras_bn_inception_grad_sums(dy, x, mean, inv_std, gamma, beta, relu=relu)
+    dx = _grad_input(dy, x, None, mean, inv_std, gamma, beta, relu, dbeta, dgamma, count)
+    return dx, dgamma, dbeta
+
+
 def _view(x: tf.Tensor, axis: int) -> tf.Tensor:
     """The [m, C] or [A, C, B] view of x (a reshape, no copy)."""
     rank = x.shape.rank
@@ -535,6 +589,7 @@ def batch_norm_train(
     )
     relu = bool(relu)
     blocked = not synchronized and mask is None and x_view.shape.rank == 2 and _blocked_reductions()
+    ops = _cpu_ops() if blocked and x.dtype == tf.float32 else None
 
     @tf.autograph.experimental.do_not_convert
     @tf.custom_gradient
@@ -545,6 +600,10 @@ def batch_norm_train(
         if synchronized:
             y, mean, variance, inv_std, count = _forward(
                 x_view, w_view, gamma, beta, epsilon, relu, _cross_replica_sum
+            )
+        elif ops:
+            y, mean, variance, inv_std, count = _forward_cpu(
+                ops, x_view, gamma, beta, epsilon, relu
             )
         elif blocked:
             y, mean, variance, inv_std, count = _forward_blocked(x_view, gamma, beta, epsilon, relu)
@@ -558,6 +617,8 @@ def batch_norm_train(
             statistics = (mean, inv_std, gamma, beta, relu)
             if synchronized:
                 return _backward(dy, x_view, w_view, *statistics, count, _cross_replica_sum)
+            if ops:
+                return _backward_cpu(ops, dy, x_view, *statistics, count)
             if blocked:
                 return _backward_blocked(dy, x_view, *statistics, count)
             return _backward_fused(dy, x_view, w_view, *statistics, count)
