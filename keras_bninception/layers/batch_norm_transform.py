@@ -153,8 +153,9 @@ def use_cpu_ops(enabled: bool | None) -> Iterator[None]:
 
 
 def _cpu_ops():
-    """The C++ ops' module if they are to run in the function traced now, else None."""
-    if _CPU_OPS["enabled"] is False:
+    """The C++ ops' module if they are to run in the function traced now, else None: not when
+    switched off, inside an XLA compilation, or where a GPU is visible (they are CPU ops)."""
+    if _CPU_OPS["enabled"] is False or tf.config.list_logical_devices("GPU"):
         return None
     if control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
         return None
@@ -601,7 +602,7 @@ def batch_norm_train(
             y, mean, variance, inv_std, count = _forward(
                 x_view, w_view, gamma, beta, epsilon, relu, _cross_replica_sum
             )
-        elif ops:
+        elif ops is not None:
             y, mean, variance, inv_std, count = _forward_cpu(
                 ops, x_view, gamma, beta, epsilon, relu
             )
@@ -617,7 +618,7 @@ def batch_norm_train(
             statistics = (mean, inv_std, gamma, beta, relu)
             if synchronized:
                 return _backward(dy, x_view, w_view, *statistics, count, _cross_replica_sum)
-            if ops:
+            if ops is not None:
                 return _backward_cpu(ops, dy, x_view, *statistics, count)
             if blocked:
                 return _backward_blocked(dy, x_view, *statistics, count)
