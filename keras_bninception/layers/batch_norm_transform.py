@@ -137,7 +137,8 @@ def use_cpu_ops(enabled: bool | None) -> Iterator[None]:
     when their library loads (None, the default). Read when a function is traced.
 
     The ops never run inside an XLA compilation (`tf.function(jit_compile=True)`, Keras'
-    `jit_compile=True`), which cannot run them: there the XLA loops do.
+    `jit_compile=True`), which cannot run them, nor where a GPU is visible: there the XLA kernels
+    do.
     """
     if enabled and cpu_ops.load() is None:
         raise RuntimeError(
