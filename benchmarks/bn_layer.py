@@ -25,6 +25,10 @@ of ⟨y, dy⟩ with respect to x, γ and β for a fixed random dy, as in a netwo
   i.e. 4 such passes. The unit is TensorFlow's multiply op, not the memory's limit: a layer can
   take fewer than 4 of them if it moves data faster than that op does.
 
+"ours, XLA loops" is ours with its reductions in the XLA loops over blocks of rows instead of the
+C++ ops (float32 on CPUs; in bfloat16 ours takes the XLA loops anyway), interleaved with the
+others: "ours vs ours, XLA loops" is what the C++ ops gain.
+
 "fused vs keras" is the anchor's own speed-up over Keras' layer: how far a hand-written BN can
 get on the machine with TensorFlow's C++ kernels as the bar.
 
@@ -45,6 +49,7 @@ matmul throughput (2048² `tf.matmul`) are printed with the table, to compare ma
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -64,7 +69,10 @@ from keras_bninception.layers import BatchNormalization, batch_norm_transform  #
 
 SHAPES = [(56, 56, 192), (28, 28, 256), (14, 14, 576), (7, 7, 1024)]
 LAYERS = ("keras", "fused", "ours")  # the BN implementations (one memory column each)
-NAMES = (*LAYERS, "y = 2x")
+# "ours, XLA loops": ours traced with `use_cpu_ops(False)`, its reductions the XLA loops over blocks
+# of rows instead of the C++ ops (the same where ours takes the XLA loops anyway: bfloat16).
+XLA_LOOPS = "ours, XLA loops"
+NAMES = (*LAYERS, XLA_LOOPS, "y = 2x")
 EPSILON = 1e-3
 # --reductions: the arguments of `batch_norm_transform.use_blocked_reductions` and `use_cpu_ops`.
 REDUCTIONS = {
@@ -131,7 +139,7 @@ def _layer(name: str, dtype: str) -> keras.layers.Layer:
         return FusedKernelBN(dtype=policy)
     if name == "y = 2x":
         return TwoPasses(dtype=policy)
-    return BatchNormalization(epsilon=EPSILON, dtype=policy)
+    return BatchNormalization(epsilon=EPSILON, dtype=policy)  # ours, and ours with XLA loops
 
 
 def _step_fn(layer: keras.layers.Layer, dy: tf.Tensor):
@@ -251,6 +259,8 @@ def main() -> None:
         "ours cores",
         "one pass ms",
         "ours in passes",
+        "ours, XLA loops ms",
+        "ours vs ours, XLA loops",
     ]
     if args.memory:
         header += ["keras MB", "fused MB", "ours MB"]
@@ -274,8 +284,10 @@ def _table(args: argparse.Namespace) -> None:
                 layer = _layer(name, dtype)
                 layer.build(shape)
                 steps[name] = _step_fn(layer, dy)
-                for _ in range(2):  # trace, compile, warm up
-                    _run(steps[name], x)
+                loops = name == XLA_LOOPS  # the switch is read when the step is traced
+                with batch_norm_transform.use_cpu_ops(False) if loops else contextlib.nullcontext():
+                    for _ in range(2):  # trace, compile, warm up
+                        _run(steps[name], x)
             times = {name: [] for name in NAMES}
             cpu_times = {name: [] for name in NAMES}
             for _ in range(args.repeats):
@@ -299,6 +311,8 @@ def _table(args: argparse.Namespace) -> None:
                 f"{cores['ours']:.2f}",
                 f"{ms['y = 2x'] / 2:.1f}",
                 f"{ms['ours'] / (ms['y = 2x'] / 2):.1f}",
+                f"{ms[XLA_LOOPS]:.1f}",
+                f"{ms[XLA_LOOPS] / ms['ours']:.2f}×",
             ]
             if args.memory:
                 row += [f"{_memory(name, shape, dtype):.0f}" for name in LAYERS]
