@@ -85,8 +85,6 @@ from collections.abc import Callable, Iterator
 import tensorflow as tf
 from tensorflow.python.ops import control_flow_util
 
-from keras_bninception.layers import cpu_ops
-
 __all__ = ["batch_norm_train", "use_blocked_reductions", "use_cpu_ops", "use_xla"]
 
 _XLA = {"enabled": True}
@@ -140,6 +138,8 @@ def use_cpu_ops(enabled: bool | None) -> Iterator[None]:
     `jit_compile=True`), which cannot run them, nor where a GPU is visible: there the XLA kernels
     do.
     """
+    from keras_bninception.layers import cpu_ops  # not at the top: see `cpu_ops`
+
     if enabled and cpu_ops.load() is None:
         raise RuntimeError(
             f"use_cpu_ops(True) needs {cpu_ops.LIBRARY}; build it with "
@@ -160,6 +160,8 @@ def _cpu_ops():
         return None
     if control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
         return None
+    from keras_bninception.layers import cpu_ops  # not at the top: see `cpu_ops`
+
     return cpu_ops.load()
 
 

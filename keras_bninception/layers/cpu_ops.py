@@ -7,6 +7,8 @@ float32 activations with these ops when the library is there, and with its block
 otherwise, which compute the same (`benchmarks/bn_layer.py --reductions` compares the paths).
 The library is built with g++ against the installed TensorFlow and is tied to it: if it does not
 load (not built, or built for another TensorFlow), the XLA kernels run and a warning says why.
+`batch_norm_transform` imports this module where it uses it, not at its top: `python -m` runs
+this module after importing its package, which imports `batch_norm_transform`.
 """
 
 from __future__ import annotations
