@@ -70,4 +70,7 @@ def load():
 
 
 if __name__ == "__main__":
-    print(build(pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else LIBRARY))
+    try:
+        print(build(pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else LIBRARY))
+    except (RuntimeError, subprocess.CalledProcessError) as error:
+        sys.exit(f"cpu_ops: {error}")
