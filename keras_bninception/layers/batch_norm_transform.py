@@ -95,21 +95,25 @@ _CPU_OPS = {"enabled": None}
 
 
 @contextlib.contextmanager
-def use_xla(enabled: bool) -> Iterator[None]:
+def _switched(setting: dict, enabled: bool | None) -> Iterator[None]:
+    """Within the block, `setting["enabled"]` is `enabled` (None kept, else as a bool)."""
+    previous = setting["enabled"]
+    setting["enabled"] = None if enabled is None else bool(enabled)
+    try:
+        yield
+    finally:
+        setting["enabled"] = previous
+
+
+def use_xla(enabled: bool) -> contextlib.AbstractContextManager[None]:
     """Within the block, run the kernels through XLA (the default) or op by op (`enabled=False`).
 
     Read when a function is traced: a `tf.function` traced inside the block keeps its choice.
     """
-    previous = _XLA["enabled"]
-    _XLA["enabled"] = bool(enabled)
-    try:
-        yield
-    finally:
-        _XLA["enabled"] = previous
+    return _switched(_XLA, bool(enabled))
 
 
-@contextlib.contextmanager
-def use_blocked_reductions(enabled: bool | None) -> Iterator[None]:
+def use_blocked_reductions(enabled: bool | None) -> contextlib.AbstractContextManager[None]:
     """Within the block, reduce over the batch in cache-sized blocks (True) or as one XLA reduce.
 
     `None` (the default) picks blocks when no GPU is visible: XLA's CPU backend writes the
@@ -120,16 +124,10 @@ def use_blocked_reductions(enabled: bool | None) -> Iterator[None]:
     Both formulations compute the same statistics (tested one against the other). Read when a
     function is traced.
     """
-    previous = _BLOCKED["enabled"]
-    _BLOCKED["enabled"] = None if enabled is None else bool(enabled)
-    try:
-        yield
-    finally:
-        _BLOCKED["enabled"] = previous
+    return _switched(_BLOCKED, enabled)
 
 
-@contextlib.contextmanager
-def use_cpu_ops(enabled: bool | None) -> Iterator[None]:
+def use_cpu_ops(enabled: bool | None) -> contextlib.AbstractContextManager[None]:
     """Within the block, compute the blocked float32 reductions with the C++ ops of `cpu_ops`
     (True: raises if their library does not load), with the XLA loops (False), or with the C++ ops
     when their library loads (None, the default). Read when a function is traced.
@@ -145,12 +143,7 @@ def use_cpu_ops(enabled: bool | None) -> Iterator[None]:
             f"use_cpu_ops(True) needs {cpu_ops.LIBRARY}; build it with "
             "`python -m keras_bninception.layers.cpu_ops`"
         )
-    previous = _CPU_OPS["enabled"]
-    _CPU_OPS["enabled"] = None if enabled is None else bool(enabled)
-    try:
-        yield
-    finally:
-        _CPU_OPS["enabled"] = previous
+    return _switched(_CPU_OPS, enabled)
 
 
 def _cpu_ops():
