@@ -76,10 +76,14 @@ def test_grad_sums_equal_the_xla_kernel_on_the_same_statistics(ops, relu):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
 
 
-def test_grad_sums_reject_inputs_of_other_shapes(ops):
+def test_the_ops_reject_inputs_of_other_shapes(ops):
     x, c = tf.ones([4, 3]), tf.ones([3])
     with pytest.raises(tf.errors.InvalidArgumentError, match="same shape"):
         ops.keras_bn_inception_grad_sums(tf.ones([4, 2]), x, c, c, c, c, relu=False)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="matrix"):
+        ops.keras_bn_inception_moments(tf.ones([4, 3, 1]), epsilon=1e-3)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="matrix"):
+        ops.keras_bn_inception_grad_sums(c, c, c, c, c, c, relu=False)
 
 
 def test_without_the_library_the_switch_says_how_to_build_it(tmp_path, monkeypatch):

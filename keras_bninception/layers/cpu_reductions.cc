@@ -123,6 +123,7 @@ class MomentsOp : public OpKernel {
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& x_in = ctx->input(0);
+    OP_REQUIRES(ctx, x_in.dims() == 2, absl::InvalidArgumentError("x must be a matrix [m, C]"));
     const int64_t m = x_in.dim_size(0), C = x_in.dim_size(1);
     const float* x = x_in.flat<float>().data();
     const std::vector<float> zeros(C, 0.f);
@@ -169,9 +170,10 @@ class GradSumsOp : public OpKernel {
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& x_in = ctx->input(1);
-    const int64_t m = x_in.dim_size(0), C = x_in.dim_size(1);
+    OP_REQUIRES(ctx, x_in.dims() == 2, absl::InvalidArgumentError("x must be a matrix [m, C]"));
     OP_REQUIRES(ctx, ctx->input(0).shape() == x_in.shape(),
                 absl::InvalidArgumentError("dy and x must have the same shape"));
+    const int64_t m = x_in.dim_size(0), C = x_in.dim_size(1);
     for (int i = 2; i < 6; ++i) {
       OP_REQUIRES(ctx, ctx->input(i).shape() == TensorShape({C}),
                   absl::InvalidArgumentError("mean, inv_std, gamma and beta must have shape [C]"));
