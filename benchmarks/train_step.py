@@ -74,14 +74,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from benchmarks.bn_layer import FusedKernelBN, copy_bandwidth, matmul_flops  # noqa: E402
+from benchmarks.bn_layer import XLA_LOOPS, FusedKernelBN, copy_bandwidth, matmul_flops  # noqa: E402
 from keras_bninception import BNInception  # noqa: E402
 from keras_bninception.layers import BatchNormalization, batch_norm_transform  # noqa: E402
 from keras_bninception.training import Trainer  # noqa: E402
 from keras_bninception.training.config import TrainerConfig  # noqa: E402
 
 CLASSES = 10
-NETWORKS = ("no BN", "fused kernel", "ours", "ours, BN then ReLU", "keras BN", "ours, XLA loops")
+NETWORKS = ("no BN", "fused kernel", "ours", "ours, BN then ReLU", "keras BN", XLA_LOOPS)
 DEFAULT_NETWORKS = NETWORKS[:5]
 # The counting allocator is deterministic: one process of a few steps gives the tensor peak.
 TENSOR_PEAK_STEPS = 3
@@ -136,7 +136,7 @@ def _step_fn(
     """A callable running training steps of `network` through `path` (loop: `loop_steps`);
     it returns their time in seconds."""
     step = _path_step_fn(path, network, size, batch, policy, model_dir, loop_steps)
-    if network != "ours, XLA loops":
+    if network != XLA_LOOPS:
         return step
 
     def with_xla_loops() -> float:
