@@ -44,8 +44,8 @@ kernel keeps intermediates for an autodiff that never comes.
 On a CPU, for float32 activations, the two reductions run instead as C++ TensorFlow ops
 (`cpu_reductions.cc`, built and loaded by `cpu_ops`; `use_cpu_ops`): the same blocks, shift and
 merge, with the rows shared among the intra-op pool's threads, and XLA's elementwise kernels as
-above. They are faster than the XLA loops, and they never run inside an XLA compilation, where the
-XLA loops do.
+above. The layer alone runs faster with them than with the XLA loops (a whole training step did
+not, within noise: README); they never run inside an XLA compilation, where the XLA loops do.
 `benchmarks/bn_layer.py` and `benchmarks/train_step.py` measure it against
 `keras.layers.BatchNormalization`; `use_xla(False)` runs the very same kernels op by op.
 
