@@ -200,3 +200,18 @@ def test_model_dir_without_its_data_exports_float(tmp_path):
     assert sorted(os.listdir(out)) == ["bninception_float32.tflite", "export.json", "labels.txt"]
     assert info["source"]["kind"] == "model_dir" and info["skipped"] == {}
     assert (out / "labels.txt").read_text().splitlines() == h.CLASS_NAMES
+
+
+def test_help_lists_the_flags():
+    result = subprocess.run(
+        [sys.executable, "-m", "trainers.export", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=dict(os.environ, PYTHONPATH=REPO_ROOT),
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    for flag in ("--tf_slim_checkpoint", "--calibration_images", "--formats", "--export_dir"):
+        assert flag in result.stdout
+    assert "serving_default" in result.stdout

@@ -153,8 +153,18 @@ def main(argv: list[str]) -> None:
     print("\n".join(summary(info, FLAGS.export_dir)))
 
 
+HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull")
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-    """Parses this binary's flags; a malformed flag is one `error:` line (exit status 2)."""
+    """Parses this binary's flags; a malformed flag is one `error:` line (exit status 2).
+
+    `--help` prints this module's documentation and its flags (absl's help flags live in the
+    global flag set, not in this binary's own).
+    """
+    if any(arg in HELP_FLAGS for arg in argv[1:]):
+        print(f"{__doc__.strip()}\n\nflags:\n{FLAGS.get_help()}")
+        sys.exit(0)
     flags.FLAGS(argv[:1])  # absl's own (logging) flags at their defaults
     try:
         return FLAGS(argv)
