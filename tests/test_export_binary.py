@@ -14,6 +14,7 @@ import tf_slim_reference
 from ai_edge_litert.interpreter import Interpreter
 from PIL import Image
 
+from keras_bninception.data.errors import DataError
 from keras_bninception.export import ExportError
 from keras_bninception.training.config import TrainConfig
 from keras_bninception.training.experiment import build_model
@@ -215,3 +216,21 @@ def test_help_lists_the_flags():
     for flag in ("--tf_slim_checkpoint", "--calibration_images", "--formats", "--export_dir"):
         assert flag in result.stdout
     assert "serving_default" in result.stdout
+
+
+def test_run_calibration_failure_names_the_run_and_the_flag():
+    def gone():
+        raise DataError("image folder /data/photos is missing or unreadable")
+
+    reason = "the training data of --model_dir cannot be read (image folder /data/photos is missing"
+    with pytest.raises(ExportError) as skipped:
+        export_binary.run_calibration(gone, asked=False)()
+    assert str(skipped.value) == f"{reason} or unreadable)"
+    with pytest.raises(ExportError) as asked:
+        export_binary.run_calibration(gone, asked=True)()
+    assert str(asked.value) == (
+        f"int8 needs calibration images: {reason} or unreadable); pass --calibration_images=DIR "
+        "(a folder of at least 200 .jpg/.png images), or leave int8 out"
+    )
+    pixels = np.zeros((200, 32, 32, 3), np.float32)
+    assert export_binary.run_calibration(lambda: pixels, asked=True)() is pixels

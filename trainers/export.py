@@ -30,8 +30,13 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from absl import app, flags, logging
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # Its own flag set, not absl's global one: `trainers.train` defines --model_dir and --image_size
 # too, and both modules may be imported in one process (the demo, a test run).
@@ -109,11 +114,14 @@ def export_from_flags() -> dict:
     if FLAGS.calibration_images and "int8" in formats:
         size = int(source.model.inputs[0].shape[1])
         calibration = sources.calibration_from_folder(FLAGS.calibration_images, size)
-    if formats is not None and "int8" in formats and calibration is None:
+    asked = formats is not None and "int8" in formats
+    if asked and calibration is None:
         hint = INT8_HINT.format(export.MIN_CALIBRATION_IMAGES)
         raise export.ExportError(
             f"int8 needs calibration images: {hint}, or leave int8 out of --formats"
         )
+    if callable(calibration):
+        calibration = run_calibration(calibration, asked)
     return export.export(
         source.model,
         source.class_names,
@@ -125,6 +133,31 @@ def export_from_flags() -> dict:
         source=source.description,
         overwrite=FLAGS.overwrite,
     )
+
+
+def run_calibration(load: Callable[[], np.ndarray], asked: bool) -> Callable[[], np.ndarray]:
+    """A run's calibration loader, failing with one line that names the run and the flag.
+
+    Args:
+        load: reads the source's calibration images (a run's training data).
+        asked: int8 was asked for (then a failure is an error, else int8 is skipped).
+    """
+    import tensorflow as tf
+
+    from keras_bninception.errors import first_line
+    from keras_bninception.export import MIN_CALIBRATION_IMAGES, ExportError
+
+    def calibration() -> np.ndarray:
+        try:
+            return load()
+        except (ValueError, OSError, tf.errors.OpError) as error:  # DataError, ExportError, ...
+            reason = f"the training data of --model_dir cannot be read ({first_line(error)})"
+            if asked:
+                hint = INT8_HINT.format(MIN_CALIBRATION_IMAGES)
+                reason = f"int8 needs calibration images: {reason}; {hint}, or leave int8 out"
+            raise ExportError(reason) from error
+
+    return calibration
 
 
 def summary(info: dict, export_dir: str) -> list[str]:
