@@ -22,8 +22,8 @@ first after an upgrade; each test's name says what it checks).
 - `convert_frozen_graph(converter)`: sets `experimental_lower_to_saved_model = False`, an
   attribute of the converter `tf.lite.TFLiteConverter.from_concrete_functions` returns that the
   API documentation does not list. Why the public API does not suffice: by default that converter
-  saves the function and its variables as a SavedModel and converts the SavedModel, which takes
-  twice as long for the tests' small models (about 3 s more per file) and gives the same
+  first saves the function and its variables as a SavedModel, reloads it and converts that, which
+  adds a fixed cost to every file (it dominates for the tests' small models) for the same
   operators; with the attribute False it freezes the function and converts the graph. That path
   writes no SignatureDef, which `tflite.add_signature` then writes. If a TensorFlow upgrade drops
   the attribute, conversion only gets slower (the signature is still `add_signature`'s).

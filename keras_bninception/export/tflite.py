@@ -67,8 +67,8 @@ def convert(
         The .tflite file's bytes.
     """
     # The inference call as one concrete function, frozen and converted directly: the same
-    # operators and outputs as going through a SavedModel, twice as fast for the small test
-    # models, but without a SignatureDef: `add_signature` writes it afterwards.
+    # operators and outputs as going through a SavedModel, without the cost of saving and
+    # reloading one, but without a SignatureDef: `add_signature` writes it afterwards.
     (inputs,) = model.inputs
     spec = tf.TensorSpec(inputs.shape, tf.float32, name=INPUT_NAME)
 
