@@ -191,6 +191,9 @@ def add_metadata(
 ) -> bytes:
     """Returns the .tflite file `content` with classifier metadata and `labels.txt` packed in.
 
+    The file is rewritten through the TFLite schema's object API, which keeps everything else in
+    it, the `serving_default` SignatureDef included (checked by tests/test_tf_internals.py).
+
     Args:
         content: a .tflite flatbuffer without metadata.
         class_names: one name per output class, in class-id order (no newlines).
