@@ -31,9 +31,10 @@ Examples:
   # ...and on host2 the same with "index": 1. `--batch_size` is the global batch over all
   # replicas of all workers; it must be divisible by their number.
 
-  # Fine-tune TF-slim's ImageNet checkpoint on your own images (root/train/<label>/*.jpg, ...):
-  # the last two modules and a new classifier train, BN frozen.
-  python -m trainers.train --dataset=image_folder --data_dir=/data/flowers \
+  # Fine-tune TF-slim's ImageNet checkpoint on your own images (root/<label>/*.jpg, 20 % of
+  # each label held out for evaluation): the last two modules and a new classifier train, BN
+  # frozen.
+  python -m trainers.train --dataset=image_folder --data_dir=/data/flowers --validation_split=0.2 \
       --init_checkpoint=inception_v2.ckpt --trainable_scopes=Mixed_5b,Mixed_5c,Logits \
       --freeze_batch_norm --model_dir=/tmp/flowers --batch_size=32 --epochs=5
 
@@ -70,7 +71,16 @@ FLAGS = flags.FLAGS
 # Data.
 flags.DEFINE_string("dataset", _DATA.dataset, "'digits' (embedded), 'image_folder' or a TFDS name.")
 flags.DEFINE_string(
-    "data_dir", None, "TFDS data directory, or the root/<split>/<label>/ image folder."
+    "data_dir",
+    None,
+    "TFDS data directory, or the image folder: root/<label>/* or root/<split>/<label>/*.",
+)
+flags.DEFINE_float(
+    "validation_split",
+    _DATA.validation_split,
+    "image_folder: the fraction of each label's images held out for evaluation, chosen by "
+    "--seed (0: none; without a validation split the run evaluates on the training images and "
+    "says so).",
 )
 flags.DEFINE_string("manual_dir", None, "Where manually downloaded files are (imagenet2012).")
 flags.DEFINE_integer(
@@ -218,10 +228,16 @@ def summary(config: config_lib.TrainConfig, results: dict) -> str:
     lines = [f"Done: step {results['step']} of {results['train_steps']}."]
     if "eval" in results:
         ev = results["eval"]
-        lines.append(
-            f"Held-out ({ev['split']}, {ev['num_examples']} images): top-1 "
-            f"{100 * ev['top_1_accuracy']:.2f}%, top-5 {100 * ev['top_5_accuracy']:.2f}%."
+        accuracy = (
+            f"top-1 {100 * ev['top_1_accuracy']:.2f}%, top-5 {100 * ev['top_5_accuracy']:.2f}%"
         )
+        if ev.get("held_out", True):
+            lines.append(f"Held-out ({ev['split']}, {ev['num_examples']} images): {accuracy}.")
+        else:
+            lines.append(
+                f"Training split (not held out; {ev['split']}, {ev['num_examples']} images): "
+                f"{accuracy}. Set --validation_split to measure held-out accuracy."
+            )
     if "train" in results and results["train"].get("train_seconds"):
         lines.append(f"Training time: {results['train']['train_seconds']:.1f} s.")
     lines += [

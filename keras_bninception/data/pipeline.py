@@ -55,7 +55,12 @@ _JPEG_END, _PNG_END, _GIF_END = b"\xff\xd9", b"IEND\xaeB`\x82", b";"
 
 
 def get_info(
-    dataset: str, data_dir: str | None = None, manual_dir: str | None = None
+    dataset: str,
+    data_dir: str | None = None,
+    manual_dir: str | None = None,
+    *,
+    validation_split: float = 0.0,
+    seed: int | None = None,
 ) -> sources.DatasetInfo:
     """Describes a dataset: classes, split names and sizes, whether flips change labels.
 
@@ -63,6 +68,11 @@ def get_info(
         dataset: `digits`, `image_folder` or a TFDS image-classification dataset name.
         data_dir: TFDS data directory, or the root of an `image_folder`.
         manual_dir: where manually downloaded files are (default `<data_dir>/downloads/manual`).
+        validation_split: `image_folder` only: the fraction of each label's images held out as
+            the `validation` split (0: none; evaluation is then on `train`, and
+            `eval_held_out` is False unless the folder has its own validation split).
+        seed: which images `validation_split` holds out (None: 0); the same seed gives the same
+            split.
 
     Returns:
         A frozen `DatasetInfo`; pass it to `build_dataset` instead of the name to use the dataset
@@ -72,7 +82,7 @@ def get_info(
     Raises:
         DataError: unknown dataset, missing manual files, empty or unreadable folder.
     """
-    return sources.resolve(dataset, data_dir, manual_dir).info
+    return sources.resolve(dataset, data_dir, manual_dir, validation_split, seed).info
 
 
 def _check_int(name: str, value: object, low: int, high: int | None) -> int:

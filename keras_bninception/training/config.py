@@ -54,6 +54,8 @@ class DataConfig:
     manual_dir: str | None = None
     image_size: int = 224
     skip_corrupt_images: bool = False  # leave out (and count) files that do not decode
+    # image_folder: the fraction of each label held out for evaluation, chosen by the seed.
+    validation_split: float = 0.0
 
 
 @dataclasses.dataclass
@@ -251,6 +253,7 @@ class TrainConfig:
         _in_range("weight_decay", t.weight_decay, 0.0, math.inf)
         _in_range("label_smoothing", t.label_smoothing, 0.0, 1.0)
         _in_range("dropout_rate", m.dropout_rate, 0.0, 1.0)
+        _in_range("validation_split", d.validation_split, 0.0, 1.0)
         _in_range("bn_momentum", m.momentum, 0.0, 1.0)
         _positive("bn_epsilon", m.epsilon)
         _positive("depth_multiplier", m.depth_multiplier)

@@ -187,7 +187,11 @@ def _run(config: TrainConfig) -> dict:
     if runtime.deterministic:
         tf.config.experimental.enable_op_determinism()
     info = data.get_info(
-        config.data.dataset, data_dir=config.data.data_dir, manual_dir=config.data.manual_dir
+        config.data.dataset,
+        data_dir=config.data.data_dir,
+        manual_dir=config.data.manual_dir,
+        validation_split=config.data.validation_split,
+        seed=runtime.seed,
     )
     replicas = strategy.num_replicas_in_sync
     # Before anything is built or written: the init_checkpoint exists and fits the network.
@@ -197,13 +201,14 @@ def _run(config: TrainConfig) -> dict:
         trainer_config.epochs, info.num_train_examples, trainer_config.batch_size
     )
     logging.info(
-        "Dataset %s: %d classes, %d training / %d evaluation examples (%s / %s); %d replica(s).",
+        "Dataset %s: %d classes, %d training / %d evaluation examples (%s / %s%s); %d replica(s).",
         info.name,
         info.num_classes,
         info.num_train_examples,
         info.num_eval_examples,
         info.train_split,
         info.eval_split,
+        "" if info.eval_held_out else ", the training split: not held out",
         replicas,
     )
 
@@ -244,6 +249,7 @@ def _run(config: TrainConfig) -> dict:
         if config.mode in ("eval", "train_and_eval"):
             results["eval"] = trainer.evaluate(eval_dataset, trainer_config.eval_steps)
             results["eval"]["split"] = info.eval_split
+            results["eval"]["held_out"] = info.eval_held_out
         results["step"] = int(trainer.step.numpy())
         results["seconds"] = time.perf_counter() - began
         if config.data.skip_corrupt_images:
@@ -345,7 +351,7 @@ def build_trainer(
 # divergence), where the data is, how to log and distribute may change.
 _RESUME_KEEPS = {
     "model": None,  # every field
-    "data": ("dataset", "image_size"),
+    "data": ("dataset", "image_size", "validation_split"),
     "trainer": ("batch_size",),
     "optimizer": ("name",),
     "runtime": ("seed",),
