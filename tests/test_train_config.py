@@ -69,6 +69,7 @@ def test_unknown_recipe_names_the_choices():
         (dict(mode="predict"), r"`mode` must be one of \['train', 'eval'"),
         (dict(distribution_strategy="ps"), r"one of \['default', 'one_device', 'mirrored'"),
         (dict(deterministic=True, seed=None), r"`deterministic=True` needs a `seed`"),
+        (dict(validation_split=1.0), r"`validation_split` must be in \[0\.0, 1\.0\)"),
         (dict(seed=2**32), r"`seed` must be an integer in \[0, 4294967295\]; received seed="),
         (dict(learning_rate_decay_factor=1.5), r"`learning_rate_decay_factor` .* \(0, 1\]"),
         (dict(train_steps=0, epochs=0.0), r"`epochs` must be a finite number > 0"),
@@ -80,7 +81,7 @@ def test_unknown_recipe_names_the_choices():
 )
 def test_out_of_range_options_are_rejected(change, pattern):
     with pytest.raises(ValueError, match=pattern):
-        TrainConfig().replace(**change).validate()
+        TrainConfig(model_dir="/tmp/x").replace(**change).validate()
 
 
 def test_sections_use_bninception_argument_names():
@@ -104,7 +105,8 @@ def test_sections_use_bninception_argument_names():
 
 
 def test_defaults_are_valid():
-    assert TrainConfig().validate() == TrainConfig()
+    """Every default is valid; only `model_dir` has none (runs must not share a directory)."""
+    assert TrainConfig(model_dir="runs/a").validate() == TrainConfig(model_dir="runs/a")
 
 
 def test_learning_rate_decays_by_staircase():
@@ -139,8 +141,26 @@ def test_seed_flag_is_bounded_at_parse_time():
     from trainers import train
 
     with pytest.raises(flags.IllegalFlagValueError, match=r"--seed=4294967296"):
-        train.FLAGS(["train", "--seed=4294967296"])
+        train.FLAGS(["train", "--seed=4294967296", "--model_dir=/tmp/x"])
     train.FLAGS.unparse_flags()
-    assert train.FLAGS(["train", "--seed=4294967295"]) == ["train"]
+    assert train.FLAGS(["train", "--seed=4294967295", "--model_dir=/tmp/x"]) == ["train"]
     assert train.FLAGS.seed == 2**32 - 1
     train.FLAGS.unparse_flags()
+
+
+def test_model_dir_is_required(capsys):
+    """No shared default where two runs would collide and resume each other."""
+    from trainers import train
+
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            train.parse_flags(["train", "--dataset=digits"])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: flag --model_dir=None: ")
+        assert "--model_dir must have a value other than None" in err
+    finally:
+        train.FLAGS.unparse_flags()
+    assert TrainConfig().model_dir is None
+    with pytest.raises(ValueError, match=r"`model_dir` must be a directory path; received "):
+        TrainConfig().validate()

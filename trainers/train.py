@@ -94,8 +94,12 @@ flags.DEFINE_bool(
 )
 # Run.
 flags.DEFINE_string(
-    "model_dir", _D.model_dir, "Checkpoints, TensorBoard logs, config.json and metrics.json."
+    "model_dir",
+    None,
+    "Required. The run's directory: checkpoints, TensorBoard logs, config.json, metrics.json. "
+    "Rerunning with the same directory resumes the run; a new one starts a new run.",
 )
+flags.mark_flag_as_required("model_dir")
 flags.DEFINE_enum("mode", _D.mode, config_lib.MODES, "What to do.")
 # Runtime.
 flags.DEFINE_enum(

@@ -160,7 +160,7 @@ class TrainConfig:
     init: InitConfig = dataclasses.field(default_factory=InitConfig)
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
     mode: str = "train_and_eval"
-    model_dir: str = "/tmp/bninception"
+    model_dir: str | None = None  # required: no shared default where two runs would collide
 
     def replace(self, **values: object) -> TrainConfig:
         """A copy with the options named by their flag names (`bn_momentum=0.9`, ...) changed."""
