@@ -132,6 +132,12 @@ flags.DEFINE_integer("batch_size", _T.batch_size, "Global batch size (all replic
 flags.DEFINE_integer("train_steps", _T.train_steps, "Training steps; 0 = use --epochs.")
 flags.DEFINE_float("epochs", _T.epochs, "Passes over the training split when --train_steps=0.")
 flags.DEFINE_integer("eval_steps", _T.eval_steps, "Evaluation batches; 0 = the whole split.")
+flags.DEFINE_integer(
+    "eval_every",
+    _T.eval_every,
+    "--mode=train_and_eval: evaluate every this many steps (TensorBoard, metrics.json "
+    "'evaluations') and keep the best checkpoint by top-1 in <model_dir>/best/; 0 = at the end.",
+)
 flags.DEFINE_float("weight_decay", _T.weight_decay, "L2 coefficient: wd * sum(w^2) / 2.")
 flags.DEFINE_float("label_smoothing", _T.label_smoothing, "Label smoothing of the loss.")
 flags.DEFINE_integer("checkpoint_every", _T.checkpoint_every, "Steps between checkpoints.")
@@ -141,7 +147,23 @@ flags.DEFINE_bool("jit_compile", _T.jit_compile, "XLA-compile each replica's who
 # Optimizer.
 flags.DEFINE_enum("optimizer", _O.name, list(config_lib.OPTIMIZERS), "Keras optimizer.")
 flags.DEFINE_float("momentum", _O.momentum, "Momentum of 'momentum' and 'rmsprop'.")
-flags.DEFINE_float("learning_rate", _O.learning_rate, "Initial learning rate.")
+flags.DEFINE_float(
+    "learning_rate",
+    _O.learning_rate,
+    "Initial learning rate; with --reference_batch_size, the rate of that global batch.",
+)
+flags.DEFINE_integer(
+    "reference_batch_size",
+    _O.reference_batch_size,
+    "Linear scaling rule (Goyal et al. 2017): the run's learning rate is --learning_rate x "
+    "--batch_size / this; 0 = --learning_rate as given. The --recipe's set 32.",
+)
+flags.DEFINE_float(
+    "warmup_epochs",
+    None,
+    "Linear learning-rate warm-up, in epochs; default: 5 when the scaling rule raises the rate, "
+    "else 0.",
+)
 flags.DEFINE_float(
     "learning_rate_decay_factor", _O.learning_rate_decay_factor, "Exponential decay factor."
 )
