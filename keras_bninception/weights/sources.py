@@ -221,9 +221,59 @@ def load_keras_model(path: str, option: str = "weights") -> keras.Model:
 
 def restore_run(model: keras.Model, prefix: str) -> None:
     """Restores a training run's checkpoint `prefix` into `model` (the run's architecture)."""
-    tf.train.Checkpoint(model=model).restore(
-        prefix
-    ).expect_partial().assert_existing_objects_matched()
+    status = tf.train.Checkpoint(model=model).restore(prefix)
+    status.expect_partial().assert_existing_objects_matched()
+
+
+@dataclasses.dataclass
+class Run:
+    """A training run's newest checkpoint in the model it was trained as (`load_run`)."""
+
+    model: keras.Model
+    class_names: list[str]
+    config: object  # keras_bninception.training.TrainConfig
+    checkpoint: str
+
+    @property
+    def step(self) -> int | None:
+        """The training step of the checkpoint (its suffix "-<step>")."""
+        tail = self.checkpoint.rsplit("-", 1)[-1]
+        return int(tail) if tail.isdigit() else None
+
+
+def load_run(model_dir: str, option: str = "--model_dir") -> Run:
+    """The newest checkpoint of the training run `model_dir`, in the model its `config.json`
+    describes (built in float32 whatever the run's mixed precision: its variables are float32
+    either way), with the run's class names.
+
+    Raises:
+        WeightsError: not a run, no checkpoint yet, or a checkpoint that does not fit the config.
+    """
+    from keras_bninception.training.experiment import build_model
+    from keras_bninception.training.run_config import load_run_config
+
+    if not tf.io.gfile.isdir(model_dir):
+        raise WeightsError(f"{option} must be a training run's directory; received {model_dir!r}")
+    try:
+        config, class_names = load_run_config(model_dir)
+    except ValueError as error:
+        raise WeightsError(str(error)) from error
+    checkpoints = tf.io.gfile.join(model_dir, RUN_CHECKPOINTS)
+    latest = tf.train.latest_checkpoint(checkpoints)
+    if latest is None:
+        raise WeightsError(
+            f"{option} {model_dir} has no checkpoint in {checkpoints}; train first (python -m "
+            "trainers.train --model_dir=...)"
+        )
+    model = build_model(config, len(class_names))
+    try:
+        restore_run(model, latest)
+    except (AssertionError, ValueError, tf.errors.OpError) as error:
+        raise WeightsError(
+            f"The checkpoint {latest} does not match the model of {model_dir}/config.json: "
+            f"{first_line(error)[:300]}"
+        ) from error
+    return Run(model, class_names, config, latest)
 
 
 def source_variables(
