@@ -98,14 +98,10 @@ def main(argv: list[str]) -> None:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """Parses this binary's flags; a malformed flag is one `error:` line (exit status 2)."""
-    from trainers.cli import fail
+    """Parses this binary's flags (`trainers.cli.parse_own_flags`)."""
+    from trainers.cli import parse_own_flags
 
-    flags.FLAGS(argv[:1])  # absl's own (logging) flags at their defaults
-    try:
-        return FLAGS(argv)
-    except flags.Error as error:
-        fail(error, status=2)
+    return parse_own_flags(FLAGS, argv, __doc__)
 
 
 def run() -> None:
