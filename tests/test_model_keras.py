@@ -101,6 +101,8 @@ BAD_ARGUMENTS = [
         r"`classes` must be 1000 \(ImageNet's classes\) or 1001",
     ),
     ({"weights": "imagenet", "depth_multiplier": 0.5}, r"must be 1.0 with weights=\"imagenet\""),
+    ({"weights": "imagenet", "activation": "sigmoid"}, r"activation='sigmoid' \(needs 'relu'\)"),
+    ({"weights": "imagenet", "input_shape": (224, 224, 1)}, r"3 channels"),
     (
         {"weights": "no/such/file.weights.h5"},
         r"does not exist; it must be a TF-slim .*\.weights\.h5",

@@ -157,17 +157,23 @@ def BNInception(
     _require(0.0 <= dropout_rate < 1.0, "dropout_rate", dropout_rate, "in [0, 1)")
     ok = weights is None or not include_top or classifier_activation in (None, "softmax")
     _require(ok, "classifier_activation", classifier_activation, "None or 'softmax' with weights")
+    network = dict(
+        batch_norm=batch_norm,
+        scale=scale,
+        mixed_4c_4d=mixed_4c_4d,
+        epsilon=epsilon,
+        activation=activation,
+    )
+    img_input, inputs = _input(input_tensor, input_shape, include_top, weights)
     if isinstance(weights, str) and weights == weights_lib.IMAGENET:
+        # Everything the published checkpoint needs is checked before it is downloaded.
         _check_imagenet(include_top, classes, depth_multiplier)
+        tf_slim.check_slim_network(network, checkpoint=True)
     source = None if weights is None else weights_lib.resolve(weights, "weights", _WEIGHT_KINDS)
     weights_kind = source and source.kind
     slim_compatible = slim_compatible or weights_kind == weights_lib.TF_SLIM
     if slim_compatible:
-        given = dict(batch_norm=batch_norm, scale=scale, mixed_4c_4d=mixed_4c_4d, epsilon=epsilon)
-        tf_slim.check_slim_network(
-            {**given, "activation": activation}, checkpoint=weights_kind == weights_lib.TF_SLIM
-        )
-    img_input, inputs = _input(input_tensor, input_shape, include_top, weights)
+        tf_slim.check_slim_network(network, checkpoint=weights_kind == weights_lib.TF_SLIM)
 
     config = blocks.UnitConfig(
         batch_norm=batch_norm,
