@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_bninception.models.naming import TF_SLIM_SCOPE, tf_slim_variable_name
+from keras_bninception.models.naming import TF_SLIM_SCOPE, WEIGHT_NAMES, tf_slim_variable_name
 
 LOGITS = f"{TF_SLIM_SCOPE}/Logits/Conv2d_1c_1x1/"
 LOGITS_BIASES = LOGITS + "biases"
@@ -30,18 +30,7 @@ _DEPTH_PROBE = (f"{TF_SLIM_SCOPE}/Conv2d_2c_3x3/weights", 192)
 # Leaf names of tf_slim model variables; anything else under InceptionV2/ (optimizer slots such as
 # ".../weights/RMSProp", ".../ExponentialMovingAverage" shadows) and anything outside it
 # (global_step) is not a model variable and is ignored.
-MODEL_VARIABLE_LEAVES = frozenset(
-    {
-        "weights",
-        "biases",
-        "depthwise_weights",
-        "pointwise_weights",
-        "gamma",
-        "beta",
-        "moving_mean",
-        "moving_variance",
-    }
-)
+MODEL_VARIABLE_LEAVES = frozenset(WEIGHT_NAMES.values())
 
 # What tf_slim's inception_v2 variables need of `BNInception`'s arguments (`slim_compatible`),
 # and, to load its checkpoint, what its computation needs too.
