@@ -286,3 +286,29 @@ def test_export_tf_slim_checkpoint_imagenet(server, slim, keras_home, monkeypatc
     answer = loaded.signatures["serving_default"](images=tf.constant(pixels, tf.float32))
     expected = tf.nn.softmax(slim.logits).numpy()
     np.testing.assert_allclose(answer["probabilities"].numpy(), expected, atol=1e-4, rtol=0)
+
+
+def test_classify_defaults_to_imagenet(server, slim, keras_home, monkeypatch):
+    import sklearn.datasets
+
+    from keras_bninception import classify
+    from keras_bninception.imagenet_utils import imagenet_classes
+    from trainers import classify as binary
+
+    server.requests.clear()
+    _use(monkeypatch, server.archive(f"/good/{NAME}"))
+    binary.FLAGS.unparse_flags()
+    binary.FLAGS(["classify", f"--image_size={SIZE}"])  # no source: the ImageNet weights
+    try:
+        classifier = binary.load_classifier()
+    finally:
+        binary.FLAGS.unparse_flags()
+    assert server.requests == [f"/good/{NAME}"]
+    assert classifier.class_names == [name for _, name in imagenet_classes()]
+    photo = os.path.join(os.path.dirname(sklearn.datasets.__file__), "images", "china.jpg")
+    results, failures = classify.classify_files(classifier, [photo], k=5)
+    assert failures == {} and len(results[photo]) == 5
+    top = results[photo]
+    assert all(0 <= p.class_id < 1000 for p in top)
+    assert [p.label for p in top] == [classifier.class_names[p.class_id] for p in top]
+    assert top[0].probability >= top[-1].probability > 0
