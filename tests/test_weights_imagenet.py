@@ -224,8 +224,9 @@ def test_no_server_is_one_clear_error(keras_home, monkeypatch):
         weights.resolve("imagenet")
     message = str(error.value)
     assert message.startswith(f"Cannot download the ImageNet weights from http://127.0.0.1:{port}")
-    assert f'weights="/path/to/{NAME}"' in message
-    assert 'weights="/path/to/inception_v2.ckpt"' in message
+    assert '(or that of the unpacked inception_v2.ckpt) instead of "imagenet"' in message
+    assert f'weights="/path/to/{NAME}" or --init_checkpoint=/path/to/{NAME}' in message
+    assert message.endswith(f"or put it in {keras_home / 'models'}")
     assert "\n" not in message
     assert _tree(keras_home) == ["models"]
 

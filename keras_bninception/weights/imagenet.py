@@ -103,9 +103,10 @@ def checkpoint(archive: Archive | None = None) -> str:
         reason = " ".join(str(error).split())[:200]
         raise WeightsError(
             f"Cannot download the ImageNet weights from {archive.url} ({reason}). Without "
-            f"network access, download {archive.file_name} elsewhere and pass its path, e.g. "
-            f'weights="/path/to/{archive.file_name}" (or the unpacked '
-            f'weights="/path/to/{archive.checkpoint_name}"), or put it in {directory}'
+            f"network access, download {archive.file_name} elsewhere and pass its path (or that "
+            f'of the unpacked {archive.checkpoint_name}) instead of "imagenet", e.g. '
+            f'weights="/path/to/{archive.file_name}" or --init_checkpoint=/path/to/'
+            f"{archive.file_name}; or put it in {directory}"
         ) from error
     verify(path, archive, delete=True)
     # get_file falls back to /tmp/.keras when the cache is not writable: unpack beside the file.
