@@ -204,7 +204,11 @@ def unpack(path: str, archive: Archive, directory: str) -> str:
             raise WeightsError(f"{path} holds no {archive.checkpoint_name} checkpoint")
         if not _holds_checkpoint(directory, archive):  # else another process was first
             shutil.rmtree(directory, ignore_errors=True)
-            os.rename(work, directory)
+            try:
+                os.rename(work, directory)
+            except OSError:
+                if not _holds_checkpoint(directory, archive):  # not another process's
+                    raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return os.path.join(directory, archive.checkpoint_name)
