@@ -35,12 +35,12 @@ Examples:
   # each label held out for evaluation): the last two modules and a new classifier train, BN
   # frozen.
   python -m trainers.train --dataset=image_folder --data_dir=/data/flowers --validation_split=0.2 \
-      --init_checkpoint=inception_v2.ckpt --trainable_scopes=Mixed_5b,Mixed_5c,Logits \
+      --init_checkpoint=imagenet --trainable_scopes=Mixed_5b,Mixed_5c,Logits \
       --freeze_batch_norm --model_dir=/tmp/flowers --batch_size=32 --epochs=5
 
   # Evaluate the published checkpoint as it is (1001 outputs, class 0 = background, mapped to
   # imagenet2012's 1000 labels):
-  python -m trainers.train --mode=eval --init_checkpoint=inception_v2.ckpt \
+  python -m trainers.train --mode=eval --init_checkpoint=imagenet \
       --dataset=imagenet2012 --manual_dir=/data/imagenet --model_dir=/tmp/eval_slim
 
   # Evaluate the newest checkpoint (top-1 / top-5, written to <model_dir>/metrics.json):
@@ -188,9 +188,10 @@ flags.DEFINE_bool(
 flags.DEFINE_string(
     "init_checkpoint",
     None,
-    "Start a new run from these weights (not used when --model_dir has a checkpoint): a TF-slim "
-    "inception_v2 checkpoint (V1 file or V2 prefix), a .keras / .weights.h5 file, or another "
-    "run's --model_dir.",
+    "Start a new run from these weights (not used when --model_dir has a checkpoint): 'imagenet' "
+    "(TF-slim's published ImageNet checkpoint, downloaded once into the Keras cache), a TF-slim "
+    "inception_v2 checkpoint (V1 file, V2 prefix or the published .tar.gz), a .keras / "
+    ".weights.h5 file, or another run's --model_dir.",
 )
 flags.DEFINE_string(
     "init_exclude",

@@ -33,7 +33,6 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from keras_bninception.models import tf_slim_checkpoint
 from keras_bninception.training import init_checkpoint
 from keras_bninception.training.checkpointing import BestCheckpoint
 from keras_bninception.training.config import MAX_SEED, TrainConfig, flag_fields
@@ -63,6 +62,7 @@ from keras_bninception.training.trainer import (
     Trainer,
     steps_for_epochs,
 )
+from keras_bninception.weights import tf_slim
 
 if TYPE_CHECKING:
     from keras_bninception.data import DatasetInfo
@@ -111,7 +111,7 @@ def resolve_init(config: TrainConfig, num_classes: int) -> tuple[TrainConfig, In
     changes: dict = {}
     if source.kind == init_checkpoint.TF_SLIM:
         model = dataclasses.asdict(config.model)
-        wrong = tf_slim_checkpoint.slim_conflicts(model, checkpoint=True)
+        wrong = tf_slim.slim_conflicts(model, checkpoint=True)
         if wrong:
             raise ValueError(
                 f"The TF-slim init_checkpoint {source.path!r} needs tf_slim's network; these "
