@@ -83,6 +83,85 @@ def test_layout_and_export_json(exported):
     }
     assert info["files"]["int8"]["io"]["output"]["dtype"] == "uint8"
     assert info["files"]["int8"]["calibration_images"] == 200
+    assert info["skipped"] == {}
+    for flavour in ("float32", "float16", "int8"):
+        assert info["files"][flavour]["signatures"] == {
+            "serving_default": {"inputs": ["images"], "outputs": ["probabilities"]}
+        }
+
+
+# Keras vs each file: the tolerances of test_saved_model_and_tflite_equal_keras and
+# test_int8_file_is_quantized_and_close.
+TOLERANCE = {"float32": 1e-4, "float16": 1e-2, "int8": 0.2}
+
+
+@pytest.mark.parametrize("flavour", ["float32", "float16", "int8"])
+def test_signature_runner_equals_invoke_and_keras(exported, images, flavour):
+    # What an app calls: LiteRT's signature runner (Android: Interpreter.runSignature) by the
+    # names `serving_default`, `images`, `probabilities`, on the file as written.
+    from ai_edge_litert.interpreter import Interpreter
+
+    model, out, _ = exported
+    path = os.path.join(out, f"digits_{flavour}.tflite")
+    signed = Interpreter(model_path=path)
+    assert signed.get_signature_list() == {
+        "serving_default": {"inputs": ["images"], "outputs": ["probabilities"]}
+    }
+    runner = signed.get_signature_runner("serving_default")
+    plain = litert.TFLiteClassifier(path)
+    pixels = np.round(np.concatenate([images["random"][:3], images["digits"][:3]]))
+    scale, zero_point = runner.get_output_details()["probabilities"]["quantization"]
+    for image, expected in zip(pixels, h.keras_probabilities(model, pixels), strict=True):
+        tensor = plain.prepare(image)
+        answer = runner(images=tensor)["probabilities"]
+        assert answer.shape == (1, 10)
+        plain.interpreter.set_tensor(plain.interpreter.get_input_details()[0]["index"], tensor)
+        plain.interpreter.invoke()
+        raw = plain.interpreter.get_tensor(plain.interpreter.get_output_details()[0]["index"])
+        np.testing.assert_array_equal(answer, raw)
+        if flavour == "int8":
+            answer = (answer.astype(np.float32) - zero_point) * scale
+        np.testing.assert_allclose(answer[0], expected, atol=TOLERANCE[flavour], rtol=0)
+
+
+def test_default_formats_skip_int8_without_calibration():
+    resolve = export.exporter.resolve_formats
+    size = h.IMAGE_SIZE
+    pixels = np.full((200, size, size, 3), 128.0, np.float32)
+    assert resolve(None, None, size) == (
+        ("saved_model", "float32", "float16"),
+        None,
+        {"int8": "no calibration images"},
+    )
+    formats, calibration, skipped = resolve(None, pixels, size)
+    assert formats == export.FORMATS and calibration is pixels and skipped == {}
+    # A callable is called only if int8 is written; one that cannot deliver skips int8 by
+    # default (e.g. a run whose training data was removed) and fails when int8 was asked for.
+    calls = []
+
+    def gone():
+        calls.append(1)
+        raise ValueError("image folder /data/photos is missing or unreadable")
+
+    formats, calibration, skipped = resolve(None, gone, size)
+    assert formats == export.DEFAULT_FORMATS and calibration is None and len(calls) == 1
+    assert skipped == {
+        "int8": "calibration images cannot be read: image folder /data/photos is missing or "
+        "unreadable"
+    }
+    assert resolve(("saved_model", "float32"), gone, size) == (("saved_model", "float32"), None, {})
+    assert len(calls) == 1
+    with pytest.raises(export.ExportError, match="cannot be read: image folder"):
+        resolve(("float32", "int8"), gone, size)
+    _, _, skipped = resolve(None, lambda: pixels[:10], size)
+    assert skipped == {"int8": "The int8 format needs at least 200 calibration images; received 10"}
+    # Images given as an array, or int8 named in `formats`, are checked as asked.
+    with pytest.raises(export.ExportError, match="at least 200 calibration images; received 10"):
+        resolve(None, pixels[:10], size)
+    with pytest.raises(
+        export.ExportError, match="calibration images .pixels 0..255.; received none"
+    ):
+        resolve(("int8",), None, size)
 
 
 @pytest.mark.parametrize("kind", ["random", "digits"])

@@ -7,18 +7,23 @@ A thin absl-flags front end of `keras_bninception.export`. Exactly one source:
 
   # A Keras model file, with its class names (one a line):
   python -m trainers.export --keras_model=model.keras --labels=labels.txt \
-      --calibration_dir=images/ --export_dir=/tmp/keras_export
+      --export_dir=/tmp/keras_export
 
   # The published TF-slim ImageNet checkpoint (1001 classes; downloaded once into the Keras
   # cache, or a local inception_v2.ckpt / inception_v2_2016_08_28.tar.gz), int8 calibrated:
   python -m trainers.export --tf_slim_checkpoint=imagenet \
-      --calibration_dir=imagenet_val_sample/ --export_dir=/tmp/inception_v2
+      --calibration_images=imagenet_val_sample/ --export_dir=/tmp/inception_v2
 
-`--formats` picks any of saved_model,float32,float16,int8 (default all); int8 needs calibration
-images: the run's training data, or `--calibration_dir` (at least 200 .jpg/.png files). The output
-is written into a temporary directory next to `--export_dir` and renamed into place at the end; an
-existing `--export_dir` is refused unless `--overwrite`. Problems end with one `error:` line on
-stderr, exit status 1, and nothing written.
+`--formats` picks any of saved_model,float32,float16,int8. By default every format is written that
+can be: saved_model, float32 and float16, and int8 when calibration images are at hand (a
+`--model_dir` run's training data, read only then, or `--calibration_images`, a folder of at least
+200 .jpg/.png images); otherwise one line says that int8 was skipped and how to get it. Asking for
+int8 (in `--formats`, or by giving `--calibration_images`) without usable calibration images is an
+error. Every .tflite file has the signature `serving_default` (input `images`, output
+`probabilities`) and the TFLite Metadata MediaPipe's ImageClassifier reads. The output is written
+into a temporary directory next to `--export_dir` and renamed into place at the end; an existing
+`--export_dir` is refused unless `--overwrite`. Problems end with one `error:` line on stderr, exit
+status 1, and nothing written.
 """
 
 from __future__ import annotations
@@ -48,16 +53,18 @@ flags.DEFINE_string(
 flags.DEFINE_string("export_dir", None, "The output directory (must not exist).", flag_values=FLAGS)
 flags.DEFINE_string(
     "formats",
-    "saved_model,float32,float16,int8",
-    "Comma-separated subset of the formats.",
+    None,
+    "Comma-separated subset of saved_model,float32,float16,int8 (default: saved_model,float32,"
+    "float16, and int8 when calibration images are at hand).",
     flag_values=FLAGS,
 )
 flags.DEFINE_string(
-    "calibration_dir",
+    "calibration_images",
     None,
-    "Folder of .jpg/.png images calibrating int8 (>= 200 images).",
+    "Folder of .jpg/.png images (>= 200) calibrating the int8 file (asks for int8).",
     flag_values=FLAGS,
 )
+flags.DEFINE_alias("calibration_dir", "calibration_images", flag_values=FLAGS)
 flags.DEFINE_string(
     "labels", None, "--keras_model: class names, one a line (default: ids).", flag_values=FLAGS
 )
@@ -84,6 +91,9 @@ def _source():
     return sources.from_tf_slim_checkpoint(FLAGS.tf_slim_checkpoint, FLAGS.image_size)
 
 
+INT8_HINT = "pass --calibration_images=DIR (a folder of at least {} .jpg/.png images)"
+
+
 def export_from_flags() -> dict:
     """Runs the export the flags describe; returns the contents of export.json."""
     from keras_bninception import export
@@ -91,31 +101,48 @@ def export_from_flags() -> dict:
 
     if not FLAGS.export_dir:
         raise export.ExportError("--export_dir must name the output directory")
-    formats = export.parse_formats(FLAGS.formats)
+    formats = export.parse_formats(FLAGS.formats) if FLAGS.formats is not None else None
+    if formats is None and FLAGS.calibration_images:
+        formats = export.FORMATS  # calibration images given: int8 is asked for
+    if FLAGS.calibration_images and "int8" not in formats:
+        logging.warning("--calibration_images is unused: int8 is not among --formats.")
     export.exporter.check_export_dir(FLAGS.export_dir, FLAGS.overwrite)
-    if FLAGS.calibration_dir and "int8" not in formats:
-        logging.warning("--calibration_dir is unused: int8 is not among --formats.")
     source = _source()
+    # The source's own calibration images (a run's training data): an array, or a callable that
+    # reads them, called by `export` only if it writes int8.
     calibration = source.calibration_images
-    if "int8" in formats and FLAGS.calibration_dir:
+    if FLAGS.calibration_images and "int8" in formats:
         size = int(source.model.inputs[0].shape[1])
-        calibration = sources.calibration_from_folder(FLAGS.calibration_dir, size)
-    if "int8" in formats and calibration is None:
+        calibration = sources.calibration_from_folder(FLAGS.calibration_images, size)
+    if formats is not None and "int8" in formats and calibration is None:
+        hint = INT8_HINT.format(export.MIN_CALIBRATION_IMAGES)
         raise export.ExportError(
-            "int8 needs calibration images: pass --calibration_dir (a folder of at least "
-            f"{export.MIN_CALIBRATION_IMAGES} .jpg/.png images), or drop int8 from --formats"
+            f"int8 needs calibration images: {hint}, or leave int8 out of --formats"
         )
     return export.export(
         source.model,
         source.class_names,
         FLAGS.export_dir,
         formats=formats,
-        calibration_images=calibration if "int8" in formats else None,
+        calibration_images=calibration if formats is None or "int8" in formats else None,
         preprocess_config=source.preprocess_config,
         name=FLAGS.name,
         source=source.description,
         overwrite=FLAGS.overwrite,
     )
+
+
+def summary(info: dict, export_dir: str) -> list[str]:
+    """The lines printed after an export: each file's size, then each skipped format and why."""
+    from keras_bninception.export import MIN_CALIBRATION_IMAGES
+
+    lines = [f"Exported to {os.path.abspath(export_dir)}:"]
+    for name, entry in info["files"].items():
+        lines.append(f"  {entry['path']}: {entry['bytes'] / 1e6:.2f} MB ({name})")
+    for name, reason in info.get("skipped", {}).items():
+        lines.append(f"{name} skipped: {reason}; {INT8_HINT.format(MIN_CALIBRATION_IMAGES)}")
+    lines.append(json.dumps({"image_size": info["image_size"], "num_classes": info["num_classes"]}))
+    return lines
 
 
 def main(argv: list[str]) -> None:
@@ -128,14 +155,21 @@ def main(argv: list[str]) -> None:
     except (ExportError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
-    print(f"Exported to {os.path.abspath(FLAGS.export_dir)}:")
-    for name, entry in info["files"].items():
-        print(f"  {entry['path']}: {entry['bytes'] / 1e6:.2f} MB ({name})")
-    print(json.dumps({"image_size": info["image_size"], "num_classes": info["num_classes"]}))
+    print("\n".join(summary(info, FLAGS.export_dir)))
+
+
+HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull")
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """Parses this binary's flags; a malformed flag is one `error:` line (exit status 2)."""
+    """Parses this binary's flags; a malformed flag is one `error:` line (exit status 2).
+
+    `--help` prints this module's documentation and its flags (absl's help flags live in the
+    global flag set, not in this binary's own).
+    """
+    if any(arg in HELP_FLAGS for arg in argv[1:]):
+        print(f"{__doc__.strip()}\n\nflags:\n{FLAGS.get_help()}")
+        sys.exit(0)
     flags.FLAGS(argv[:1])  # absl's own (logging) flags at their defaults
     try:
         return FLAGS(argv)

@@ -4,13 +4,16 @@
     export.export(model, class_names, "out", calibration_images=pixels)
 
 writes `out/saved_model/` (signatures `serving_default` and `serve_image_bytes`),
-`out/bninception_{float32,float16,int8}.tflite` (builtin ops only, TFLite Metadata with the labels
-and the input normalization, loadable by MediaPipe Tasks' `ImageClassifier` as they are),
-`out/labels.txt` and `out/export.json`. `python -m trainers.export` does the same from a training
+`out/bninception_{float32,float16,int8}.tflite` (builtin ops only, the SignatureDef
+`serving_default`: `images` in, `probabilities` out, and TFLite Metadata with the labels and the
+input normalization, loadable by MediaPipe Tasks' `ImageClassifier` as they are),
+`out/labels.txt` and `out/export.json`. Without calibration images int8 is skipped (unless asked
+for in `formats`, then it is an error). `python -m trainers.export` does the same from a training
 run, a `.keras` file or the TF-slim checkpoint.
 """
 
 from keras_bninception.export.exporter import (
+    DEFAULT_FORMATS,
     FORMATS,
     MIN_CALIBRATION_IMAGES,
     ExportError,
@@ -21,6 +24,7 @@ from keras_bninception.export.serving import ServingModule
 from keras_bninception.export.tflite import ExportCheckError, check_ops, op_list
 
 __all__ = [
+    "DEFAULT_FORMATS",
     "FORMATS",
     "MIN_CALIBRATION_IMAGES",
     "ExportCheckError",

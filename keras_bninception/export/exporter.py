@@ -8,9 +8,14 @@ Layout of `export_dir`:
 
 - `saved_model/`: signatures `serving_default` (float32 pixels) and `serve_image_bytes`;
 - `<name>_float32.tflite`, `<name>_float16.tflite`, `<name>_int8.tflite` with TFLite Metadata
-  (labels, normalization) inside;
+  (labels, normalization) inside and the SignatureDef `serving_default` (`images` ->
+  `probabilities`);
 - `labels.txt` (one class name a line, in class-id order) and `export.json` (source, input size,
-  classes, file sizes and the op-list checks of each TFLite file).
+  classes, file sizes, the op-list checks of each TFLite file, and the formats skipped and why).
+
+By default every format is written that can be: int8 needs calibration images, so without them
+the default formats are `DEFAULT_FORMATS` (no int8) and `export.json` says why int8 was skipped;
+asking for int8 explicitly without calibration images is an error.
 """
 
 from __future__ import annotations
@@ -28,21 +33,31 @@ import numpy as np
 import tensorflow as tf
 
 from keras_bninception.data import preprocessing
+from keras_bninception.errors import first_line
 from keras_bninception.export import metadata, tflite
 from keras_bninception.export.serving import ServingModule
 
 FORMATS = ("saved_model", "float32", "float16", "int8")
+# The formats written when `formats` is not given, plus int8 when calibration images are at hand.
+DEFAULT_FORMATS = ("saved_model", "float32", "float16")
 MIN_CALIBRATION_IMAGES = 200
+NO_CALIBRATION = "no calibration images"
+
+# Calibration pixels [N, S, S, 3] in 0..255, or a callable producing them (called at most once,
+# and only if int8 is written: e.g. reading a run's training data).
+CalibrationImages = np.ndarray | Callable[[], np.ndarray]
 
 
 class ExportError(ValueError):
     """The export cannot be done as asked (bad argument, existing output, unreadable input)."""
 
 
-def parse_formats(formats: str | Sequence[str] | None) -> tuple[str, ...]:
-    """`"saved_model,int8"` or a sequence of names -> a tuple in `FORMATS` order (None: all)."""
+def parse_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
+    """`"saved_model,int8"` or a sequence of names -> a tuple in `FORMATS` order."""
     if formats is None:
-        return FORMATS
+        raise ExportError(
+            f"`formats` must be a non-empty subset of {','.join(FORMATS)}; received None"
+        )
     names = formats.split(",") if isinstance(formats, str) else list(formats)
     names = [n.strip() for n in names if n.strip()]
     unknown = [n for n in names if n not in FORMATS]
@@ -93,7 +108,7 @@ def export(
     export_dir: str,
     *,
     formats: str | Sequence[str] | None = None,
-    calibration_images: np.ndarray | None = None,
+    calibration_images: CalibrationImages | None = None,
     preprocess_config: preprocessing.PreprocessConfig = preprocessing.DEFAULT_CONFIG,
     name: str = "bninception",
     source: dict[str, Any] | None = None,
@@ -106,9 +121,13 @@ def export(
             probabilities as output (a softmax is added to logits).
         class_names: one name per class, in class-id order.
         export_dir: the output directory (must not exist unless `overwrite`).
-        formats: a subset of `FORMATS` (a comma-separated string or a sequence); default all.
+        formats: a subset of `FORMATS` (a comma-separated string or a sequence). Default:
+            `DEFAULT_FORMATS`, and int8 too when `calibration_images` are given (if there are
+            none, or a callable cannot produce enough, int8 is skipped and `export.json`'s
+            "skipped" says why).
         calibration_images: for `int8`: at least 200 RGB images [N, S, S, 3] with pixels in
-            0..255 (uint8 or float), e.g. of the training data.
+            0..255 (uint8 or float), e.g. of the training data; or a callable returning them,
+            called only if int8 is written.
         preprocess_config: the evaluation preprocessing of the training data (central crop), used
             by the `serve_image_bytes` signature.
         name: prefix of the TFLite file names and the metadata's model name.
@@ -116,23 +135,25 @@ def export(
         overwrite: replace an existing `export_dir`.
 
     Returns:
-        The contents of `export.json`.
+        The contents of `export.json` (its "skipped" maps a format left out by default to why).
 
     Raises:
-        ExportError: a bad argument or an existing `export_dir`; nothing is written.
+        ExportError: a bad argument, an existing `export_dir`, or int8 asked for explicitly
+            without usable calibration images; nothing is written.
         tflite.ExportCheckError: a converted file fails a check; nothing is written.
     """
-    formats = parse_formats(formats)
+    parsed = parse_formats(formats) if formats is not None else None
     export_dir = check_export_dir(export_dir, overwrite)
     module = ServingModule(model, class_names, preprocess_config)
-    size = module.image_size
-    if "int8" in formats:
-        calibration_images = _check_calibration(calibration_images, size)
+    formats, calibration_images, skipped = resolve_formats(
+        parsed, calibration_images, module.image_size
+    )
     parent = os.path.dirname(export_dir)
     os.makedirs(parent, exist_ok=True)
     temp = tempfile.mkdtemp(prefix=f".{os.path.basename(export_dir)}.tmp-", dir=parent)
     try:
         info = _write(module, list(class_names), temp, formats, calibration_images, name)
+        info["skipped"] = skipped
         info["source"] = source or {"kind": "keras_model_in_memory"}
         info["preprocess_config"] = {
             "central_fraction": preprocess_config.central_fraction,
@@ -154,12 +175,50 @@ def export(
     return info
 
 
-def _check_calibration(images: np.ndarray | None, image_size: int) -> np.ndarray:
+def resolve_formats(
+    formats: tuple[str, ...] | None,
+    calibration_images: CalibrationImages | None,
+    image_size: int,
+) -> tuple[tuple[str, ...], np.ndarray | None, dict[str, str]]:
+    """The formats to write, the checked calibration pixels, and the formats skipped and why.
+
+    `formats=None` (the default) is every format that can be written: int8 is skipped, with the
+    reason, if there are no calibration images or a callable cannot produce enough (e.g. a run's
+    training data is gone). Explicit formats are written as asked: int8 without usable
+    calibration images raises ExportError, and so do unusable images given as an array. A
+    callable is called only if int8 is to be written.
+    """
+    if formats is not None and "int8" not in formats:
+        return formats, None, {}
+    lenient = formats is None and (calibration_images is None or callable(calibration_images))
+    try:
+        pixels = _calibration(calibration_images, image_size)
+    except ExportError as error:
+        if not lenient:
+            raise
+        reason = NO_CALIBRATION if calibration_images is None else str(error)
+        return DEFAULT_FORMATS, None, {"int8": reason}
+    return formats or FORMATS, pixels, {}
+
+
+def _calibration(images: CalibrationImages | None, image_size: int) -> np.ndarray:
+    """The checked calibration pixels; ExportError if there are none or they are unusable."""
     if images is None:
         raise ExportError(
             f"The int8 format needs at least {MIN_CALIBRATION_IMAGES} calibration images "
             "(pixels 0..255); received none"
         )
+    if callable(images):
+        try:
+            images = images()
+        except ExportError:
+            raise
+        except (ValueError, OSError, tf.errors.OpError) as error:
+            raise ExportError(f"calibration images cannot be read: {first_line(error)}") from error
+    return _check_calibration(images, image_size)
+
+
+def _check_calibration(images: np.ndarray, image_size: int) -> np.ndarray:
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[1:] != (image_size, image_size, 3):
         raise ExportError(
@@ -225,12 +284,14 @@ def _write(
                 "the int8 file's uint8 input must be raw pixels (scale 1, zero point 0); the "
                 f"converter chose {io['input']}"
             )
+        tflite.check_signature(content, flavour)
         content = metadata.add_metadata(
             content,
             class_names,
             name=f"{name}_{flavour}",
             quantized_input=flavour == "int8",
         )
+        signatures = tflite.check_signature(content, flavour)  # kept by the metadata's rewrite
         filename = f"{name}_{flavour}.tflite"
         with open(os.path.join(directory, filename), "wb") as f:
             f.write(content)
@@ -238,6 +299,7 @@ def _write(
             "path": filename,
             "bytes": len(content),
             "io": io,
+            "signatures": signatures,
             "checks": checks,
         }
         if flavour == "int8":

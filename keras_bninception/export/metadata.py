@@ -28,11 +28,12 @@ import zipfile
 from collections.abc import Sequence
 
 import flatbuffers
-from tensorflow.lite.python import schema_py_generated as schema
+
+from keras_bninception.export import tflite
+from keras_bninception.export.tf_internals import schema
 
 METADATA_NAME = "TFLITE_METADATA"
 METADATA_IDENTIFIER = b"M001"
-TFLITE_IDENTIFIER = b"TFL3"
 LABELS_FILE = "labels.txt"
 # The oldest metadata parser that understands every field written here (all from schema 1.0.0).
 MIN_PARSER_VERSION = "1.0.0"
@@ -213,7 +214,7 @@ def add_metadata(
     entry.buffer = len(model.buffers) - 1
     model.metadata = (model.metadata or []) + [entry]
     builder = flatbuffers.Builder(len(content) + len(metadata) + 1024)
-    builder.Finish(model.Pack(builder), file_identifier=TFLITE_IDENTIFIER)
+    builder.Finish(model.Pack(builder), file_identifier=tflite.TFLITE_IDENTIFIER)
     out = io.BytesIO(bytes(builder.Output()))
     out.seek(0, io.SEEK_END)
     with zipfile.ZipFile(out, "a", compression=zipfile.ZIP_STORED) as archive:

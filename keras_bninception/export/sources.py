@@ -182,7 +182,7 @@ def calibration_from_folder(directory: str, image_size: int, limit: int = 1000) 
     """
     if not os.path.isdir(directory):
         raise ExportError(
-            f"--calibration_dir must be a directory of images; received {directory!r}"
+            f"--calibration_images must be a directory of images; received {directory!r}"
         )
     paths = sorted(
         os.path.join(root, name)
@@ -192,7 +192,7 @@ def calibration_from_folder(directory: str, image_size: int, limit: int = 1000) 
     )[:limit]
     if len(paths) < MIN_CALIBRATION_IMAGES:
         raise ExportError(
-            f"--calibration_dir {directory} must hold at least {MIN_CALIBRATION_IMAGES} .jpg / "
+            f"--calibration_images {directory} must hold at least {MIN_CALIBRATION_IMAGES} .jpg / "
             f".png images; found {len(paths)}"
         )
     pixels = []
