@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mixed-4c-4d", default="tf_slim", help='"tf_slim" or "paper"')
     args = parser.parse_args(argv)
     model = BNInception(
+        weights=None,
         input_shape=(args.image_size, args.image_size, 3),
         classes=args.classes,
         mixed_4c_4d=args.mixed_4c_4d,

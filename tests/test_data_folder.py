@@ -224,10 +224,10 @@ def test_empty_missing_and_unsplit_folders(tmp_path):
         data.get_info("image_folder", data_dir=str(tmp_path / "nowhere"))
     with pytest.raises(data.DataError, match=r"no data_dir was given"):
         data.get_info("image_folder")
-    flat = tmp_path / "flat"
-    _write(flat, "cat", "red", 0)  # root/<label>/x.jpg: the split level is missing
-    with pytest.raises(data.DataError, match=r"has no train split \(found: cat\)"):
-        data.get_info("image_folder", data_dir=str(flat))
+    splits = tmp_path / "splits"
+    _write(splits, "test", "red", 0)  # root/<split>/<label>/x.jpg without a train split
+    with pytest.raises(data.DataError, match=r"has no train split \(found: test\)"):
+        data.get_info("image_folder", data_dir=str(splits))
 
 
 def test_unknown_split_lists_the_splits(folder):
@@ -249,3 +249,94 @@ def test_skip_corrupt_images_leaves_them_out_and_lists_them(folder, mode):
     labels = np.concatenate([y for _, y in ds.as_numpy_iterator()])
     assert len(labels) == 2 * PER_CLASS["validation"]  # every good image, the bad one left out
     assert bad in data.skipped_corrupt_images()
+
+
+# --------------------------------------------------------------------------------------------
+# root/<label>/* (keras.utils.image_dataset_from_directory's and Model Maker's layout).
+
+FLAT_COUNTS = {"blue": 10, "red": 7}
+
+
+@pytest.fixture
+def flat(tmp_path):
+    """root/blue/*.jpg|png (10 images), root/red/* (7), and a stray file at the root."""
+    root = tmp_path / "photos"
+    for label, count in FLAT_COUNTS.items():
+        for index in range(count):
+            # _write's <split> level is the label here: root/<label>/<label>_<i>.jpg
+            path = _write(root, label, label, index)
+            os.replace(path, os.path.join(root, label, os.path.basename(path)))
+            os.rmdir(os.path.join(root, label, label))
+    (root / "README.txt").write_text("not an image")
+    return str(root)
+
+
+def _split_files(root: str, validation_split: float, seed: int) -> dict[str, list[str]]:
+    source = sources.resolve("image_folder", root, validation_split=validation_split, seed=seed)
+    return {
+        split: sorted(str(name) for name in source.load(split).filenames)
+        for split in source.splits()
+    }
+
+
+def test_flat_folder_with_validation_split(flat, mode):
+    info = data.get_info("image_folder", data_dir=flat, validation_split=0.2, seed=3)
+    # round(0.2 * 10) = 2 blue and round(0.2 * 7) = 1 red images held out.
+    assert (info.train_split, info.eval_split, info.eval_held_out) == ("train", "validation", True)
+    assert (info.num_train_examples, info.num_eval_examples) == (14, 3)
+    assert info.class_names == ("blue", "red") and info.num_classes == 2
+    files = _split_files(flat, 0.2, 3)
+    assert not set(files["train"]) & set(files["validation"])
+    assert len(set(files["train"]) | set(files["validation"])) == 17
+    for label in FLAT_COUNTS:  # every label on both sides
+        assert any(f"/{label}/" in name for name in files["validation"])
+        assert any(f"/{label}/" in name for name in files["train"])
+    # Deterministic from the seed; another seed holds out other images.
+    assert _split_files(flat, 0.2, 3) == files
+    assert _split_files(flat, 0.2, 4)["validation"] != files["validation"]
+    for split, training, count in (("train", True, 16), ("validation", False, 3)):
+        ds = data.build_dataset(
+            info, split, image_size=32, batch_size=count, training=training, seed=1
+        )
+        x, y = next(iter(ds))
+        np.testing.assert_array_equal(_predicted_labels(x.numpy()), y.numpy())
+    assert sorted(y.numpy()) == [0, 0, 1]
+
+
+def test_flat_folder_without_validation_split_is_not_held_out(flat):
+    info = data.get_info("image_folder", data_dir=flat)
+    assert (info.train_split, info.eval_split, info.eval_held_out) == ("train", "train", False)
+    assert info.num_train_examples == info.num_eval_examples == 17
+    # The split layout without an evaluation split: also evaluated on train, also not held out.
+    splits = os.path.dirname(flat) + "/splits"
+    for label in COLOURS:
+        for index in range(3):
+            _write(splits, "train", label, index)
+    info = data.get_info("image_folder", data_dir=splits)
+    assert (info.eval_split, info.eval_held_out) == ("train", False)
+    # ...where --validation_split carves a validation split out of train.
+    info = data.get_info("image_folder", data_dir=splits, validation_split=0.34, seed=0)
+    assert (info.eval_split, info.eval_held_out, info.num_eval_examples) == ("validation", True, 2)
+    assert data.get_info("digits").eval_held_out
+
+
+def test_validation_split_bad_input(flat, folder):
+    with pytest.raises(
+        data.DataError,
+        match=r"label 'red' has 7 image\(s\), too few for validation_split=0\.05 \(each label "
+        r"needs at least one training and one validation image: 10 or more images",
+    ):
+        data.get_info("image_folder", data_dir=flat, validation_split=0.05)
+    with pytest.raises(data.DataError, match=r"already has a 'validation' split; "):
+        data.get_info("image_folder", data_dir=folder, validation_split=0.2)
+    for bad in (1.0, -0.1, "0.2"):
+        with pytest.raises(
+            data.DataError, match=r"`validation_split` must be a fraction in \[0, 1\)"
+        ):
+            data.get_info("image_folder", data_dir=flat, validation_split=bad)
+    with pytest.raises(data.DataError, match=r"applies to 'image_folder' datasets"):
+        data.get_info("digits", validation_split=0.2)
+    # Images directly in one subfolder, folders of images in another: which layout is meant?
+    _write(flat, "extra", "red", 0)
+    with pytest.raises(data.DataError, match=r"mixes two layouts: 'blue' holds images, 'extra'"):
+        data.get_info("image_folder", data_dir=flat)

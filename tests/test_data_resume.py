@@ -164,3 +164,22 @@ def test_image_folder_resume_reads_only_its_batch(tmp_path, monkeypatch):
     # files; reading the epochs before it would take 40 million reads.
     late_reads, _ = _read_two_batches(reads, stream(10**7))
     assert late_reads <= first + 2 * (2 * per_class), (late_reads, first)
+
+
+def test_parallel_file_reads_keep_the_sequential_order(tmp_path):
+    """The parallel interleave of record files yields exactly their concatenation, so the stream
+    stays a function of the element index (what resuming relies on)."""
+    files, skips, takes = [], [1, 0, 2, 0, 0, 1, 0, 0, 0, 3, 0], [1, 4, 2, 2, 5, 1, 5, 2, 3, 1, 2]
+    for f in range(11):  # more files than the interleave reads at once
+        files.append(str(tmp_path / f"{f}.tfrecord"))
+        with tf.io.TFRecordWriter(files[-1]) as writer:
+            for r in range(3 + (f * 7) % 13):
+                writer.write(f"{f}-{r}".encode())
+    expected = [
+        f"{f}-{r}".encode() for f in range(11) for r in range(skips[f], skips[f] + takes[f])
+    ]
+    read = pipeline._read_segments(
+        tf.constant(files), tf.constant(skips, tf.int64), tf.constant(takes, tf.int64)
+    )
+    assert pipeline.READ_CYCLE < len(files)
+    assert list(read.as_numpy_iterator()) == expected

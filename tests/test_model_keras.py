@@ -29,7 +29,7 @@ def _images(n: int = 2, size: int = 32, seed: int = 0) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def weights_file(tmp_path_factory):
-    model = BNInception(**SMALL)
+    model = BNInception(weights=None, **SMALL)
     _randomize(model)
     path = str(tmp_path_factory.mktemp("weights") / "small.weights.h5")
     model.save_weights(path)
@@ -37,7 +37,7 @@ def weights_file(tmp_path_factory):
 
 
 def test_keras_file_round_trip_without_custom_objects(tmp_path):
-    model = BNInception(**SMALL)
+    model = BNInception(weights=None, **SMALL)
     _randomize(model, seed=1)
     x = _images()
     expected = np.asarray(model(x, training=False))
@@ -71,6 +71,7 @@ def test_fit_inside_mirrored_strategy(logical_cpus):
     assert strategy.num_replicas_in_sync == 2
     with strategy.scope():
         model = BNInception(
+            weights=None,
             input_shape=(32, 32, 3),
             classes=4,
             dropout_rate=0.2,
@@ -94,8 +95,19 @@ def test_fit_inside_mirrored_strategy(logical_cpus):
 
 
 BAD_ARGUMENTS = [
-    ({"weights": "imagenet"}, r"cannot be downloaded.*inception_v2_2016_08_28"),
-    ({"weights": "no/such/file.weights.h5"}, r"either `None` .*\(\.weights\.h5 or \.keras\)"),
+    # weights="imagenet": what the published checkpoint fits is checked before any download.
+    (
+        {"weights": "imagenet", "classes": 10},
+        r"`classes` must be 1000 \(ImageNet's classes\) or 1001",
+    ),
+    ({"weights": "imagenet", "depth_multiplier": 0.5}, r"must be 1.0 with weights=\"imagenet\""),
+    ({"weights": "imagenet", "activation": "sigmoid"}, r"activation='sigmoid' \(needs 'relu'\)"),
+    ({"weights": "imagenet", "input_shape": (224, 224, 1)}, r"3 channels"),
+    (
+        {"weights": "no/such/file.weights.h5"},
+        r"does not exist; it must be a TF-slim .*\.weights\.h5",
+    ),
+    ({"weights": 3}, r"`weights` must be a TF-slim .*; received weights=3"),
     ({"include_top": False, "pooling": "mean"}, r"one of \(None, 'avg', 'max'\)"),
     ({"depth_multiplier": 0}, r"greater than zero .*received depth_multiplier=0"),
     ({"depth_multiplier": -0.5}, r"greater than zero"),
@@ -114,7 +126,7 @@ BAD_ARGUMENTS = [
 @pytest.mark.parametrize("kwargs, message", BAD_ARGUMENTS)
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        BNInception(**kwargs)
+        BNInception(**{"weights": None, **kwargs})
 
 
 def test_bad_arguments_with_weights(weights_file):
@@ -127,15 +139,19 @@ def test_bad_arguments_with_weights(weights_file):
         BNInception(weights=path, classifier_activation="relu", **SMALL)
     # Without weights, any channel count and any classifier activation are fine.
     model = BNInception(
-        input_shape=(32, 32, 1), classifier_activation="sigmoid", classes=2, depth_multiplier=0.25
+        weights=None,
+        input_shape=(32, 32, 1),
+        classifier_activation="sigmoid",
+        classes=2,
+        depth_multiplier=0.25,
     )
     assert tuple(model.output.shape) == (None, 2)
 
 
 def test_norm_layer_is_injectable():
     """`norm_layer` builds the same network with another BN layer (benchmarks/train_step.py)."""
-    ours = BNInception(**SMALL)
-    theirs = BNInception(norm_layer=keras.layers.BatchNormalization, **SMALL)
+    ours = BNInception(weights=None, **SMALL)
+    theirs = BNInception(weights=None, norm_layer=keras.layers.BatchNormalization, **SMALL)
     kinds = {type(layer) for layer in theirs.layers if "BatchNorm" in layer.name}
     assert kinds == {keras.layers.BatchNormalization}
     assert any(isinstance(layer, BatchNormalization) for layer in ours.layers)

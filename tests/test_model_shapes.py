@@ -26,7 +26,7 @@ def _shapes(model) -> dict[str, tuple]:
 
 
 def test_end_points_at_224_are_tf_slims():
-    model = BNInception(include_top=False, input_shape=(224, 224, 3))
+    model = BNInception(weights=None, include_top=False, input_shape=(224, 224, 3))
     assert tuple(END_POINTS) == tuple(TF_SLIM_END_POINT_SHAPES_224)
     assert _shapes(model) == TF_SLIM_END_POINT_SHAPES_224
     assert tuple(model.output.shape) == (None, 7, 7, 1024)
@@ -35,7 +35,9 @@ def test_end_points_at_224_are_tf_slims():
 
 
 def test_classifier_at_default_size():
-    model = BNInception()
+    model = BNInception(
+        weights=None,
+    )
     assert tuple(model.input.shape) == (None, 224, 224, 3)
     assert tuple(model.output.shape) == (None, 1000)
     assert model.name == "bninception"
@@ -44,7 +46,9 @@ def test_classifier_at_default_size():
 
 @pytest.mark.parametrize("height, width", [(112, 112), (250, 300), (75, 33)])
 def test_any_size_becomes_ceil_n_over_stride(height, width):
-    model = BNInception(include_top=False, input_shape=(height, width, 3), depth_multiplier=0.25)
+    model = BNInception(
+        weights=None, include_top=False, input_shape=(height, width, 3), depth_multiplier=0.25
+    )
     for name, shape in _shapes(model).items():
         stride = STRIDES[name]
         assert shape[:2] == (math.ceil(height / stride), math.ceil(width / stride)), name
@@ -55,7 +59,7 @@ def test_any_size_becomes_ceil_n_over_stride(height, width):
 
 
 def test_250x300_with_avg_pooling():
-    model = BNInception(include_top=False, input_shape=(250, 300, 3), pooling="avg")
+    model = BNInception(weights=None, include_top=False, input_shape=(250, 300, 3), pooling="avg")
     assert tuple(model.get_layer("Mixed_5c").output.shape) == (None, 8, 10, 1024)
     assert tuple(model.output.shape) == (None, 1024)
 
@@ -63,7 +67,11 @@ def test_250x300_with_avg_pooling():
 @pytest.mark.parametrize("pooling", ["avg", "max"])
 def test_unknown_spatial_size_with_pooling_runs(pooling):
     model = BNInception(
-        include_top=False, input_shape=(None, None, 3), pooling=pooling, depth_multiplier=0.25
+        weights=None,
+        include_top=False,
+        input_shape=(None, None, 3),
+        pooling=pooling,
+        depth_multiplier=0.25,
     )
     assert tuple(model.output.shape) == (None, 256)
     for height, width in [(32, 32), (45, 70)]:
@@ -75,7 +83,9 @@ def test_unknown_spatial_size_with_pooling_runs(pooling):
 
 @pytest.mark.parametrize("multiplier", [0.5, 2.0])
 def test_depth_multiplier_scales_every_end_point(multiplier):
-    model = BNInception(include_top=False, input_shape=(224, 224, 3), depth_multiplier=multiplier)
+    model = BNInception(
+        weights=None, include_top=False, input_shape=(224, 224, 3), depth_multiplier=multiplier
+    )
     expected = {
         name: (h, w, int(c * multiplier))
         for name, (h, w, c) in TF_SLIM_END_POINT_SHAPES_224.items()
@@ -84,7 +94,9 @@ def test_depth_multiplier_scales_every_end_point(multiplier):
 
 
 def test_paper_4c_4d_layout_has_608_channels():
-    model = BNInception(include_top=False, input_shape=(224, 224, 3), mixed_4c_4d="paper")
+    model = BNInception(
+        weights=None, include_top=False, input_shape=(224, 224, 3), mixed_4c_4d="paper"
+    )
     shapes = _shapes(model)
     # Figure 5's literal "avg + 128" at 4c/4d (tf_slim's Mixed_4d/Mixed_4e), as the Caffe port.
     assert shapes["Mixed_4d"] == (14, 14, 608)
@@ -95,7 +107,9 @@ def test_paper_4c_4d_layout_has_608_channels():
 
 
 def test_feature_extractor_outputs_a_dict_of_end_points():
-    base = BNInception(include_top=False, input_shape=(None, None, 3), depth_multiplier=0.25)
+    base = BNInception(
+        weights=None, include_top=False, input_shape=(None, None, 3), depth_multiplier=0.25
+    )
     backbone = feature_extractor(base)
     x = np.random.default_rng(1).uniform(-1, 1, (2, 64, 96, 3)).astype("float32")
     features = backbone(x, training=False)
@@ -112,7 +126,9 @@ def test_feature_extractor_outputs_a_dict_of_end_points():
 
 
 def test_feature_extractor_of_a_model_loaded_from_a_keras_file(tmp_path):
-    base = BNInception(include_top=False, input_shape=(64, 64, 3), depth_multiplier=0.25)
+    base = BNInception(
+        weights=None, include_top=False, input_shape=(64, 64, 3), depth_multiplier=0.25
+    )
     path = str(tmp_path / "base.keras")
     base.save(path)
     loaded = keras.saving.load_model(path)
@@ -128,7 +144,7 @@ def test_feature_extractor_of_a_model_loaded_from_a_keras_file(tmp_path):
 def test_input_tensor_with_preceding_layers():
     inputs = keras.Input((64, 64, 3))
     scaled = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
-    model = BNInception(input_tensor=scaled, classes=7, depth_multiplier=0.25)
+    model = BNInception(weights=None, input_tensor=scaled, classes=7, depth_multiplier=0.25)
     assert model.inputs[0] is inputs
     assert tuple(model.output.shape) == (None, 7)
     y = model(np.full((1, 64, 64, 3), 255.0, "float32"), training=False)
@@ -137,13 +153,21 @@ def test_input_tensor_with_preceding_layers():
 
 def test_sigmoid_and_baseline_variants():
     sigmoid = BNInception(
-        include_top=False, input_shape=(32, 32, 3), activation="sigmoid", depth_multiplier=0.25
+        weights=None,
+        include_top=False,
+        input_shape=(32, 32, 3),
+        activation="sigmoid",
+        depth_multiplier=0.25,
     )
     activations = [layer for layer in sigmoid.layers if layer.name.endswith("_Activation")]
     assert len(activations) == 1 + 2 + 10 * 7 - 2 * 2  # stem + 7 convs a module (5 in 3c, 4e)
     assert all(layer.activation is keras.activations.sigmoid for layer in activations)
     baseline = BNInception(
-        include_top=False, input_shape=(32, 32, 3), batch_norm=False, depth_multiplier=0.25
+        weights=None,
+        include_top=False,
+        input_shape=(32, 32, 3),
+        batch_norm=False,
+        depth_multiplier=0.25,
     )
     assert not [layer for layer in baseline.layers if "BatchNorm" in layer.name]
     assert all(
@@ -156,8 +180,10 @@ def test_channels_first_layout():
     previous = keras.config.image_data_format()
     keras.config.set_image_data_format("channels_first")
     try:
-        model = BNInception(include_top=False, input_shape=(3, 64, 96), depth_multiplier=0.25)
-        default = BNInception(classes=3, depth_multiplier=0.25)
+        model = BNInception(
+            weights=None, include_top=False, input_shape=(3, 64, 96), depth_multiplier=0.25
+        )
+        default = BNInception(weights=None, classes=3, depth_multiplier=0.25)
     finally:
         keras.config.set_image_data_format(previous)
     shapes = _shapes(model)

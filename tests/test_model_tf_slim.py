@@ -16,7 +16,7 @@ import tf_slim_reference
 
 from keras_bninception.models import END_POINTS, BNInception, feature_extractor
 from keras_bninception.models.naming import tf_slim_variable_name
-from keras_bninception.models.tf_slim_checkpoint import load_tf_slim_checkpoint
+from keras_bninception.weights.tf_slim import load_tf_slim_checkpoint
 
 
 def relative_error(actual, expected) -> float:
@@ -95,6 +95,19 @@ def test_softmax_head_and_no_top(ref224, model224):
         assert relative_error(features, ref224.end_points["Mixed_5c"][:1]) < 1e-4
 
 
+def test_1000_classes_leave_the_background_class_out(ref224, model224):
+    # classes=1000 (the default): TF-slim's logits without class 0, in ImageNet's class order, so
+    # that softmax and decode_predictions are those of any keras.applications model.
+    model = BNInception(weights=ref224.checkpoint, classifier_activation=None)
+    logits = np.asarray(model(ref224.images, training=False))
+    assert logits.shape == (2, 1000)
+    np.testing.assert_allclose(logits, ref224.logits[:, 1:], rtol=1e-4, atol=1e-4)
+    kernel = model.get_layer("Logits_Conv2d_1c_1x1").kernel
+    np.testing.assert_array_equal(
+        kernel, model224.get_layer("Logits_Conv2d_1c_1x1").kernel.numpy()[:, 1:]
+    )
+
+
 def test_odd_size_and_depth_multiplier(tmp_path):
     # SAME padding at an odd size (75 -> 38 -> 19 -> 10 -> 5 -> 3), and tf_slim's width rule.
     ref = tf_slim_reference.build_checkpoint(
@@ -105,8 +118,8 @@ def test_odd_size_and_depth_multiplier(tmp_path):
 
 def test_mismatched_checkpoints_are_rejected(ref224):
     ckpt = ref224.checkpoint
-    with pytest.raises(ValueError, match=r"`classes` must be 1001; received classes=1000"):
-        BNInception(weights=ckpt)
+    with pytest.raises(ValueError, match=r"`classes` must be 1001 .* or 1000 .*received classes=7"):
+        BNInception(weights=ckpt, classes=7)
     with pytest.raises(ValueError, match=r"wrong shape \(\d+\):\n  InceptionV2/"):
         BNInception(weights=ckpt, classes=1001, depth_multiplier=0.5, input_shape=(32, 32, 3))
     with pytest.raises(ValueError, match=r"scale=True \(needs False\)"):
@@ -118,7 +131,7 @@ def test_mismatched_checkpoints_are_rejected(ref224):
 
     # A model with BN (and no bias) on the first convolution: the loader lists what is missing
     # from the checkpoint and what the checkpoint has that the model does not use.
-    model = BNInception(include_top=False, input_shape=(32, 32, 3), scale=False)
+    model = BNInception(weights=None, include_top=False, input_shape=(32, 32, 3), scale=False)
     before = [w.numpy() for w in model.weights]
     with pytest.raises(ValueError) as error:
         load_tf_slim_checkpoint(model, ckpt)
@@ -142,5 +155,5 @@ def test_v1_checkpoint_file_loads(tmp_path):
     # A file that is neither a checkpoint nor Keras weights is still rejected clearly.
     junk = tmp_path / "not_a_checkpoint.ckpt"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="received weights="):
+    with pytest.raises(ValueError, match=r"`weights` '.*not_a_checkpoint.ckpt' is not a check"):
         BNInception(weights=str(junk), classes=1001)

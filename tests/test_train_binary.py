@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import sys
 import time
 
 import numpy as np
@@ -40,12 +41,46 @@ REFERENCE = [
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> tuple[str, str]:
-    """(model_dir, log) of the uninterrupted reference run."""
+def reference_run(tmp_path_factory) -> tuple[str, str, str]:
+    """(model_dir, log, printed summary) of the uninterrupted reference run."""
     model_dir = str(tmp_path_factory.mktemp("reference") / "run")
     result = run_train([*REFERENCE, f"--model_dir={model_dir}"])
     assert result.returncode == 0, result.stderr[-3000:]
-    return model_dir, result.stderr
+    return model_dir, result.stderr, result.stdout
+
+
+@pytest.fixture(scope="module")
+def reference(reference_run) -> tuple[str, str]:
+    """(model_dir, log) of the uninterrupted reference run."""
+    return reference_run[:2]
+
+
+@pytest.mark.slow
+def test_the_printed_tensorboard_command_shows_the_run(reference_run):
+    """The summary's `tensorboard --logdir DIR` works: TensorBoard is installed with the package,
+    and its own event reader finds the run's scalars in DIR."""
+    import shutil
+
+    from tensorboard.backend.event_processing import event_multiplexer
+
+    model_dir, _, stdout = reference_run
+    match = re.search(r"^TensorBoard: tensorboard --logdir (\S+)$", stdout, re.MULTILINE)
+    assert match, stdout
+    assert match.group(1) == os.path.join(model_dir, "logs")
+    assert shutil.which("tensorboard") or os.path.exists(
+        os.path.join(os.path.dirname(sys.executable), "tensorboard")
+    )
+    keep_all = {"tensors": 0}  # (by default it keeps a sample of 10 points per tag)
+    runs = event_multiplexer.EventMultiplexer(size_guidance=keep_all)
+    runs.AddRunsFromDirectory(match.group(1))
+    runs.Reload()
+    # TF2 summaries are tensors; TensorBoard's scalars dashboard shows those whose metadata
+    # names its plugin.
+    tags = runs.Runs()["train"]["tensors"]
+    assert {"loss", "accuracy", "learning_rate", "images_per_second"} <= set(tags)
+    for tag in tags:
+        assert runs.SummaryMetadata("train", tag).plugin_data.plugin_name == "scalars"
+    assert [event.step for event in runs.Tensors("train", "loss")] == list(range(1, STEPS + 1))
 
 
 @pytest.mark.slow

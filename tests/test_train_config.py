@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 
+import numpy as np
 import pytest
 
 from keras_bninception.models import BNInception
@@ -69,6 +70,7 @@ def test_unknown_recipe_names_the_choices():
         (dict(mode="predict"), r"`mode` must be one of \['train', 'eval'"),
         (dict(distribution_strategy="ps"), r"one of \['default', 'one_device', 'mirrored'"),
         (dict(deterministic=True, seed=None), r"`deterministic=True` needs a `seed`"),
+        (dict(validation_split=1.0), r"`validation_split` must be in \[0\.0, 1\.0\)"),
         (dict(seed=2**32), r"`seed` must be an integer in \[0, 4294967295\]; received seed="),
         (dict(learning_rate_decay_factor=1.5), r"`learning_rate_decay_factor` .* \(0, 1\]"),
         (dict(train_steps=0, epochs=0.0), r"`epochs` must be a finite number > 0"),
@@ -80,7 +82,7 @@ def test_unknown_recipe_names_the_choices():
 )
 def test_out_of_range_options_are_rejected(change, pattern):
     with pytest.raises(ValueError, match=pattern):
-        TrainConfig().replace(**change).validate()
+        TrainConfig(model_dir="/tmp/x").replace(**change).validate()
 
 
 def test_sections_use_bninception_argument_names():
@@ -104,7 +106,8 @@ def test_sections_use_bninception_argument_names():
 
 
 def test_defaults_are_valid():
-    assert TrainConfig().validate() == TrainConfig()
+    """Every default is valid; only `model_dir` has none (runs must not share a directory)."""
+    assert TrainConfig(model_dir="runs/a").validate() == TrainConfig(model_dir="runs/a")
 
 
 def test_learning_rate_decays_by_staircase():
@@ -139,8 +142,79 @@ def test_seed_flag_is_bounded_at_parse_time():
     from trainers import train
 
     with pytest.raises(flags.IllegalFlagValueError, match=r"--seed=4294967296"):
-        train.FLAGS(["train", "--seed=4294967296"])
+        train.FLAGS(["train", "--seed=4294967296", "--model_dir=/tmp/x"])
     train.FLAGS.unparse_flags()
-    assert train.FLAGS(["train", "--seed=4294967295"]) == ["train"]
+    assert train.FLAGS(["train", "--seed=4294967295", "--model_dir=/tmp/x"]) == ["train"]
     assert train.FLAGS.seed == 2**32 - 1
     train.FLAGS.unparse_flags()
+
+
+def test_model_dir_is_required(capsys):
+    """No shared default where two runs would collide and resume each other."""
+    from trainers import train
+
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            train.parse_flags(["train", "--dataset=digits"])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: flag --model_dir=None: ")
+        assert "--model_dir must have a value other than None" in err
+    finally:
+        train.FLAGS.unparse_flags()
+    assert TrainConfig().model_dir is None
+    with pytest.raises(ValueError, match=r"`model_dir` must be a directory path; received "):
+        TrainConfig().validate()
+
+
+def test_learning_rate_follows_the_global_batch_with_warm_up():
+    """Goyal et al. 2017: lr = base x global batch / reference batch, linear warm-up."""
+    from keras_bninception.training.experiment import learning_rate_plan
+
+    # bn_x30 at 8 x 32 images: 8 x 0.045, warmed up over 5 epochs of 1,281,167 / 256 steps.
+    config = apply_recipe(
+        TrainConfig(model_dir="m").replace(batch_size=256), "bn_x30", explicit=["batch_size"]
+    )
+    plan = learning_rate_plan(config, 1_281_167)
+    assert plan["learning_rate"] == pytest.approx(0.36)
+    assert (plan["warmup_epochs"], plan["warmup_steps"]) == (5.0, 25_023)
+    assert plan["rule"] == "0.045 x global batch 256 / reference batch 32"
+    # At the recipe's own batch: unchanged, no warm-up; an explicit warm-up wins.
+    plan = learning_rate_plan(apply_recipe(TrainConfig(), "bn_x30"), 1_281_167)
+    assert (plan["learning_rate"], plan["warmup_steps"]) == (0.045, 0)
+    config = config.replace(warmup_epochs=0.5)
+    assert learning_rate_plan(config, 1_281_167)["warmup_steps"] == 2503
+    # Without a reference batch (the default): the learning rate as given.
+    plain = learning_rate_plan(TrainConfig().replace(batch_size=256), 1000)
+    assert (plain["learning_rate"], plain["warmup_steps"]) == (0.0075, 0)
+    with pytest.raises(ValueError, match=r"`reference_batch_size` must be an integer >= 0"):
+        TrainConfig(model_dir="m").replace(reference_batch_size=-1).validate()
+    with pytest.raises(ValueError, match=r"`warmup_epochs` must be in \[0\.0, inf\)"):
+        TrainConfig(model_dir="m").replace(warmup_epochs=-1.0).validate()
+
+
+def test_warm_up_then_staircase_decay():
+    schedule = learning_rate_schedule(0.4, 0.5, 1.0, steps_per_epoch=10, warmup_steps=4)
+    rates = [float(schedule(step)) for step in range(0, 22, 1)]
+    np.testing.assert_allclose(rates[:5], [0.1, 0.2, 0.3, 0.4, 0.4], rtol=1e-6)
+    np.testing.assert_allclose(rates[9:12], [0.4, 0.2, 0.2], rtol=1e-6)  # the decay's own steps
+    assert rates[21] == pytest.approx(0.1)
+    again = type(schedule).from_config(schedule.get_config())
+    assert float(again(2)) == pytest.approx(0.3) and float(again(15)) == pytest.approx(0.2)
+
+
+def test_small_batch_norm_batches_warn():
+    from keras_bninception.training.experiment import small_batch_norm_warning
+
+    config = TrainConfig(model_dir="m").replace(batch_size=32)
+    message = small_batch_norm_warning(config, replicas=8)
+    assert message == (
+        "Batch Normalization sees 4 image(s) per replica (global batch 32 over 8 replica(s)), "
+        "fewer than 16: its batch statistics are noisy; use --sync_batch_norm (statistics over "
+        "all replicas) or a larger --batch_size."
+    )
+    assert small_batch_norm_warning(config, replicas=2) is None  # 16 per replica
+    assert small_batch_norm_warning(config.replace(sync_batch_norm=True), replicas=8) is None
+    assert small_batch_norm_warning(config.replace(batch_norm=False), replicas=8) is None
+    one = small_batch_norm_warning(config.replace(batch_size=8), replicas=1)
+    assert one.endswith("noisy; use a larger --batch_size.")

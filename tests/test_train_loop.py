@@ -137,19 +137,23 @@ def test_imagenet2012_mock_data_mirrored_float16(logical_cpus, tmp_path):
     assert len(scales) == 1 and checkpoint.get_tensor(scales[0]) > 1.0  # saved with the rest
 
 
-def test_image_folder_bfloat16(tmp_path):
+def _flat_folder(root, counts) -> str:
+    """root/<label>/*.png (keras.utils.image_dataset_from_directory's layout), `counts` a label."""
     rng = np.random.default_rng(0)
-    for split, count in (("train", 4), ("validation", 3)):
-        for label, colour in (("blue", (20, 40, 230)), ("red", (230, 30, 20))):
-            os.makedirs(tmp_path / "images" / split / label)
-            for i in range(count):
-                pixels = np.clip(np.array(colour) + rng.integers(-15, 16, (40, 48, 3)), 0, 255)
-                path = tmp_path / "images" / split / label / f"{i}.png"
-                Image.fromarray(pixels.astype(np.uint8)).save(path)
+    for label, colour in (("blue", (20, 40, 230)), ("red", (230, 30, 20))):
+        os.makedirs(root / label)
+        for i in range(counts):
+            pixels = np.clip(np.array(colour) + rng.integers(-15, 16, (40, 48, 3)), 0, 255)
+            Image.fromarray(pixels.astype(np.uint8)).save(root / label / f"{i}.png")
+    return str(root)
+
+
+def test_image_folder_bfloat16(tmp_path):
     config = _config(
         tmp_path,
         dataset="image_folder",
-        data_dir=str(tmp_path / "images"),
+        data_dir=_flat_folder(tmp_path / "images", 7),
+        validation_split=0.4,  # round(0.4 * 7) = 3 images of each label held out
         mixed_precision="bfloat16",
         seed=None,
     )
@@ -157,6 +161,7 @@ def test_image_folder_bfloat16(tmp_path):
     seed = results["config"]["runtime"]["seed"]  # drawn once, shared by the workers, recorded
     assert isinstance(seed, int) and 0 <= seed < 2**32
     _check_run(results, config.model_dir, eval_examples=6)
+    assert results["eval"]["split"] == "validation" and results["eval"]["held_out"] is True
     # Rerunning the same command resumes: nothing left to train, the checkpoint is evaluated.
     again = run(config)
     assert again["train"]["train_seconds"] == 0.0
@@ -177,6 +182,23 @@ def test_image_folder_bfloat16(tmp_path):
     tf.train.Checkpoint(model=model).restore(
         tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints"))
     ).assert_existing_objects_matched()
+
+
+def test_evaluation_on_the_training_split_is_not_called_held_out(tmp_path, capsys):
+    from trainers.train import summary
+
+    folder = _flat_folder(tmp_path / "images", 2)  # root/<label>/*, no validation split
+    config = _config(tmp_path, dataset="image_folder", data_dir=folder, train_steps=1)
+    results = run(config)
+    assert results["eval"]["split"] == "train" and results["eval"]["held_out"] is False
+    with open(os.path.join(config.model_dir, "metrics.json")) as f:
+        assert json.load(f)["eval"]["held_out"] is False
+    text = summary(config, results)
+    assert "Held-out" not in text and "held out" not in text.replace("not held out", "")
+    assert "Training split (not held out; train, 4 images): top-1 " in text
+    assert "Set --validation_split" in text
+    held = {**results, "eval": {**results["eval"], "split": "validation", "held_out": True}}
+    assert "Held-out (validation, 4 images): top-1 " in summary(config, held)
 
 
 def test_run_config_round_trip(tmp_path):

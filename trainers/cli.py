@@ -86,3 +86,19 @@ def run_experiment(
     print("\n".join(f"Wrote {path}" for path in written), flush=True)
     if not plots.available():
         print(plots.MISSING, flush=True)
+
+
+HELP_FLAGS = ("-h", "-?", "--help", "--helpshort", "--helpfull")
+
+
+def parse_own_flags(flag_values: flags.FlagValues, argv: list[str], usage: str) -> list[str]:
+    """Parses a binary's own `flag_values` (not absl's global set): `--help` prints `usage` and
+    the flags (exit status 0); a malformed flag is one `error:` line (exit status 2)."""
+    flags.FLAGS(argv[:1])  # absl's own (logging) flags at their defaults
+    if any(arg in HELP_FLAGS for arg in argv[1:]):
+        print(usage.strip() + "\n\nflags:\n" + flag_values.get_help())
+        sys.exit(0)
+    try:
+        return flag_values(argv)
+    except flags.Error as e:
+        fail(f"{e} (see --help)", status=2)

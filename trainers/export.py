@@ -9,8 +9,9 @@ A thin absl-flags front end of `keras_bninception.export`. Exactly one source:
   python -m trainers.export --keras_model=model.keras --labels=labels.txt \
       --export_dir=/tmp/keras_export
 
-  # The published TF-slim ImageNet checkpoint (1001 classes), int8 calibrated on a folder:
-  python -m trainers.export --tf_slim_checkpoint=inception_v2.ckpt \
+  # The published TF-slim ImageNet checkpoint (1001 classes; downloaded once into the Keras
+  # cache, or a local inception_v2.ckpt / inception_v2_2016_08_28.tar.gz), int8 calibrated:
+  python -m trainers.export --tf_slim_checkpoint=imagenet \
       --calibration_images=imagenet_val_sample/ --export_dir=/tmp/inception_v2
 
 `--formats` picks any of saved_model,float32,float16,int8. By default every format is written that
@@ -48,7 +49,11 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("keras_model", None, "A .keras model file.", flag_values=FLAGS)
 flags.DEFINE_string(
-    "tf_slim_checkpoint", None, "A TF-slim inception_v2 checkpoint prefix.", flag_values=FLAGS
+    "tf_slim_checkpoint",
+    None,
+    "A TF-slim inception_v2 checkpoint: 'imagenet' (the published one, downloaded once into the "
+    "Keras cache), a checkpoint prefix or V1 file, or inception_v2_2016_08_28.tar.gz.",
+    flag_values=FLAGS,
 )
 flags.DEFINE_string("export_dir", None, "The output directory (must not exist).", flag_values=FLAGS)
 flags.DEFINE_string(

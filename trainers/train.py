@@ -31,15 +31,16 @@ Examples:
   # ...and on host2 the same with "index": 1. `--batch_size` is the global batch over all
   # replicas of all workers; it must be divisible by their number.
 
-  # Fine-tune TF-slim's ImageNet checkpoint on your own images (root/train/<label>/*.jpg, ...):
-  # the last two modules and a new classifier train, BN frozen.
-  python -m trainers.train --dataset=image_folder --data_dir=/data/flowers \
-      --init_checkpoint=inception_v2.ckpt --trainable_scopes=Mixed_5b,Mixed_5c,Logits \
+  # Fine-tune TF-slim's ImageNet checkpoint on your own images (root/<label>/*.jpg, 20 % of
+  # each label held out for evaluation): the last two modules and a new classifier train, BN
+  # frozen.
+  python -m trainers.train --dataset=image_folder --data_dir=/data/flowers --validation_split=0.2 \
+      --init_checkpoint=imagenet --trainable_scopes=Mixed_5b,Mixed_5c,Logits \
       --freeze_batch_norm --model_dir=/tmp/flowers --batch_size=32 --epochs=5
 
   # Evaluate the published checkpoint as it is (1001 outputs, class 0 = background, mapped to
   # imagenet2012's 1000 labels):
-  python -m trainers.train --mode=eval --init_checkpoint=inception_v2.ckpt \
+  python -m trainers.train --mode=eval --init_checkpoint=imagenet \
       --dataset=imagenet2012 --manual_dir=/data/imagenet --model_dir=/tmp/eval_slim
 
   # Evaluate the newest checkpoint (top-1 / top-5, written to <model_dir>/metrics.json):
@@ -70,7 +71,16 @@ FLAGS = flags.FLAGS
 # Data.
 flags.DEFINE_string("dataset", _DATA.dataset, "'digits' (embedded), 'image_folder' or a TFDS name.")
 flags.DEFINE_string(
-    "data_dir", None, "TFDS data directory, or the root/<split>/<label>/ image folder."
+    "data_dir",
+    None,
+    "TFDS data directory, or the image folder: root/<label>/* or root/<split>/<label>/*.",
+)
+flags.DEFINE_float(
+    "validation_split",
+    _DATA.validation_split,
+    "image_folder: the fraction of each label's images held out for evaluation, chosen by "
+    "--seed (0: none; without a validation split the run evaluates on the training images and "
+    "says so).",
 )
 flags.DEFINE_string("manual_dir", None, "Where manually downloaded files are (imagenet2012).")
 flags.DEFINE_integer(
@@ -84,8 +94,12 @@ flags.DEFINE_bool(
 )
 # Run.
 flags.DEFINE_string(
-    "model_dir", _D.model_dir, "Checkpoints, TensorBoard logs, config.json and metrics.json."
+    "model_dir",
+    None,
+    "Required. The run's directory: checkpoints, TensorBoard logs, config.json, metrics.json. "
+    "Rerunning with the same directory resumes the run; a new one starts a new run.",
 )
+flags.mark_flag_as_required("model_dir")
 flags.DEFINE_enum("mode", _D.mode, config_lib.MODES, "What to do.")
 # Runtime.
 flags.DEFINE_enum(
@@ -118,6 +132,12 @@ flags.DEFINE_integer("batch_size", _T.batch_size, "Global batch size (all replic
 flags.DEFINE_integer("train_steps", _T.train_steps, "Training steps; 0 = use --epochs.")
 flags.DEFINE_float("epochs", _T.epochs, "Passes over the training split when --train_steps=0.")
 flags.DEFINE_integer("eval_steps", _T.eval_steps, "Evaluation batches; 0 = the whole split.")
+flags.DEFINE_integer(
+    "eval_every",
+    _T.eval_every,
+    "--mode=train_and_eval: evaluate every this many steps (TensorBoard, metrics.json "
+    "'evaluations') and keep the best checkpoint by top-1 in <model_dir>/best/; 0 = at the end.",
+)
 flags.DEFINE_float("weight_decay", _T.weight_decay, "L2 coefficient: wd * sum(w^2) / 2.")
 flags.DEFINE_float("label_smoothing", _T.label_smoothing, "Label smoothing of the loss.")
 flags.DEFINE_integer("checkpoint_every", _T.checkpoint_every, "Steps between checkpoints.")
@@ -127,7 +147,23 @@ flags.DEFINE_bool("jit_compile", _T.jit_compile, "XLA-compile each replica's who
 # Optimizer.
 flags.DEFINE_enum("optimizer", _O.name, list(config_lib.OPTIMIZERS), "Keras optimizer.")
 flags.DEFINE_float("momentum", _O.momentum, "Momentum of 'momentum' and 'rmsprop'.")
-flags.DEFINE_float("learning_rate", _O.learning_rate, "Initial learning rate.")
+flags.DEFINE_float(
+    "learning_rate",
+    _O.learning_rate,
+    "Initial learning rate; with --reference_batch_size, the rate of that global batch.",
+)
+flags.DEFINE_integer(
+    "reference_batch_size",
+    _O.reference_batch_size,
+    "Linear scaling rule (Goyal et al. 2017): the run's learning rate is --learning_rate x "
+    "--batch_size / this; 0 = --learning_rate as given. The --recipe's set 32.",
+)
+flags.DEFINE_float(
+    "warmup_epochs",
+    None,
+    "Linear learning-rate warm-up, in epochs; default: 5 when the scaling rule raises the rate, "
+    "else 0.",
+)
 flags.DEFINE_float(
     "learning_rate_decay_factor", _O.learning_rate_decay_factor, "Exponential decay factor."
 )
@@ -152,9 +188,10 @@ flags.DEFINE_bool(
 flags.DEFINE_string(
     "init_checkpoint",
     None,
-    "Start a new run from these weights (not used when --model_dir has a checkpoint): a TF-slim "
-    "inception_v2 checkpoint (V1 file or V2 prefix), a .keras / .weights.h5 file, or another "
-    "run's --model_dir.",
+    "Start a new run from these weights (not used when --model_dir has a checkpoint): 'imagenet' "
+    "(TF-slim's published ImageNet checkpoint, downloaded once into the Keras cache), a TF-slim "
+    "inception_v2 checkpoint (V1 file, V2 prefix or the published .tar.gz), a .keras / "
+    ".weights.h5 file, or another run's --model_dir.",
 )
 flags.DEFINE_string(
     "init_exclude",
@@ -218,10 +255,16 @@ def summary(config: config_lib.TrainConfig, results: dict) -> str:
     lines = [f"Done: step {results['step']} of {results['train_steps']}."]
     if "eval" in results:
         ev = results["eval"]
-        lines.append(
-            f"Held-out ({ev['split']}, {ev['num_examples']} images): top-1 "
-            f"{100 * ev['top_1_accuracy']:.2f}%, top-5 {100 * ev['top_5_accuracy']:.2f}%."
+        accuracy = (
+            f"top-1 {100 * ev['top_1_accuracy']:.2f}%, top-5 {100 * ev['top_5_accuracy']:.2f}%"
         )
+        if ev.get("held_out", True):
+            lines.append(f"Held-out ({ev['split']}, {ev['num_examples']} images): {accuracy}.")
+        else:
+            lines.append(
+                f"Training split (not held out; {ev['split']}, {ev['num_examples']} images): "
+                f"{accuracy}. Set --validation_split to measure held-out accuracy."
+            )
     if "train" in results and results["train"].get("train_seconds"):
         lines.append(f"Training time: {results['train']['train_seconds']:.1f} s.")
     lines += [

@@ -6,7 +6,8 @@
                             training=True, seed=0, deterministic=True)
 
 Datasets: `digits` (scikit-learn's bundled 8x8 digits, no download), `image_folder`
-(`data_dir/<split>/<label>/*.jpg|*.jpeg|*.png`) and any TFDS image-classification dataset.
+(`data_dir/<label>/*.jpg|*.jpeg|*.png` with `get_info(..., validation_split=0.2, seed=...)`, or
+`data_dir/<split>/<label>/*`) and any TFDS image-classification dataset.
 """
 
 from keras_bninception.data.errors import DataError, explain_error

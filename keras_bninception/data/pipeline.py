@@ -25,6 +25,7 @@ the global batch (for in-memory splits).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import secrets
 import threading
@@ -55,7 +56,12 @@ _JPEG_END, _PNG_END, _GIF_END = b"\xff\xd9", b"IEND\xaeB`\x82", b";"
 
 
 def get_info(
-    dataset: str, data_dir: str | None = None, manual_dir: str | None = None
+    dataset: str,
+    data_dir: str | None = None,
+    manual_dir: str | None = None,
+    *,
+    validation_split: float = 0.0,
+    seed: int | None = None,
 ) -> sources.DatasetInfo:
     """Describes a dataset: classes, split names and sizes, whether flips change labels.
 
@@ -63,6 +69,11 @@ def get_info(
         dataset: `digits`, `image_folder` or a TFDS image-classification dataset name.
         data_dir: TFDS data directory, or the root of an `image_folder`.
         manual_dir: where manually downloaded files are (default `<data_dir>/downloads/manual`).
+        validation_split: `image_folder` only: the fraction of each label's images held out as
+            the `validation` split (0: none; evaluation is then on `train`, and
+            `eval_held_out` is False unless the folder has its own validation split).
+        seed: which images `validation_split` holds out (None: 0); the same seed gives the same
+            split.
 
     Returns:
         A frozen `DatasetInfo`; pass it to `build_dataset` instead of the name to use the dataset
@@ -72,7 +83,7 @@ def get_info(
     Raises:
         DataError: unknown dataset, missing manual files, empty or unreadable folder.
     """
-    return sources.resolve(dataset, data_dir, manual_dir).info
+    return sources.resolve(dataset, data_dir, manual_dir, validation_split, seed).info
 
 
 def _check_int(name: str, value: object, low: int, high: int | None) -> int:
@@ -106,35 +117,55 @@ def _example_index(g, n: int, seed: int, training: bool):
     )
 
 
-def _record_stream(
-    data: sources.RecordSplit,
-    shuffle: bool,
-    repeat: bool,
-    seed: int,
-    start: int,
-    num_pipelines: int,
-    pipeline_id: int,
-) -> tf.data.Dataset:
-    """(local index, (encoded image, label, file name)) of a TFRecord split, from element `start`.
+# Record files read at the same time by the parallel interleave (the Model Garden reads 8-64).
+READ_CYCLE = 8
+
+
+def _read_segments(files, skips, takes) -> tf.data.Dataset:
+    """The records of each (file, skip, take) segment, in segment order, files read in parallel.
+
+    A deterministic parallel interleave whose block covers a whole segment: its output is exactly
+    the concatenation of the segments (what a sequential `flat_map` gives), while up to
+    `READ_CYCLE` files are opened and read ahead by tf.data's threads.
+    """
+    segments = tf.data.Dataset.from_tensor_slices((files, skips, takes))
+    longest = tf.reduce_max(tf.concat([takes, [1]], 0))
+    return segments.interleave(
+        lambda name, skip, take: tf.data.TFRecordDataset(name).skip(skip).take(take),
+        cycle_length=READ_CYCLE,
+        block_length=longest,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+
+
+def _record_stream(data: sources.RecordSplit, plan: _Plan) -> tf.data.Dataset:
+    """(local index, (encoded image, label, file name)) of a TFRecord split, from `plan.start`.
 
     Epoch e of this pipeline's part (N records) reads its files in the order of a permutation
-    keyed by (seed, e) and, when `shuffle`, permutes each block of `SHUFFLE_BUFFER` consecutive
+    keyed by (seed, e) and, when training, permutes each block of `SHUFFLE_BUFFER` consecutive
     records by a permutation keyed by (seed, e, block). (TFDS writes its files with the examples
     already shuffled, so each block is a random sample of the split.) The stream is therefore a
     function of the element index: starting at element `start` skips the files that end before
     its block without opening them, reads at most one file's records to reach the block, and one
     block: the cost of a resume does not grow with the step.
+
+    Throughput: the files are read by a parallel interleave (`_read_segments`); the next block is
+    gathered in the background while the current one is served (`prefetch(1)` of blocks), so only
+    the first block of a pipeline is waited for, as a shuffle buffer is filled once; records are
+    parsed, then decoded (`_decoded`), in parallel.
     """
-    shards = data.shards(num_pipelines, pipeline_id)
+    shards = data.shards(plan.num_pipelines, plan.pipeline_id)
     files = tf.constant([name for name, _, _ in shards])
     skips = tf.constant([skip for _, skip, _ in shards], tf.int64)
     takes = tf.constant([take for _, _, take in shards], tf.int64)
     n = sum(take for _, _, take in shards)
     if n == 0:
         raise DataError("a streamed split has no examples for this input pipeline")
+    shuffle = plan.training
     block = min(SHUFFLE_BUFFER, n) if shuffle else n
-    first_epoch, offset = divmod(start, n)
-    seed_t = tf.constant(seed, tf.int64)
+    first_epoch, offset = divmod(plan.start, n)
+    seed_t = tf.constant(plan.seed, tf.int64)
 
     def epoch_records(epoch):
         order = tf.range(len(shards), dtype=tf.int64)
@@ -150,9 +181,7 @@ def _record_stream(
         i = tf.searchsorted(ends, tf.reshape(begin, [1]), side="right")[0]
         within = begin - (ends[i] - take[i])  # records of file i before `begin`
         extra = tf.one_hot(0, tf.size(order) - i, dtype=tf.int64) * within
-        records = tf.data.Dataset.from_tensor_slices(
-            (tf.gather(files, order)[i:], skip[i:] + extra, take[i:] - extra)
-        ).flat_map(lambda name, s, t: tf.data.TFRecordDataset(name).skip(s).take(t))
+        records = _read_segments(tf.gather(files, order)[i:], skip[i:] + extra, take[i:] - extra)
         if shuffle:
 
             def permute(b, records_of_block):
@@ -163,14 +192,16 @@ def _record_stream(
                 return tf.data.Dataset.from_tensor_slices(tf.gather(records_of_block, permutation))
 
             blocks = tf.data.Dataset.zip(tf.data.Dataset.counter(first_block), records.batch(block))
-            records = blocks.flat_map(permute)
+            records = blocks.prefetch(1).flat_map(permute)
         return records.skip(first - begin)
 
     epochs = (
-        tf.data.Dataset.counter(first_epoch) if repeat else tf.data.Dataset.range(first_epoch, 1)
+        tf.data.Dataset.counter(first_epoch)
+        if plan.repeat
+        else tf.data.Dataset.range(first_epoch, 1)
     )
     ds = epochs.flat_map(epoch_records).map(data.parse, num_parallel_calls=tf.data.AUTOTUNE)
-    return tf.data.Dataset.zip(tf.data.Dataset.counter(start), ds)
+    return tf.data.Dataset.zip(tf.data.Dataset.counter(plan.start), ds)
 
 
 def _header_ok(contents: tf.Tensor) -> tf.Tensor:
@@ -275,6 +306,49 @@ def _usable(contents: tf.Tensor, filename: tf.Tensor) -> tf.Tensor:
     return _counted_unless(_header_ok(contents), filename, "not a JPEG, PNG, GIF or BMP file")
 
 
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """What every builder needs: the checked arguments of `build_dataset`, resolved."""
+
+    split: str
+    image_size: int
+    training: bool
+    seed: int
+    repeat: bool
+    start: int  # first local element (start_step * batch_size)
+    num_pipelines: int
+    pipeline_id: int
+    skip_corrupt_images: bool
+    config: preprocessing.PreprocessConfig
+
+    def element_seeds(self, local_index):
+        return _element_seeds(self.seed, self.num_pipelines, self.pipeline_id, local_index)
+
+    def preprocess(self, image, key_seed):
+        if self.training:
+            return preprocessing.preprocess_for_train(image, self.image_size, key_seed, self.config)
+        return preprocessing.preprocess_for_eval(image, self.image_size, self.config)
+
+    def decode_and_preprocess(self, contents, key_seed):
+        if self.training:
+            return preprocessing.decode_and_preprocess_for_train(
+                contents, self.image_size, key_seed, self.config
+            )
+        return preprocessing.decode_and_preprocess_for_eval(contents, self.image_size, self.config)
+
+    def indices(self, n: int) -> tf.data.Dataset:
+        """Local element indices from `start`: forever when repeating, else one pass."""
+        if self.repeat:
+            return tf.data.Dataset.counter(self.start)  # infinite cardinality
+        stop = max(math.ceil((n - self.pipeline_id) / self.num_pipelines), 0)
+        return tf.data.Dataset.range(self.start, stop)
+
+    def example_index(self, local_index, n: int):
+        """(example of a directly indexed split at this local element, its augmentation seed)."""
+        g, key_seed = self.element_seeds(local_index)
+        return _example_index(g, n, self.seed, self.training), key_seed
+
+
 def build_dataset(
     dataset: str | sources.DatasetInfo,
     split: str,
@@ -296,7 +370,8 @@ def build_dataset(
 
     Args:
         dataset: `digits`, `image_folder` or a TFDS image-classification dataset name, or the
-            `DatasetInfo` of `get_info` (then `data_dir` and `manual_dir` are not used).
+            `DatasetInfo` of `get_info` (then `data_dir` and `manual_dir` are not used; pass it
+            for an image folder's `validation_split`).
         split: split name (see `get_info(...).train_split` / `.eval_split`).
         image_size: side of the square images, in [32, 2048].
         batch_size: batch of THIS pipeline (per replica under `input_context`: pass
@@ -336,127 +411,36 @@ def build_dataset(
         seed = _check_int("seed", seed, 0, 2**63 - 1)
     else:
         seed = 0 if deterministic else secrets.randbits(31)
-    repeat = training if repeat is None else bool(repeat)
-    drop_remainder = training if drop_remainder is None else bool(drop_remainder)
     num_pipelines, pipeline_id = 1, 0
     if input_context is not None:
         num_pipelines = input_context.num_input_pipelines
         pipeline_id = input_context.input_pipeline_id
-
     if isinstance(dataset, sources.DatasetInfo) and dataset.source is not None:
         source = dataset.source
     else:
         source = sources.resolve(dataset, data_dir, manual_dir)
+    plan = _Plan(
+        split=split,
+        image_size=image_size,
+        training=bool(training),
+        seed=seed,
+        repeat=training if repeat is None else bool(repeat),
+        start=start_step * batch_size,
+        num_pipelines=num_pipelines,
+        pipeline_id=pipeline_id,
+        skip_corrupt_images=bool(skip_corrupt_images),
+        config=source.preprocess,
+    )
     data = source.load(split)
-    config = source.preprocess
-    start = start_step * batch_size  # first local element
-
-    def preprocess(image, key_seed):
-        if training:
-            return preprocessing.preprocess_for_train(image, image_size, key_seed, config)
-        return preprocessing.preprocess_for_eval(image, image_size, config)
-
-    def decode_and_preprocess(contents, key_seed):
-        if training:
-            return preprocessing.decode_and_preprocess_for_train(
-                contents, image_size, key_seed, config
-            )
-        return preprocessing.decode_and_preprocess_for_eval(contents, image_size, config)
-
-    if isinstance(data, sources.InMemorySplit) and data.corrupt:
-        if not skip_corrupt_images:
-            raise DataError(data.corrupt[0][1])
-        for index, problem in data.corrupt:
-            _skip(problem, str(data.filenames[index]))
-        keep = np.setdiff1d(np.arange(data.num_examples), [i for i, _ in data.corrupt])
-        data = sources.InMemorySplit(
-            images=data.images[keep],
-            labels=data.labels[keep],
-            encoded=data.encoded,
-            filenames=data.filenames[keep],
-        )
-    if isinstance(data, sources.InMemorySplit | sources.FileListSplit):
-        n = data.num_examples
-        if n == 0:
-            raise DataError(f"split {split!r} of dataset {source.info.name!r} has no examples")
-        if repeat:
-            elements = tf.data.Dataset.counter(start)  # infinite cardinality
-        else:
-            stop = max(math.ceil((n - pipeline_id) / num_pipelines), 0)
-            elements = tf.data.Dataset.range(start, stop)
-
-        def example_index(local_index):
-            g, key_seed = _element_seeds(seed, num_pipelines, pipeline_id, local_index)
-            return _example_index(g, n, seed, training), key_seed
-
     if isinstance(data, sources.InMemorySplit):
-        # Encoded images are an object array of bytes: tf.constant keeps each one exact (a
-        # fixed-width numpy bytes array would pad them, and strip trailing NUL bytes).
-        images = tf.constant(data.images)
-        labels = tf.constant(data.labels, tf.int32)
-        filenames = tf.constant(
-            [str(name).encode() for name in data.filenames]
-            if data.filenames is not None
-            else [b""] * n
-        )
-
-        def load(local_index):
-            index, key_seed = example_index(local_index)
-            image = tf.gather(images, index)
-            if data.encoded:
-                image = decode_and_preprocess(
-                    _checked(image, tf.gather(filenames, index)), key_seed
-                )
-            else:
-                image = preprocess(image, key_seed)
-            return image, tf.gather(labels, index)
-
-        ds = elements.map(load, num_parallel_calls=tf.data.AUTOTUNE)
-        eval_bytes = n * image_size * image_size * 3 * 4
-        if not training and not repeat and eval_bytes <= EVAL_CACHE_MAX_BYTES:
-            ds = ds.cache()  # deterministic eval images: decode and resize only once
+        ds = _in_memory_images(_without_corrupt(data, plan), plan, source.info.name)
+    elif isinstance(data, sources.FileListSplit):
+        ds = _decoded(_file_list_stream(data, plan, source.info.name), plan)
+    elif isinstance(data, sources.RecordSplit):
+        ds = _decoded(_record_stream(data, plan), plan)
     else:
-        if isinstance(data, sources.FileListSplit):
-            filenames = tf.constant([str(name).encode() for name in data.filenames])
-            labels = tf.constant(data.labels, tf.int32)
-
-            def read(local_index):
-                index, _ = example_index(local_index)
-                name = tf.gather(filenames, index)
-                return local_index, (tf.io.read_file(name), tf.gather(labels, index), name)
-
-            ds = elements.map(read, num_parallel_calls=tf.data.AUTOTUNE)
-        elif isinstance(data, sources.RecordSplit):
-            ds = _record_stream(data, training, repeat, seed, start, num_pipelines, pipeline_id)
-        else:  # one stream: reaching `start` reads every element before it
-            ds = data.make(training, seed, num_pipelines, pipeline_id)
-            if training:
-                ds = ds.shuffle(min(SHUFFLE_BUFFER, max(data.num_examples, 1)), seed=seed)
-            if repeat:
-                ds = ds.repeat()
-            ds = ds.enumerate().skip(start)
-        if skip_corrupt_images:
-            ds = ds.filter(lambda _, element: _usable(element[0], element[2]))
-
-        def decode(local_index, element):
-            contents, label, filename = element
-            _, key_seed = _element_seeds(seed, num_pipelines, pipeline_id, local_index)
-            image, decoded = _try_decode(
-                lambda c: decode_and_preprocess(c, key_seed),
-                _checked(contents, filename),
-                image_size,
-            )
-            if skip_corrupt_images:
-                return image, label, decoded, filename
-            assertion = tf.debugging.Assert(decoded, [UNDECODABLE_FILE_ASSERTION, filename])
-            with tf.control_dependencies([assertion]):
-                return tf.identity(image), label
-
-        ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-        if skip_corrupt_images:  # a valid header, but the data does not decode (truncated)
-            ds = ds.filter(lambda _i, _l, ok, name: _counted_unless(ok, name, UNDECODABLE))
-            ds = ds.map(lambda image, label, decoded, filename: (image, label))
-
+        ds = _decoded(_single_stream(data, plan), plan)
+    drop_remainder = training if drop_remainder is None else bool(drop_remainder)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
@@ -466,3 +450,113 @@ def build_dataset(
         # input_context, `strategy.experimental_distribute_dataset` may auto-shard it by data.)
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return ds.with_options(options)
+
+
+def _check_not_empty(n: int, plan: _Plan, name: str) -> None:
+    if n == 0:
+        raise DataError(f"split {plan.split!r} of dataset {name!r} has no examples")
+
+
+def _without_corrupt(data: sources.InMemorySplit, plan: _Plan) -> sources.InMemorySplit:
+    """`data`, or with `skip_corrupt_images` its files that decode; else a DataError naming one."""
+    if not data.corrupt:
+        return data
+    if not plan.skip_corrupt_images:
+        raise DataError(data.corrupt[0][1])
+    for index, problem in data.corrupt:
+        _skip(problem, str(data.filenames[index]))
+    keep = np.setdiff1d(np.arange(data.num_examples), [i for i, _ in data.corrupt])
+    return sources.InMemorySplit(
+        images=data.images[keep],
+        labels=data.labels[keep],
+        encoded=data.encoded,
+        filenames=data.filenames[keep],
+    )
+
+
+def _in_memory_images(data: sources.InMemorySplit, plan: _Plan, name: str) -> tf.data.Dataset:
+    """(image, label) of an in-memory split, indexed directly, decoded in parallel."""
+    n = data.num_examples
+    _check_not_empty(n, plan, name)
+    # Encoded images are an object array of bytes: tf.constant keeps each one exact (a
+    # fixed-width numpy bytes array would pad them, and strip trailing NUL bytes).
+    images = tf.constant(data.images)
+    labels = tf.constant(data.labels, tf.int32)
+    filenames = tf.constant(
+        [str(f).encode() for f in data.filenames] if data.filenames is not None else [b""] * n
+    )
+
+    def load(local_index):
+        index, key_seed = plan.example_index(local_index, n)
+        image = tf.gather(images, index)
+        if data.encoded:
+            image = plan.decode_and_preprocess(
+                _checked(image, tf.gather(filenames, index)), key_seed
+            )
+        else:
+            image = plan.preprocess(image, key_seed)
+        return image, tf.gather(labels, index)
+
+    ds = plan.indices(n).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    eval_bytes = n * plan.image_size * plan.image_size * 3 * 4
+    if not plan.training and not plan.repeat and eval_bytes <= EVAL_CACHE_MAX_BYTES:
+        ds = ds.cache()  # deterministic eval images: decode and resize only once
+    return ds
+
+
+def _file_list_stream(data: sources.FileListSplit, plan: _Plan, name: str) -> tf.data.Dataset:
+    """(local index, (encoded image, label, file name)) of a list of files, indexed directly:
+    reaching element g reads one file, whatever g is; files are read in parallel."""
+    n = data.num_examples
+    _check_not_empty(n, plan, name)
+    filenames = tf.constant([str(f).encode() for f in data.filenames])
+    labels = tf.constant(data.labels, tf.int32)
+
+    def read(local_index):
+        index, _ = plan.example_index(local_index, n)
+        filename = tf.gather(filenames, index)
+        return local_index, (tf.io.read_file(filename), tf.gather(labels, index), filename)
+
+    return plan.indices(n).map(read, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _single_stream(data: sources.StreamingSplit, plan: _Plan) -> tf.data.Dataset:
+    """(local index, element) of a split readable only as one stream: reaching `start` reads
+    (without decoding) every element before it; a seeded shuffle buffer when training."""
+    ds = data.make(plan.training, plan.seed, plan.num_pipelines, plan.pipeline_id)
+    if plan.training:
+        ds = ds.shuffle(min(SHUFFLE_BUFFER, max(data.num_examples, 1)), seed=plan.seed)
+    if plan.repeat:
+        ds = ds.repeat()
+    return ds.enumerate().skip(plan.start)
+
+
+def _decoded(ds: tf.data.Dataset, plan: _Plan) -> tf.data.Dataset:
+    """(image, label) of a stream of (local index, (encoded image, label, file name)).
+
+    Decoded and augmented in parallel (each element keyed by its own seed, so the parallelism
+    changes nothing); a file that is not an image stops the iteration with an error naming it, or,
+    with `skip_corrupt_images`, is left out and counted.
+    """
+    if plan.skip_corrupt_images:
+        ds = ds.filter(lambda _, element: _usable(element[0], element[2]))
+
+    def decode(local_index, element):
+        contents, label, filename = element
+        _, key_seed = plan.element_seeds(local_index)
+        image, decoded = _try_decode(
+            lambda c: plan.decode_and_preprocess(c, key_seed),
+            _checked(contents, filename),
+            plan.image_size,
+        )
+        if plan.skip_corrupt_images:
+            return image, label, decoded, filename
+        assertion = tf.debugging.Assert(decoded, [UNDECODABLE_FILE_ASSERTION, filename])
+        with tf.control_dependencies([assertion]):
+            return tf.identity(image), label
+
+    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+    if plan.skip_corrupt_images:  # a valid header, but the data does not decode (truncated)
+        ds = ds.filter(lambda _i, _l, ok, name: _counted_unless(ok, name, UNDECODABLE))
+        ds = ds.map(lambda image, label, decoded, filename: (image, label))
+    return ds

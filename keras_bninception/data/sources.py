@@ -2,7 +2,10 @@
 
 Three kinds of dataset, all by name:
 - `digits`: scikit-learn's bundled 8x8 digits (`keras_bninception.data.digits`), no download.
-- `image_folder`: `data_dir/<split>/<label>/*.jpg|*.jpeg|*.png`, read through `tfds.ImageFolder`.
+- `image_folder`: either `data_dir/<label>/*.jpg|*.jpeg|*.png` (the layout of
+  `keras.utils.image_dataset_from_directory` and MediaPipe Model Maker), split into training and
+  validation images by `validation_split` (a fraction of each label, deterministic from the seed),
+  or `data_dir/<split>/<label>/*.jpg|...`, read through `tfds.ImageFolder`.
 - any TFDS image-classification dataset (`imagenet2012`, `imagenette`, `tf_flowers`, `cifar10`,
   ...), prepared in `data_dir` by `tfds` (manual downloads, such as
   imagenet2012's, from `manual_dir`).
@@ -19,6 +22,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import io
+import math
 import os
 from collections.abc import Callable
 from typing import Any
@@ -37,6 +41,9 @@ DIGITS = digits.NAME
 IMAGE_FOLDER = "image_folder"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")  # the ones tfds.ImageFolder lists
 FOLDER_LAYOUT = "<root>/<split>/<label>/*.jpg|*.jpeg|*.png"
+FLAT_FOLDER_LAYOUT = "<root>/<label>/*.jpg|*.jpeg|*.png"
+LAYOUTS = f"{FLAT_FOLDER_LAYOUT} (with --validation_split) or {FOLDER_LAYOUT}"
+TRAIN_SPLIT, VALIDATION_SPLIT = "train", "validation"
 # Encoded splits up to this size are held in memory (2 CPU / 24 GiB machines, several pipelines).
 IN_MEMORY_MAX_BYTES = 256 * 2**20
 # TFDS datasets whose label changes when the image is mirrored (digits, characters).
@@ -82,6 +89,9 @@ class DatasetInfo:
     num_eval_examples: int
     flip_changes_label: bool
     class_names: tuple[str, ...]  # label i's name: digits "0".."9", folder names, TFDS names
+    # False when the evaluation split is the training split (an image folder without a
+    # validation split): its accuracy is then training accuracy, never to be called held out.
+    eval_held_out: bool = True
     # The resolved dataset, for `build_dataset` (not part of the description).
     source: Source | None = dataclasses.field(default=None, compare=False, repr=False)
 
@@ -160,7 +170,7 @@ Split = InMemorySplit | FileListSplit | RecordSplit | StreamingSplit
 def _choices() -> str:
     return (
         f"'{DIGITS}' (built in, no download), '{IMAGE_FOLDER}' (data_dir laid out as "
-        f"{FOLDER_LAYOUT}) or any TFDS image classification dataset name, e.g. imagenet2012, "
+        f"{LAYOUTS}) or any TFDS image classification dataset name, e.g. imagenet2012, "
         "imagenette, tf_flowers, cifar10"
     )
 
@@ -272,53 +282,233 @@ def _folder_bytes(directory: str) -> int:
     return total
 
 
-class FolderSource(Source):
-    """`root/<split>/<label>/*.jpg|*.jpeg|*.png` through `tfds.ImageFolder`."""
+def _subdirectories(directory: str) -> list[str]:
+    """The visible subdirectories of `directory`, sorted (`.ipynb_checkpoints` and such skipped)."""
+    return sorted(
+        name
+        for name in os.listdir(directory)
+        if not name.startswith(".") and os.path.isdir(os.path.join(directory, name))
+    )
 
-    def __init__(self, root: str | None) -> None:
+
+def _images(directory: str) -> list[str]:
+    """The image files directly in `directory`, sorted, as full paths."""
+    return [
+        os.path.join(directory, name)
+        for name in sorted(os.listdir(directory))
+        if name.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(directory, name))
+    ]
+
+
+def _validation_count(num_images: int, fraction: float) -> int:
+    """Images of a label of `num_images` that go to validation: round(fraction * n), half up."""
+    return int(math.floor(fraction * num_images + 0.5))
+
+
+def split_for_validation(
+    files_by_label: list[list[str]],
+    class_names: tuple[str, ...],
+    fraction: float,
+    seed: int,
+    root: str,
+) -> dict[str, FileListSplit]:
+    """Splits each label's files into `train` and `validation` (about `fraction` of each label).
+
+    Per label (stratified, as Model Maker's `split` keeps every label on both sides): a
+    permutation drawn from `numpy.random.default_rng([seed, label])`, its first
+    round(fraction * n) files to validation, the rest to training; each side keeps the sorted file
+    order. The same seed and folder give the same split on every machine.
+
+    Raises:
+        DataError: a label has too few images for one on each side (named, with what would do).
+    """
+    sides: dict[str, tuple[list[str], list[int]]] = {
+        TRAIN_SPLIT: ([], []),
+        VALIDATION_SPLIT: ([], []),
+    }
+    for label, files in enumerate(files_by_label):
+        n = len(files)
+        held = _validation_count(n, fraction)
+        if not 1 <= held <= n - 1:
+            needed = next(k for k in range(2, 10**6) if 1 <= _validation_count(k, fraction) < k)
+            raise DataError(
+                f"image folder {root}: label {class_names[label]!r} has {n} image(s), too few for "
+                f"validation_split={fraction} (each label needs at least one training and one "
+                f"validation image: {needed} or more images at this fraction); add images, "
+                "change --validation_split, or remove the label's folder"
+            )
+        permutation = np.random.default_rng([seed, label]).permutation(n)
+        chosen = set(permutation[:held].tolist())
+        for i, name in enumerate(files):
+            side = sides[VALIDATION_SPLIT if i in chosen else TRAIN_SPLIT]
+            side[0].append(name)
+            side[1].append(label)
+    return {
+        split: FileListSplit(
+            filenames=np.array(names, dtype=object), labels=np.array(labels, np.int32)
+        )
+        for split, (names, labels) in sides.items()
+    }
+
+
+def _read_files(files: FileListSplit, root: str) -> InMemorySplit:
+    """The files of `files` read into memory (still encoded), each checked by PIL."""
+
+    def read(name: str) -> bytes:
+        with open(name, "rb") as f:
+            return f.read()
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            contents = list(pool.map(read, files.filenames))
+    except OSError as error:
+        raise DataError(f"image folder {root} is unreadable: {first_line(error)}") from error
+    filenames = [str(name) for name in files.filenames]
+    return InMemorySplit(
+        images=np.array(contents, dtype=object),
+        labels=files.labels,
+        encoded=True,
+        filenames=np.array(filenames, dtype=object),
+        corrupt=tuple(find_corrupt_images(contents, filenames)),
+    )
+
+
+class FolderSource(Source):
+    """An image folder, in either layout (see the module docstring).
+
+    `root/<label>/*`: labels are the sorted subdirectories holding images; with
+    `validation_split` > 0 each label is split into `train` and `validation`
+    (`split_for_validation`), otherwise every image is in `train` and evaluation is on `train`
+    (`DatasetInfo.eval_held_out` False). `root/<split>/<label>/*`: read through
+    `tfds.ImageFolder`; the evaluation split is `validation`, `val` or `test`, or, when there is
+    none, `train` (not held out) or, with `validation_split`, a part of `train`.
+    """
+
+    def __init__(self, root: str | None, validation_split: float = 0.0, seed: int = 0) -> None:
         if not root:
             raise DataError(
                 f"dataset '{IMAGE_FOLDER}' reads the folder given as data_dir (--data_dir), laid "
-                f"out as {FOLDER_LAYOUT}; no data_dir was given"
+                f"out as {LAYOUTS}; no data_dir was given"
             )
         root = os.path.abspath(os.path.expanduser(root))
-        layout = FOLDER_LAYOUT.replace("<root>", root)
+        layouts = LAYOUTS.replace("<root>", root)
         if not os.path.isdir(root) or not os.access(root, os.R_OK | os.X_OK):
-            raise DataError(f"image folder {root} is missing or unreadable; expected {layout}")
+            raise DataError(f"image folder {root} is missing or unreadable; expected {layouts}")
+        self._root = root
+        self._files: dict[str, FileListSplit] = {}  # splits listed here, not by tfds
+        try:
+            flat = self._flat_labels(root)
+        except OSError as error:
+            raise DataError(
+                f"image folder {root} is unreadable ({first_line(error)}); expected {layouts}"
+            ) from error
+        if flat:
+            class_names = tuple(label for label, _ in flat)
+            files_by_label = [files for _, files in flat]
+            counts = None
+        else:
+            class_names, counts = self._tfds_folder(root, layouts)
+            if validation_split and counts["eval"] != TRAIN_SPLIT:
+                raise DataError(
+                    f"image folder {root} already has a {counts['eval']!r} split; "
+                    "--validation_split carves one out of a folder that has none "
+                    f"({FLAT_FOLDER_LAYOUT}, or only <root>/train/<label>/*): drop "
+                    f"--validation_split={validation_split}"
+                )
+            if validation_split:
+                train = self._list_files(TRAIN_SPLIT, class_names)
+                files_by_label = [
+                    [str(f) for f, y in zip(train.filenames, train.labels, strict=True) if y == i]
+                    for i in range(len(class_names))
+                ]
+        if validation_split:
+            self._files = split_for_validation(
+                files_by_label, class_names, validation_split, seed, root
+            )
+            eval_split = VALIDATION_SPLIT
+        elif flat:
+            self._files = {
+                TRAIN_SPLIT: FileListSplit(
+                    filenames=np.array([f for fs in files_by_label for f in fs], dtype=object),
+                    labels=np.array(
+                        [i for i, fs in enumerate(files_by_label) for _ in fs], np.int32
+                    ),
+                )
+            }
+            eval_split = TRAIN_SPLIT
+        else:
+            eval_split = counts["eval"]
+        if self._files:
+            self._counts = {name: split.num_examples for name, split in self._files.items()}
+        else:
+            self._counts = counts["splits"]
+        if eval_split == TRAIN_SPLIT:
+            logging.warning(
+                "image folder %s has no validation images: evaluating on the training split, "
+                "which is NOT held out (its accuracy is training accuracy); set "
+                "--validation_split (e.g. 0.2) to hold out a part of each label",
+                root,
+            )
+        self.info = self._describe(
+            name=IMAGE_FOLDER,
+            num_classes=len(class_names),
+            train_split=TRAIN_SPLIT,
+            eval_split=eval_split,
+            num_train_examples=self._counts[TRAIN_SPLIT],
+            num_eval_examples=self._counts[eval_split],
+            flip_changes_label=False,
+            class_names=class_names,
+            eval_held_out=eval_split != TRAIN_SPLIT,
+        )
+
+    @staticmethod
+    def _flat_labels(root: str) -> list[tuple[str, list[str]]]:
+        """[(label, its image files)] when `root` is `root/<label>/*`; [] for `root/<split>/...`.
+
+        Raises:
+            DataError: both layouts at once (images directly in some subfolders, in
+                subfolders of subfolders in others).
+        """
+        labels, nested = [], []
+        for name in _subdirectories(root):
+            directory = os.path.join(root, name)
+            files = _images(directory)
+            if files:
+                labels.append((name, files))
+            elif any(_images(os.path.join(directory, d)) for d in _subdirectories(directory)):
+                nested.append(name)
+        if labels and nested:
+            raise DataError(
+                f"image folder {root} mixes two layouts: {labels[0][0]!r} holds images, "
+                f"{nested[0]!r} holds folders of images; expected "
+                f"{LAYOUTS.replace('<root>', root)}"
+            )
+        return labels
+
+    def _tfds_folder(self, root: str, layouts: str) -> tuple[tuple[str, ...], dict]:
+        """`root/<split>/<label>/*` through `tfds.ImageFolder`: (class names, split counts)."""
         try:
             self._builder = tfds.ImageFolder(root)
         except (OSError, tf.errors.OpError) as error:
             raise DataError(
-                f"image folder {root} is unreadable ({first_line(error)}); expected {layout}"
+                f"image folder {root} is unreadable ({first_line(error)}); expected {layouts}"
             ) from error
-        self._root = root
-        self._counts = {
+        counts = {
             name: split.num_examples
             for name, split in self._builder.info.splits.items()
             if split.num_examples > 0
         }
-        if not self._counts:
-            raise DataError(f"image folder {root} has no images; expected {layout}")
-        if "train" not in self._counts:
+        if not counts:
+            raise DataError(f"image folder {root} has no images; expected {layouts}")
+        if TRAIN_SPLIT not in counts:
             raise DataError(
-                f"image folder {root} has no train split (found: {', '.join(self._counts)}); "
-                f"expected {layout} with <split> = train (and validation, val or test)"
+                f"image folder {root} has no train split (found: {', '.join(counts)}); "
+                f"expected {FOLDER_LAYOUT.replace('<root>', root)} with <split> = train (and "
+                f"validation, val or test), or {FLAT_FOLDER_LAYOUT.replace('<root>', root)}"
             )
-        eval_split = next((s for s in EVAL_SPLIT_CANDIDATES if s in self._counts), "train")
-        if eval_split == "train":
-            logging.warning(
-                "image folder %s has no validation, val or test split: evaluating on train", root
-            )
-        self.info = self._describe(
-            name=IMAGE_FOLDER,
-            num_classes=len(self._builder.info.features["label"].names),
-            train_split="train",
-            eval_split=eval_split,
-            num_train_examples=self._counts["train"],
-            num_eval_examples=self._counts[eval_split],
-            flip_changes_label=False,
-            class_names=tuple(self._builder.info.features["label"].names),
-        )
+        eval_split = next((s for s in EVAL_SPLIT_CANDIDATES if s in counts), TRAIN_SPLIT)
+        class_names = tuple(self._builder.info.features["label"].names)
+        return class_names, {"splits": counts, "eval": eval_split}
 
     def splits(self) -> tuple[str, ...]:
         return tuple(self._counts)
@@ -331,6 +521,10 @@ class FolderSource(Source):
         )
 
     def _load(self, split: str) -> Split:
+        if split in self._files:
+            files = self._files[split]
+            num_bytes = sum(os.path.getsize(name) for name in files.filenames)
+            return _read_files(files, self._root) if _fits_in_memory(num_bytes) else files
         if _fits_in_memory(_folder_bytes(os.path.join(self._root, split))):
             try:
                 loaded = _encoded_in_memory(self._read(split))
@@ -342,12 +536,12 @@ class FolderSource(Source):
             corrupt = find_corrupt_images(list(loaded.images), list(loaded.filenames))
             return dataclasses.replace(loaded, corrupt=tuple(corrupt))
 
-        return self._list_files(split)
+        return self._list_files(split, self.info.class_names)
 
-    def _list_files(self, split: str) -> FileListSplit:
+    def _list_files(self, split: str, class_names: tuple[str, ...]) -> FileListSplit:
         """The split's files and labels, as `tfds.ImageFolder` lists them."""
         filenames, labels = [], []
-        for label, class_name in enumerate(self.info.class_names):
+        for label, class_name in enumerate(class_names):
             directory = os.path.join(self._root, split, class_name)
             if not os.path.isdir(directory):
                 continue
@@ -541,13 +735,37 @@ class TfdsSource(Source):
         return RecordSplit(shards=shards, parse=parse, num_examples=self._num_examples(split))
 
 
-def resolve(dataset: str, data_dir: str | None = None, manual_dir: str | None = None) -> Source:
-    """Resolves a dataset name to its `Source`; raises `DataError` naming the accepted names."""
+def resolve(
+    dataset: str,
+    data_dir: str | None = None,
+    manual_dir: str | None = None,
+    validation_split: float = 0.0,
+    seed: int | None = None,
+) -> Source:
+    """Resolves a dataset name to its `Source`; raises `DataError` naming the accepted names.
+
+    `validation_split` (a fraction in [0, 1), image folders only) holds out that part of each
+    label, chosen by `seed` (None: 0).
+    """
     if not isinstance(dataset, str) or not dataset.strip():
         raise DataError(f"unknown dataset {dataset!r}; choose {_choices()}")
     name = dataset.strip()
+    if (
+        isinstance(validation_split, bool)
+        or not isinstance(validation_split, int | float)
+        or not 0.0 <= validation_split < 1.0
+    ):
+        raise DataError(
+            "`validation_split` must be a fraction in [0, 1) (0: no split); received "
+            f"validation_split={validation_split!r}"
+        )
+    if validation_split and name != IMAGE_FOLDER:
+        raise DataError(
+            f"`validation_split` applies to '{IMAGE_FOLDER}' datasets (dataset {name!r} has its "
+            f"own evaluation split); received validation_split={validation_split!r}"
+        )
     if name == DIGITS:
         return DigitsSource()
     if name == IMAGE_FOLDER:
-        return FolderSource(data_dir)
+        return FolderSource(data_dir, float(validation_split), 0 if seed is None else int(seed))
     return TfdsSource(name, data_dir, manual_dir)

@@ -8,14 +8,19 @@ preprocessing of its data and, when the source has training data, calibration pi
   `<model_dir>/checkpoints` gives the weights; class names and calibration images come from the
   run's dataset (its training split, evaluation preprocessing).
 - `from_keras_file(path)`: a model saved with `model.save("x.keras")`.
-- `from_tf_slim_checkpoint(prefix)`: the published ImageNet checkpoint (1001 classes, class 0
-  "background"), tf_slim's network, depth multiplier read from the checkpoint.
+- `from_tf_slim_checkpoint(path)`: a TF-slim inception_v2 checkpoint, e.g. "imagenet" (the
+  published ImageNet one, downloaded once; 1001 classes, class 0 "background"), tf_slim's
+  network, depth multiplier read from the checkpoint.
+
+The sources are resolved and loaded by `keras_bninception.weights`; its errors become
+`ExportError`s here.
 - `calibration_from_folder(directory, image_size)`: JPEG / PNG images under a folder, for sources
   without training data.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 
@@ -23,8 +28,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_bninception import weights
 from keras_bninception.data import preprocessing
-from keras_bninception.errors import first_line
 from keras_bninception.export.exporter import MIN_CALIBRATION_IMAGES, ExportError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -79,122 +84,93 @@ def _num_classes(model: keras.Model) -> int:
     return int(model.outputs[0].shape[-1])
 
 
+@contextlib.contextmanager
+def _as_export_error():
+    try:
+        yield
+    except weights.WeightsError as error:
+        raise ExportError(str(error)) from error
+
+
 def from_keras_file(path: str, labels: str | None = None) -> ExportSource:
     """Loads a `.keras` model file (saved by Keras 3, e.g. `BNInception(...).save(path)`)."""
-    import keras_bninception  # noqa: F401  (registers the custom BN layer for deserialization)
-
     if not os.path.isfile(path):
         raise ExportError(f"--keras_model must be an existing .keras file; received {path!r}")
-    try:
-        model = keras.saving.load_model(path, compile=False)
-    except Exception as error:  # noqa: BLE001 - Keras raises several types for non-model files
-        first = first_line(error)
-        raise ExportError(
-            f"{path} is not a Keras model file (.keras, saved by model.save): {first[:300]}"
-        ) from error
-    if not isinstance(model, keras.Model) or len(model.inputs) != 1:
-        raise ExportError(f"{path} must hold a Keras model with one image input")
+    with _as_export_error():
+        model = weights.sources.load_keras_model(path, "--keras_model")
     classes = _num_classes(model)
     names = read_labels(labels, classes) if labels else default_class_names(classes)
     return ExportSource(model, names, {"kind": "keras_model", "path": os.path.abspath(path)})
 
 
-def from_model_dir(model_dir: str, calibration_count: int = 500) -> ExportSource:
+def from_model_dir(
+    model_dir: str, calibration_count: int = 500, calibrate: bool = True
+) -> ExportSource:
     """The newest checkpoint of a training run, rebuilt from the run's `config.json`.
 
-    Class names, the evaluation preprocessing and the int8 calibration images (the first
-    `calibration_count` images of the training split, evaluation-preprocessed) come from the run's
-    dataset. The model is built in float32 whatever the run's mixed precision (its variables are
-    float32 either way).
+    Class names, the evaluation preprocessing and, with `calibrate`, the int8 calibration images
+    (the first `calibration_count` images of the training split, evaluation-preprocessed) come
+    from the run's dataset. The model is built in float32 whatever the run's mixed precision.
     """
     from keras_bninception import data
-    from keras_bninception.data import sources as data_sources
-    from keras_bninception.training.experiment import build_model
-    from keras_bninception.training.run_config import load_run_config
 
-    if not tf.io.gfile.isdir(model_dir):
-        raise ExportError(f"--model_dir must be a training run's directory; received {model_dir!r}")
-    try:
-        config, class_names = load_run_config(model_dir)
-    except ValueError as error:
-        raise ExportError(str(error)) from error
-    checkpoints = tf.io.gfile.join(model_dir, "checkpoints")
-    latest = tf.train.latest_checkpoint(checkpoints)
-    if latest is None:
-        raise ExportError(
-            f"--model_dir {model_dir} has no checkpoint in {checkpoints}; train first (python -m "
-            "trainers.train --model_dir=...)"
-        )
-    model = build_model(config, len(class_names))
-    try:
-        tf.train.Checkpoint(model=model).restore(
-            latest
-        ).expect_partial().assert_existing_objects_matched()
-    except (AssertionError, ValueError, tf.errors.OpError) as error:
-        first = first_line(error)
-        raise ExportError(
-            f"The checkpoint {latest} does not match the model of {model_dir}/config.json: "
-            f"{first[:300]}"
-        ) from error
-    source = data_sources.resolve(
-        config.data.dataset, data_dir=config.data.data_dir, manual_dir=config.data.manual_dir
-    )
+    with _as_export_error():
+        run = weights.sources.load_run(model_dir, "--model_dir")
+    config = run.config
     info = data.get_info(
         config.data.dataset, data_dir=config.data.data_dir, manual_dir=config.data.manual_dir
     )
-    calibration = calibration_from_dataset(
-        config.data.dataset,
-        info.train_split,
-        config.data.image_size,
-        count=calibration_count,
-        data_dir=config.data.data_dir,
-        manual_dir=config.data.manual_dir,
-    )
-    step = int(latest.rsplit("-", 1)[-1]) if latest.rsplit("-", 1)[-1].isdigit() else None
+    calibration = None
+    if calibrate:
+        calibration = calibration_from_dataset(
+            config.data.dataset,
+            info.train_split,
+            config.data.image_size,
+            count=calibration_count,
+            data_dir=config.data.data_dir,
+            manual_dir=config.data.manual_dir,
+        )
     description = {
         "kind": "model_dir",
         "path": os.path.abspath(model_dir),
-        "checkpoint": latest,
-        "step": step,
+        "checkpoint": run.checkpoint,
+        "step": run.step,
         "dataset": info.name,
     }
-    return ExportSource(model, class_names, description, source.preprocess, calibration)
+    return ExportSource(
+        run.model, run.class_names, description, run_preprocess_config(config), calibration
+    )
 
 
-def _slim_depth_multiplier(prefix: str) -> float:
-    """The depth multiplier of a tf_slim inception_v2 checkpoint (Conv2d_2c_3x3 has 192·m)."""
-    shapes = dict(tf.train.list_variables(prefix))
-    name = "InceptionV2/Conv2d_2c_3x3/weights"
-    if name not in shapes:
-        raise ExportError(
-            f"{prefix} is not a TF-slim inception_v2 checkpoint (it has no {name} variable)"
-        )
-    return shapes[name][-1] / 192.0
+def run_preprocess_config(config) -> preprocessing.PreprocessConfig:
+    """The evaluation preprocessing of a run's dataset (`config`: its `TrainConfig`)."""
+    from keras_bninception.data import sources as data_sources
+
+    source = data_sources.resolve(
+        config.data.dataset, data_dir=config.data.data_dir, manual_dir=config.data.manual_dir
+    )
+    return source.preprocess
 
 
 def from_tf_slim_checkpoint(path: str, image_size: int = 224) -> ExportSource:
-    """The TF-slim inception_v2 checkpoint as BNInception (1001 classes), ImageNet names."""
-    from keras_bninception.models import BNInception, tf_slim_checkpoint
+    """A TF-slim inception_v2 checkpoint as BNInception with all its classes (TF-slim's 1001 for
+    "imagenet", class 0 "background"), ImageNet names."""
+    from keras_bninception.models import BNInception
 
-    prefix = tf_slim_checkpoint.checkpoint_prefix(path)
-    if prefix is None:
-        raise ExportError(
-            "--tf_slim_checkpoint must be a TF checkpoint prefix (e.g. inception_v2.ckpt, with "
-            f"its .index file beside it); received {path!r}"
-        )
-    classes = tf_slim_checkpoint.checkpoint_num_classes(prefix)
-    if classes is None:
-        raise ExportError(f"{prefix} has no classifier (InceptionV2/Logits) to export")
+    with _as_export_error():
+        source = weights.resolve(path, "--tf_slim_checkpoint", kinds=(weights.TF_SLIM,))
+    if source.num_classes is None:
+        raise ExportError(f"{source.path} has no classifier (InceptionV2/Logits) to export")
     model = BNInception(
-        weights=prefix,
-        classes=classes,
+        weights=source.path,
+        classes=source.num_classes,
         input_shape=(image_size, image_size, 3),
-        depth_multiplier=_slim_depth_multiplier(prefix),
+        depth_multiplier=weights.tf_slim.checkpoint_depth_multiplier(source.path),
     )
     return ExportSource(
         model,
-        default_class_names(classes),
-        {"kind": "tf_slim_checkpoint", "path": os.path.abspath(prefix)},
+        default_class_names(source.num_classes),
+        {"kind": "tf_slim_checkpoint", "path": os.path.abspath(source.path)},
     )
 
 
@@ -206,7 +182,7 @@ def calibration_from_folder(directory: str, image_size: int, limit: int = 1000) 
     """
     if not os.path.isdir(directory):
         raise ExportError(
-            f"--calibration_dir must be a directory of images; received {directory!r}"
+            f"--calibration_images must be a directory of images; received {directory!r}"
         )
     paths = sorted(
         os.path.join(root, name)
@@ -216,7 +192,7 @@ def calibration_from_folder(directory: str, image_size: int, limit: int = 1000) 
     )[:limit]
     if len(paths) < MIN_CALIBRATION_IMAGES:
         raise ExportError(
-            f"--calibration_dir {directory} must hold at least {MIN_CALIBRATION_IMAGES} .jpg / "
+            f"--calibration_images {directory} must hold at least {MIN_CALIBRATION_IMAGES} .jpg / "
             f".png images; found {len(paths)}"
         )
     pixels = []

@@ -9,37 +9,33 @@ from typing import Any
 
 import keras
 
+from keras_bninception import weights as weights_lib
 from keras_bninception.layers import BatchNormalization
-from keras_bninception.models import blocks, figure5, tf_slim_checkpoint
+from keras_bninception.models import blocks, figure5
 from keras_bninception.models import end_points as end_points_lib
+from keras_bninception.weights import tf_slim
 
 DEFAULT_SIZE = 224
 _POOLINGS = (None, "avg", "max")
-_KERAS_WEIGHTS_SUFFIXES = (".weights.h5", ".keras", ".h5")
+_WEIGHT_KINDS = (weights_lib.TF_SLIM, weights_lib.KERAS_MODEL, weights_lib.KERAS_WEIGHTS)
 
 
-def _weights_kind(weights: Any) -> tuple[str | None, str | None]:
-    """("tf_slim", prefix), ("keras", path) or (None, None); ValueError for anything else."""
-    if weights is None:
-        return None, None
-    if weights == "imagenet":
-        raise ValueError(
-            'weights="imagenet" cannot be downloaded: no Keras ImageNet weights are published for '
-            "BNInception. Download the TF-slim checkpoint inception_v2_2016_08_28.tar.gz "
-            "(http://download.tensorflow.org/models/inception_v2_2016_08_28.tar.gz), unpack it and "
-            'pass its path: BNInception(weights="inception_v2.ckpt", classes=1001).'
-        )
-    if isinstance(weights, str | os.PathLike):
-        path = os.fspath(weights)
-        if path.endswith(_KERAS_WEIGHTS_SUFFIXES) and os.path.isfile(path):
-            return "keras", path
-        prefix = tf_slim_checkpoint.checkpoint_prefix(weights)
-        if prefix is not None:
-            return "tf_slim", prefix
-    raise ValueError(
-        "`weights` must be either `None` (random initialization), the path to a Keras weights file "
-        "(.weights.h5 or .keras) or of a TF-slim inception_v2 checkpoint (a V1 file such as the "
-        f"published inception_v2.ckpt, or a V2 prefix); received weights={weights!r}"
+def _check_imagenet(include_top: bool, classes: int, depth_multiplier: float) -> None:
+    """What `weights="imagenet"` needs of the other arguments, checked before any download."""
+    published = weights_lib.imagenet.IMAGENET
+    n = published.classes
+    _require(
+        not include_top or classes in (n - 1, n),
+        "classes",
+        classes,
+        f"{n - 1} (ImageNet's classes) or {n} (TF-slim's, class 0 = background) with "
+        'weights="imagenet" and include_top=True',
+    )
+    _require(
+        depth_multiplier == published.depth_multiplier,
+        "depth_multiplier",
+        depth_multiplier,
+        f'{published.depth_multiplier} with weights="imagenet" (the published checkpoint\'s)',
     )
 
 
@@ -94,7 +90,7 @@ def _load_keras_weights(model, path: str, include_top: bool, classes: int, depth
 
 def BNInception(
     include_top: bool = True,
-    weights: str | os.PathLike[str] | None = None,
+    weights: str | os.PathLike[str] | None = "imagenet",
     input_tensor: Any = None,
     input_shape: tuple[int | None, int | None, int] | None = None,
     pooling: str | None = None,
@@ -125,14 +121,18 @@ def BNInception(
 
     Args:
         include_top: whether to include the classifier.
-        weights: `None`, a Keras weights file (`.weights.h5` / `.keras`) or a TF-slim
-            `inception_v2` checkpoint (a V1 file such as the published ImageNet
-            `inception_v2.ckpt`, 1001 classes, or a V2 prefix; nothing is downloaded); it implies
-            `slim_compatible=True`.
+        weights: `"imagenet"` (default: TF-slim's published ImageNet checkpoint, downloaded once
+            into the Keras cache, `keras_bninception.weights.imagenet`), `None` (random
+            initialization), a Keras weights file (`.weights.h5` / `.keras`) or a TF-slim
+            `inception_v2` checkpoint (a V1 file such as the published `inception_v2.ckpt`, a
+            V2 prefix, or the published `inception_v2_2016_08_28.tar.gz`: a local copy of the
+            ImageNet weights). A TF-slim checkpoint implies `slim_compatible=True`; its 1001
+            classes (class 0 "background") fill `classes=1001` as they are, and `classes=1000`
+            without the background class (ImageNet's order, for `decode_predictions`).
         input_tensor, input_shape: the image input (a Keras tensor) or its shape; sides >= 32
             or `None`. Default `(224, 224, 3)` with the top, `(None, None, 3)` without.
         pooling: without the top: `None` (Mixed_5c's 4D output), `"avg"` or `"max"`.
-        classes, classifier_activation: the top's classes (TF-slim's: 1001) and activation.
+        classes, classifier_activation: the top's classes and activation.
         name: the name of the model.
         depth_multiplier, min_depth: tf_slim's width rule, depth d becomes
             `max(int(d * depth_multiplier), min_depth)`.
@@ -147,7 +147,6 @@ def BNInception(
             convolution with a bias and no BN, BN without γ, `mixed_4c_4d="tf_slim"`.
         norm_layer: the BN layer class (default: this package's `BatchNormalization`).
     """
-    weights_kind, weights_path = _weights_kind(weights)
     _require(pooling in _POOLINGS, "pooling", pooling, f"one of {_POOLINGS}")
     _require(
         depth_multiplier > 0, "depth_multiplier", depth_multiplier, "greater than zero (e.g. 0.5)"
@@ -158,13 +157,23 @@ def BNInception(
     _require(0.0 <= dropout_rate < 1.0, "dropout_rate", dropout_rate, "in [0, 1)")
     ok = weights is None or not include_top or classifier_activation in (None, "softmax")
     _require(ok, "classifier_activation", classifier_activation, "None or 'softmax' with weights")
-    slim_compatible = slim_compatible or weights_kind == "tf_slim"
-    if slim_compatible:
-        given = dict(batch_norm=batch_norm, scale=scale, mixed_4c_4d=mixed_4c_4d, epsilon=epsilon)
-        tf_slim_checkpoint.check_slim_network(
-            {**given, "activation": activation}, checkpoint=weights_kind == "tf_slim"
-        )
+    network = dict(
+        batch_norm=batch_norm,
+        scale=scale,
+        mixed_4c_4d=mixed_4c_4d,
+        epsilon=epsilon,
+        activation=activation,
+    )
     img_input, inputs = _input(input_tensor, input_shape, include_top, weights)
+    if isinstance(weights, str) and weights == weights_lib.IMAGENET:
+        # Everything the published checkpoint needs is checked before it is downloaded.
+        _check_imagenet(include_top, classes, depth_multiplier)
+        tf_slim.check_slim_network(network, checkpoint=True)
+    source = None if weights is None else weights_lib.resolve(weights, "weights", _WEIGHT_KINDS)
+    weights_kind = source and source.kind
+    slim_compatible = slim_compatible or weights_kind == weights_lib.TF_SLIM
+    if slim_compatible:
+        tf_slim.check_slim_network(network, checkpoint=weights_kind == weights_lib.TF_SLIM)
 
     config = blocks.UnitConfig(
         batch_norm=batch_norm,
@@ -201,8 +210,8 @@ def BNInception(
     model = keras.Model(inputs, x, name=name)
     end_points_lib.record(model, end_points)
 
-    if weights_kind == "tf_slim":
-        tf_slim_checkpoint.load_tf_slim_checkpoint(model, weights_path)
-    elif weights_kind == "keras":
-        _load_keras_weights(model, weights_path, include_top, classes, depth_multiplier)
+    if weights_kind == weights_lib.TF_SLIM:
+        tf_slim.load_tf_slim_checkpoint(model, source.path)
+    elif source is not None:
+        _load_keras_weights(model, source.path, include_top, classes, depth_multiplier)
     return model

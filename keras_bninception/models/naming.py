@@ -12,7 +12,7 @@ _COMPONENT = re.compile(
 )
 
 # Keras weight name -> tf_slim variable name.
-_WEIGHT_NAMES = {
+WEIGHT_NAMES = {
     "kernel": "weights",
     "bias": "biases",
     "depthwise_kernel": "depthwise_weights",
@@ -54,6 +54,6 @@ def tf_slim_variable_name(layer_name: str, weight_name: str) -> str | None:
         the weight has no tf_slim counterpart.
     """
     parts = _COMPONENT.findall(layer_name)
-    if not parts or "_".join(parts) != layer_name or weight_name not in _WEIGHT_NAMES:
+    if not parts or "_".join(parts) != layer_name or weight_name not in WEIGHT_NAMES:
         return None
-    return "/".join([TF_SLIM_SCOPE, *parts, _WEIGHT_NAMES[weight_name]])
+    return "/".join([TF_SLIM_SCOPE, *parts, WEIGHT_NAMES[weight_name]])

@@ -21,6 +21,7 @@ workers restore from `model_dir`, which must therefore be on a file system they 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -37,14 +38,22 @@ class CheckpointHandler:
     """Saves and restores `model`, `optimizer` and `step` for one run.
 
     Args:
-        model_dir: the run's directory (checkpoints go to `model_dir/checkpoints`).
+        model_dir: the run's directory (checkpoints go to `model_dir/<subdir>`).
         chief: whether this process writes the real checkpoints.
         max_to_keep: how many recent checkpoints to keep.
+        subdir: `checkpoints` (the newest ones) or, e.g., `best` (`BestCheckpoint`).
         **objects: the trackable objects to save (e.g. `model=..., optimizer=..., step=...`).
     """
 
-    def __init__(self, model_dir: str, chief: bool, max_to_keep: int = 3, **objects):
-        self.directory = os.path.join(model_dir, "checkpoints")
+    def __init__(
+        self,
+        model_dir: str,
+        chief: bool,
+        max_to_keep: int = 3,
+        subdir: str = "checkpoints",
+        **objects,
+    ):
+        self.directory = os.path.join(model_dir, subdir)
         self._chief = chief
         self.checkpoint = tf.train.Checkpoint(**objects)
         if chief:
@@ -135,6 +144,59 @@ class CheckpointHandler:
         if self._temp_dir is not None:
             shutil.rmtree(self._temp_dir, ignore_errors=True)
             self._temp_dir = None
+
+
+BEST_DIR = "best"
+BEST_RECORD = "best.json"
+
+
+class BestCheckpoint:
+    """`<model_dir>/best/`: the model at the evaluation with the highest `metric` so far.
+
+    Beside the newest checkpoints (`checkpoints/`), as the Model Garden's continuous evaluation
+    keeps its best one: `best/ckpt-<step>` (the model and the step; a tf.train checkpoint that
+    `tf.train.Checkpoint(model=model).restore` reads) and `best/best.json`, the evaluation's
+    metrics with `checkpoint`. A resumed run reads `best.json` first, so only a better
+    evaluation replaces what an earlier invocation kept. Every worker calls `consider` with the
+    same (globally reduced) metrics, hence takes the same decision; only the chief writes.
+    """
+
+    def __init__(
+        self, model_dir: str, chief: bool, metric: str = "top_1_accuracy", **objects
+    ) -> None:
+        self.metric = metric
+        self._chief = chief
+        self._handler = CheckpointHandler(model_dir, chief, 1, subdir=BEST_DIR, **objects)
+        self.record_path = os.path.join(model_dir, BEST_DIR, BEST_RECORD)
+        self.best: dict | None = None
+        try:
+            with tf.io.gfile.GFile(self.record_path) as f:
+                self.best = json.loads(f.read())
+        except (tf.errors.OpError, ValueError):  # none yet, or unreadable: start afresh
+            self.best = None
+
+    def consider(self, metrics: dict) -> bool:
+        """Saves the model when `metrics[metric]` beats the best so far; returns whether it did."""
+        if self.best is not None and metrics[self.metric] <= self.best.get(self.metric, -1.0):
+            return False
+        path = self._handler.save(int(metrics["step"]))
+        self.best = dict(metrics)
+        if self._chief and path:
+            from keras_bninception.training.run_config import write_json_atomically
+
+            self.best["checkpoint"] = path
+            write_json_atomically(self.record_path, self.best)
+            logging.info(
+                "New best %s %.4f at step %d: %s.",
+                self.metric,
+                metrics[self.metric],
+                metrics["step"],
+                path,
+            )
+        return True
+
+    def close(self) -> None:
+        self._handler.close()
 
 
 def _checkpoint_number(prefix: str) -> int:

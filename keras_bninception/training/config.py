@@ -54,6 +54,8 @@ class DataConfig:
     manual_dir: str | None = None
     image_size: int = 224
     skip_corrupt_images: bool = False  # leave out (and count) files that do not decode
+    # image_folder: the fraction of each label held out for evaluation, chosen by the seed.
+    validation_split: float = 0.0
 
 
 @dataclasses.dataclass
@@ -68,6 +70,9 @@ class TrainerConfig:
     train_steps: int = 0
     epochs: float = 1.0
     eval_steps: int = 0  # 0: the whole evaluation split.
+    # train_and_eval: also evaluate every this many steps (TensorBoard, metrics.json, and the
+    # best checkpoint by top-1 in <model_dir>/best/); 0: only at the end.
+    eval_every: int = 0
     weight_decay: float = 4e-5 / 5
     label_smoothing: float = 0.0
     checkpoint_every: int = 1000
@@ -85,6 +90,13 @@ class OptimizerConfig:
     learning_rate: float = 0.0015 * 5
     learning_rate_decay_factor: float = 0.96
     num_epochs_per_decay: float = 8.0 / 6.0
+    # The linear scaling rule (Goyal et al. 2017): `learning_rate` is the rate of a global batch
+    # of `reference_batch_size`; the run uses learning_rate * batch_size / reference_batch_size.
+    # 0: `learning_rate` is used as given. The paper's recipes set 32, their batch.
+    reference_batch_size: int = 0
+    # Linear warm-up to the (scaled) learning rate; None: 5 epochs when the scaling rule raises
+    # the rate (global batch > reference batch), else none.
+    warmup_epochs: float | None = None
 
 
 @dataclasses.dataclass
@@ -158,7 +170,7 @@ class TrainConfig:
     init: InitConfig = dataclasses.field(default_factory=InitConfig)
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
     mode: str = "train_and_eval"
-    model_dir: str = "/tmp/bninception"
+    model_dir: str | None = None  # required: no shared default where two runs would collide
 
     def replace(self, **values: object) -> TrainConfig:
         """A copy with the options named by their flag names (`bn_momentum=0.9`, ...) changed."""
@@ -237,11 +249,20 @@ class TrainConfig:
         _at_least("keep_checkpoints", t.keep_checkpoints, 1)
         _at_least("log_every", t.log_every, 1)
         _at_least("eval_steps", t.eval_steps, 0)
+        _at_least("eval_every", t.eval_every, 0)
+        if t.eval_every and self.mode != "train_and_eval":
+            raise ValueError(
+                "`eval_every` evaluates during training: it needs mode='train_and_eval'; "
+                f"received eval_every={t.eval_every!r} with mode={self.mode!r}"
+            )
         if t.train_steps == 0 and self.mode != "eval":
             _positive("epochs", t.epochs)
         _positive("learning_rate", o.learning_rate)
         _positive("worker_timeout_seconds", r.worker_timeout_seconds)
         _positive("num_epochs_per_decay", o.num_epochs_per_decay)
+        _at_least("reference_batch_size", o.reference_batch_size, 0)
+        if o.warmup_epochs is not None:
+            _in_range("warmup_epochs", o.warmup_epochs, 0.0, math.inf)
         if not 0.0 < o.learning_rate_decay_factor <= 1.0:
             raise ValueError(
                 "`learning_rate_decay_factor` must be in (0, 1]; "
@@ -251,6 +272,7 @@ class TrainConfig:
         _in_range("weight_decay", t.weight_decay, 0.0, math.inf)
         _in_range("label_smoothing", t.label_smoothing, 0.0, 1.0)
         _in_range("dropout_rate", m.dropout_rate, 0.0, 1.0)
+        _in_range("validation_split", d.validation_split, 0.0, 1.0)
         _in_range("bn_momentum", m.momentum, 0.0, 1.0)
         _positive("bn_epsilon", m.epsilon)
         _positive("depth_multiplier", m.depth_multiplier)

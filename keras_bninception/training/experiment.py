@@ -2,17 +2,20 @@
 
 `run(config)` is what `python -m trainers.train` and `make demo` call. It
 
-1. validates the configuration and seeds / makes deterministic what was asked,
-2. sets the Keras mixed-precision policy (`mixed_bfloat16` / `mixed_float16`),
-3. describes the dataset (`keras_bninception.data.get_info`) and creates the strategy,
-4. builds BN-Inception and the optimizer inside the strategy scope, restores the newest checkpoint
-   of `model_dir` (so rerunning the same command resumes), or, when there is none, initializes
-   the model from `init_checkpoint` (fine-tuning, `init_checkpoint.py`),
-5. trains (`mode=train|train_and_eval`), evaluates top-1 / top-5 (`mode=eval|train_and_eval`),
-6. writes `model_dir/metrics.json` (chief only) and returns the same dictionary.
+1. resolves: validates the configuration, creates the strategy, seeds / makes deterministic what
+   was asked, describes the dataset (`keras_bninception.data.get_info`), resolves the
+   init_checkpoint, logs the configuration and the learning rate (linear scaling rule, warm-up);
+   builds BN-Inception and the optimizer inside the strategy scope under the Keras
+   mixed-precision policy (`mixed_bfloat16` / `mixed_float16`),
+2. restores the newest checkpoint of `model_dir` (so rerunning the same command resumes), or,
+   when there is none, initializes the model from `init_checkpoint` (fine-tuning),
+3. trains (`mode=train|train_and_eval`), evaluating every `eval_every` steps if asked,
+4. evaluates top-1 / top-5 (`mode=eval|train_and_eval`),
+5. reports: writes `model_dir/metrics.json` (chief only) and returns the same dictionary.
 
 Layout of `model_dir`: `config.json` (the run's configuration and class names, written by the
-chief when training starts, see `run_config.py`), `checkpoints/` (tf.train checkpoints),
+chief when training starts, see `run_config.py`), `checkpoints/` (tf.train checkpoints, the
+newest), `best/` (with `eval_every`: the checkpoint of the best top-1 and its `best.json`),
 `logs/train`, `logs/eval` (TensorBoard), `metrics.json`.
 """
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import secrets
 import time
@@ -29,12 +33,17 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from keras_bninception.models import tf_slim_checkpoint
 from keras_bninception.training import init_checkpoint
+from keras_bninception.training.checkpointing import BestCheckpoint
 from keras_bninception.training.config import MAX_SEED, TrainConfig, flag_fields
 from keras_bninception.training.errors import Interrupted, TrainingError
 from keras_bninception.training.init_checkpoint import InitSource
-from keras_bninception.training.optimizer import build_optimizer, learning_rate_schedule
+from keras_bninception.training.optimizer import (
+    build_optimizer,
+    learning_rate_schedule,
+    scaled_learning_rate,
+    warmup_epochs_for,
+)
 from keras_bninception.training.run_config import (
     CONFIG_FILE,
     load_run_config,
@@ -53,6 +62,7 @@ from keras_bninception.training.trainer import (
     Trainer,
     steps_for_epochs,
 )
+from keras_bninception.weights import tf_slim
 
 if TYPE_CHECKING:
     from keras_bninception.data import DatasetInfo
@@ -101,7 +111,7 @@ def resolve_init(config: TrainConfig, num_classes: int) -> tuple[TrainConfig, In
     changes: dict = {}
     if source.kind == init_checkpoint.TF_SLIM:
         model = dataclasses.asdict(config.model)
-        wrong = tf_slim_checkpoint.slim_conflicts(model, checkpoint=True)
+        wrong = tf_slim.slim_conflicts(model, checkpoint=True)
         if wrong:
             raise ValueError(
                 f"The TF-slim init_checkpoint {source.path!r} needs tf_slim's network; these "
@@ -161,10 +171,56 @@ def run(config: TrainConfig) -> dict:
 
 
 def _run(config: TrainConfig) -> dict:
+    """The phases of a run: resolve, restore, train, evaluate, report."""
+    from keras_bninception import data
+
+    strategy, config, recorded, info, init_source = _resolve(config)
+    trainer, train_dataset, eval_dataset = build_trainer(config, info, strategy)
+    try:
+        restored = _restore(trainer, strategy, config, recorded, init_source)
+        results: dict = {
+            "dataset": info.name,
+            "config": config.to_dict(),
+            "train_steps": _train_steps(config, info),
+            "num_replicas": strategy.num_replicas_in_sync,
+            "learning_rate": learning_rate_plan(config, info.num_train_examples),
+        }
+        began = time.perf_counter()
+        if config.mode in ("train", "train_and_eval"):
+            _train(trainer, config, info, train_dataset, eval_dataset, results, began)
+        elif restored is None and init_source is None:
+            raise TrainingError(
+                f"mode=eval needs a checkpoint, but {trainer.checkpoints.directory} has none; "
+                "train first (--mode=train or train_and_eval), or evaluate an --init_checkpoint."
+            )
+        if config.mode in ("eval", "train_and_eval"):
+            step = int(trainer.step.numpy())
+            done = [e for e in results.get("evaluations", ()) if e["step"] == step]
+            results["eval"] = done[-1] if done else _evaluate(trainer, eval_dataset, config, info)
+        return _report(trainer, config, results, began)
+    except tf.errors.OpError as e:
+        # A corrupt image met while iterating a streamed split: one DataError naming the file.
+        explained = data.explain_error(e)
+        if explained is None:
+            raise
+        raise data.DataError(f"{explained} (--skip_corrupt_images leaves such files out)") from e
+    finally:
+        trainer.close()
+
+
+def _resolve(
+    config: TrainConfig,
+) -> tuple[tf.distribute.Strategy, TrainConfig, TrainConfig | None, DatasetInfo, InitSource | None]:
+    """Resolves what the run needs before anything is built or written.
+
+    The strategy (first: MultiWorkerMirroredStrategy must configure collectives before TF runs
+    anything), the seed (drawn once and agreed by every worker, or the run's recorded one), the
+    dataset (described once), the init_checkpoint (it exists and fits the network); logs the plan.
+    Returns (strategy, the config to run, the recorded config or None, dataset, init source).
+    """
     from keras_bninception import data
 
     runtime = config.runtime
-    # First: MultiWorkerMirroredStrategy must configure collectives before TF runs anything.
     strategy = get_strategy(
         runtime.distribution_strategy,
         runtime.num_gpus,
@@ -187,89 +243,200 @@ def _run(config: TrainConfig) -> dict:
     if runtime.deterministic:
         tf.config.experimental.enable_op_determinism()
     info = data.get_info(
-        config.data.dataset, data_dir=config.data.data_dir, manual_dir=config.data.manual_dir
+        config.data.dataset,
+        data_dir=config.data.data_dir,
+        manual_dir=config.data.manual_dir,
+        validation_split=config.data.validation_split,
+        seed=runtime.seed,
     )
-    replicas = strategy.num_replicas_in_sync
-    # Before anything is built or written: the init_checkpoint exists and fits the network.
     config, init_source = resolve_init(config, info.num_classes)
-    trainer_config = config.trainer
-    train_steps = trainer_config.train_steps or steps_for_epochs(
-        trainer_config.epochs, info.num_train_examples, trainer_config.batch_size
-    )
+    replicas = strategy.num_replicas_in_sync
     logging.info(
-        "Dataset %s: %d classes, %d training / %d evaluation examples (%s / %s); %d replica(s).",
+        "Dataset %s: %d classes, %d training / %d evaluation examples (%s / %s%s); %d replica(s).",
         info.name,
         info.num_classes,
         info.num_train_examples,
         info.num_eval_examples,
         info.train_split,
         info.eval_split,
+        "" if info.eval_held_out else ", the training split: not held out",
         replicas,
     )
+    logging.info("Configuration: %s", json.dumps(config.to_dict(), sort_keys=True))
+    plan = learning_rate_plan(config, info.num_train_examples)
+    logging.info(
+        "Learning rate %.6g (%s), linear warm-up over %d step(s) (%.3g epoch(s)), then x%g "
+        "every %.3g epoch(s).",
+        plan["learning_rate"],
+        plan["rule"],
+        plan["warmup_steps"],
+        plan["warmup_epochs"],
+        config.optimizer.learning_rate_decay_factor,
+        config.optimizer.num_epochs_per_decay,
+    )
+    warning = small_batch_norm_warning(config, replicas)
+    if warning:
+        logging.warning(warning)
+    return strategy, config, recorded, info, init_source
 
-    trainer, train_dataset, eval_dataset = build_trainer(config, info, strategy)
-    try:
-        restored = trainer.restore()
-        _check_workers_agree_on_step(strategy, int(trainer.step.numpy()), config.model_dir)
-        if restored is not None and recorded is not None:
-            _check_resume_matches(recorded, config)
-        if restored is None and init_source is not None:
-            initialize_from(trainer.model, config, init_source)
-        elif init_source is not None:
-            logging.info("Resuming from %s: init_checkpoint not used.", restored)
-        results: dict = {
-            "dataset": info.name,
-            "config": config.to_dict(),
-            "train_steps": train_steps,
-            "num_replicas": replicas,
-        }
-        began = time.perf_counter()
-        if config.mode in ("train", "train_and_eval"):
-            if trainer.chief:
-                save_run_config(config.model_dir, config, info.class_names)
-            try:
-                results["train"] = trainer.train(train_dataset, train_steps)
-            except Interrupted as e:
-                # Preempted / Ctrl-C: the checkpoint is written; record how far training got.
-                results.update(train=e.metrics, interrupted=True, step=e.step)
-                results["seconds"] = time.perf_counter() - began
-                if trainer.chief:
-                    write_metrics(config.model_dir, results)
-                raise
-        elif restored is None and init_source is None:
-            raise TrainingError(
-                f"mode=eval needs a checkpoint, but {trainer.checkpoints.directory} has none; "
-                "train first (--mode=train or train_and_eval), or evaluate an --init_checkpoint."
-            )
-        if config.mode in ("eval", "train_and_eval"):
-            results["eval"] = trainer.evaluate(eval_dataset, trainer_config.eval_steps)
-            results["eval"]["split"] = info.eval_split
-        results["step"] = int(trainer.step.numpy())
-        results["seconds"] = time.perf_counter() - began
-        if config.data.skip_corrupt_images:
-            skipped = data.skipped_corrupt_images()
-            results["skipped_corrupt_images"] = len(skipped)
-            if skipped:
-                logging.warning("Skipped %d corrupt image file(s).", len(skipped))
-        results["weights_sha256"] = trainer.weights_digest()
-        results["trainable_weights_sha256"] = trainer.weights_digest(trainable_only=True)
-        logging.info(
-            "Final weights sha256 %s, trainable weights sha256 %s (step %d).",
-            results["weights_sha256"],
-            results["trainable_weights_sha256"],
-            results["step"],
+
+def _train_steps(config: TrainConfig, info: DatasetInfo) -> int:
+    t = config.trainer
+    return t.train_steps or steps_for_epochs(t.epochs, info.num_train_examples, t.batch_size)
+
+
+def _restore(
+    trainer: Trainer,
+    strategy: tf.distribute.Strategy,
+    config: TrainConfig,
+    recorded: TrainConfig | None,
+    init_source: InitSource | None,
+) -> str | None:
+    """Restores the newest checkpoint (resume), or initializes a new run from init_checkpoint."""
+    restored = trainer.restore()
+    _check_workers_agree_on_step(strategy, int(trainer.step.numpy()), config.model_dir)
+    if restored is not None and recorded is not None:
+        _check_resume_matches(recorded, config)
+    if restored is None and init_source is not None:
+        initialize_from(trainer.model, config, init_source)
+    elif init_source is not None:
+        logging.info("Resuming from %s: init_checkpoint not used.", restored)
+    return restored
+
+
+def _train(
+    trainer: Trainer,
+    config: TrainConfig,
+    info: DatasetInfo,
+    train_dataset: TrainDatasetFn,
+    eval_dataset: EvalDatasetFn,
+    results: dict,
+    began: float,
+) -> None:
+    """Trains to `results["train_steps"]`, evaluating every `eval_every` steps (and at the end).
+
+    Each evaluation goes to TensorBoard (`logs/eval`), to `results["evaluations"]` (metrics.json,
+    rewritten after each one) and, when its top-1 is the best so far, to `<model_dir>/best/`.
+    """
+    train_steps = results["train_steps"]
+    every = config.trainer.eval_every
+    if trainer.chief:
+        save_run_config(config.model_dir, config, info.class_names)
+    start = int(trainer.step.numpy())
+    targets = [train_steps]
+    best = None
+    if every:
+        targets = [*range((start // every + 1) * every, train_steps, every), train_steps]
+        best = BestCheckpoint(
+            config.model_dir, trainer.chief, model=trainer.model, step=trainer.step
         )
+        previous = _read_metrics(os.path.join(config.model_dir, "metrics.json"))
+        results["evaluations"] = [
+            e for e in previous.get("evaluations", []) if e.get("step", 0) <= start
+        ]
+    seconds = 0.0
+    try:
+        for target in targets:
+            results["train"] = trainer.train(train_dataset, target)
+            seconds += results["train"]["train_seconds"]
+            step = int(trainer.step.numpy())
+            if best is not None and all(e["step"] != step for e in results["evaluations"]):
+                evaluation = _evaluate(trainer, eval_dataset, config, info)
+                best.consider(evaluation)
+                results["evaluations"].append(evaluation)
+                results["best"] = best.best
+                if trainer.chief and target < train_steps:
+                    write_metrics(config.model_dir, results)
+    except Interrupted as e:
+        # Preempted / Ctrl-C: the checkpoint is written; record how far training got.
+        results.update(train=e.metrics, interrupted=True, step=e.step)
+        results["seconds"] = time.perf_counter() - began
         if trainer.chief:
             write_metrics(config.model_dir, results)
-        return results
-    except tf.errors.OpError as e:
-        # A corrupt image met while iterating a streamed split: one DataError naming the file.
-        explained = data.explain_error(e)
-        if explained is None:
-            raise
-        raise data.DataError(f"{explained} (--skip_corrupt_images leaves such files out)") from e
+        raise
     finally:
-        trainer.close()
+        if best is not None:
+            best.close()
+    if "train" in results:
+        results["train"]["train_seconds"] = seconds
+
+
+def _evaluate(
+    trainer: Trainer, eval_dataset: EvalDatasetFn, config: TrainConfig, info: DatasetInfo
+) -> dict:
+    metrics = trainer.evaluate(eval_dataset, config.trainer.eval_steps)
+    metrics["split"] = info.eval_split
+    metrics["held_out"] = info.eval_held_out
+    return metrics
+
+
+def _report(trainer: Trainer, config: TrainConfig, results: dict, began: float) -> dict:
+    """Completes `results` (step, time, skipped files, weight digests); the chief writes them."""
+    from keras_bninception import data
+
+    results["step"] = int(trainer.step.numpy())
+    results["seconds"] = time.perf_counter() - began
+    if config.data.skip_corrupt_images:
+        skipped = data.skipped_corrupt_images()
+        results["skipped_corrupt_images"] = len(skipped)
+        if skipped:
+            logging.warning("Skipped %d corrupt image file(s).", len(skipped))
+    results["weights_sha256"] = trainer.weights_digest()
+    results["trainable_weights_sha256"] = trainer.weights_digest(trainable_only=True)
+    logging.info(
+        "Final weights sha256 %s, trainable weights sha256 %s (step %d).",
+        results["weights_sha256"],
+        results["trainable_weights_sha256"],
+        results["step"],
+    )
+    if trainer.chief:
+        write_metrics(config.model_dir, results)
+    return results
+
+
+def learning_rate_plan(config: TrainConfig, num_train_examples: int) -> dict:
+    """The run's learning rate after the linear scaling rule, and its warm-up in steps.
+
+    `learning_rate` (the rate the global batch uses), `rule` (how it was obtained),
+    `warmup_epochs`, `warmup_steps`.
+    """
+    o, batch = config.optimizer, config.trainer.batch_size
+    rate = scaled_learning_rate(o.learning_rate, batch, o.reference_batch_size)
+    if o.reference_batch_size:
+        rule = (
+            f"{o.learning_rate:g} x global batch {batch} / reference batch {o.reference_batch_size}"
+        )
+    else:
+        rule = f"as given, for the global batch {batch}"
+    epochs = warmup_epochs_for(o.warmup_epochs, batch, o.reference_batch_size)
+    steps = math.ceil(epochs * num_train_examples / batch) if epochs else 0
+    return {"learning_rate": rate, "rule": rule, "warmup_epochs": epochs, "warmup_steps": steps}
+
+
+# Below this many images per replica, BN's batch statistics get noisy (Wu & He 2018, Group
+# Normalization, Figure 1: ImageNet error grows as the per-worker batch drops below 16).
+MIN_BATCH_NORM_IMAGES = 16
+
+
+def small_batch_norm_warning(config: TrainConfig, replicas: int) -> str | None:
+    """A warning when each BN layer normalizes over fewer than 16 images, else None.
+
+    Unsynchronized BN normalizes over each replica's share of the global batch.
+    """
+    m = config.model
+    if not m.batch_norm or m.synchronized or config.init.freeze_batch_norm:
+        return None
+    per_replica = config.trainer.batch_size // max(replicas, 1)
+    if per_replica >= MIN_BATCH_NORM_IMAGES:
+        return None
+    fixes = "a larger --batch_size"
+    if replicas > 1:
+        fixes = "--sync_batch_norm (statistics over all replicas) or " + fixes
+    return (
+        f"Batch Normalization sees {per_replica} image(s) per replica (global batch "
+        f"{config.trainer.batch_size} over {replicas} replica(s)), fewer than "
+        f"{MIN_BATCH_NORM_IMAGES}: its batch statistics are noisy; use {fixes}."
+    )
 
 
 def build_trainer(
@@ -314,12 +481,15 @@ def build_trainer(
     def eval_dataset(context: tf.distribute.InputContext) -> tf.data.Dataset:
         return _dataset(context, info.eval_split, training=False)
 
+    plan = learning_rate_plan(config, info.num_train_examples)
+
     def optimizer_fn() -> keras.optimizers.Optimizer:
         schedule = learning_rate_schedule(
-            optimizer.learning_rate,
+            plan["learning_rate"],
             optimizer.learning_rate_decay_factor,
             optimizer.num_epochs_per_decay,
             info.num_train_examples / batch_size,  # steps per epoch
+            plan["warmup_steps"],
         )
         return build_optimizer(
             optimizer.name, schedule, optimizer.momentum, runtime.mixed_precision
@@ -345,7 +515,7 @@ def build_trainer(
 # divergence), where the data is, how to log and distribute may change.
 _RESUME_KEEPS = {
     "model": None,  # every field
-    "data": ("dataset", "image_size"),
+    "data": ("dataset", "image_size", "validation_split"),
     "trainer": ("batch_size",),
     "optimizer": ("name",),
     "runtime": ("seed",),
@@ -411,7 +581,8 @@ def write_metrics(model_dir: str, results: dict) -> str:
 
     Through `tf.io.gfile` (a `gs://` model_dir works), as a temporary file renamed over the old one.
     A section this run did not produce (`train` for an eval run or a rerun with nothing left to
-    train, `eval` for a train run) is kept from the previous file, with its own `step`.
+    train, `eval` for a train run, `evaluations` and `best` of `eval_every`) is kept from the
+    previous file, with its own `step`.
 
     Raises:
         TrainingError: the file cannot be written (its path and the reason).
@@ -423,6 +594,9 @@ def write_metrics(model_dir: str, results: dict) -> str:
         new = results.get(section)
         trained_nothing = section == "train" and new is not None and "loss" not in new
         if section in previous and (new is None or trained_nothing):
+            merged[section] = previous[section]
+    for section in ("evaluations", "best"):  # of eval_every; this run's include the earlier ones
+        if section in previous and section not in results:
             merged[section] = previous[section]
     try:
         write_json_atomically(path, merged)

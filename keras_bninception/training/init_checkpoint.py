@@ -3,10 +3,12 @@
 
 Three steps, each a function:
 
-1. `resolve_init_source(path)`: what `path` is: a TF-slim `inception_v2` checkpoint (V2 prefix,
-   its `.index` file or a directory holding it; or a V1 single file), a Keras `.keras` model or
-   `.weights.h5` weights file, or another run's `--model_dir` (its newest checkpoint in
-   `checkpoints/`). A path that is none of these is a `ValueError`, before anything is built.
+1. `resolve_init_source(path)`: what `path` is (`keras_bninception.weights.resolve`): "imagenet"
+   (TF-slim's published ImageNet checkpoint, downloaded once), a TF-slim `inception_v2`
+   checkpoint (V2 prefix, its `.index` file or a directory holding it; a V1 single file; the
+   published tarball), a Keras `.keras` model or `.weights.h5` weights file, or another run's
+   `--model_dir` (its newest checkpoint in `checkpoints/`). A path that is none of these is a
+   `ValueError`, before anything is built.
 2. `load_init_checkpoint(model, source, exclude)`: copies every weight of `model` from the source,
    except those under the `exclude` scopes, which keep their initial values. By default the
    classifier (`Logits`) is excluded when the source's number of classes differs from the
@@ -30,61 +32,52 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import io
-import json
-import os
-import zipfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
 from absl import logging
 
-from keras_bninception.errors import first_line
-from keras_bninception.models import naming, tf_slim_checkpoint
+from keras_bninception import weights
+from keras_bninception.models import naming
+from keras_bninception.weights import tf_slim
+from keras_bninception.weights.sources import (
+    CLASSIFIER_LAYER,
+    KERAS_MODEL,
+    KERAS_WEIGHTS,
+    RUN,
+    TF_SLIM,
+    SourceModelFn,
+    model_weights,
+    weight_name,
+)
+from keras_bninception.weights.sources import Source as InitSource
 
-TF_SLIM = "tf_slim"
-KERAS_MODEL = "keras_model"
-KERAS_WEIGHTS = "keras_weights"
-RUN = "run"
-KINDS = (TF_SLIM, KERAS_MODEL, KERAS_WEIGHTS, RUN)
+__all__ = [
+    "CLASSIFIER_LAYER",
+    "CLASSIFIER_SCOPE",
+    "KERAS_MODEL",
+    "KERAS_WEIGHTS",
+    "RUN",
+    "TF_SLIM",
+    "InitReport",
+    "InitSource",
+    "SourceModelFn",
+    "apply_trainable_scopes",
+    "check_patterns",
+    "default_exclude",
+    "has_background_class",
+    "layer_scope",
+    "load_init_checkpoint",
+    "model_num_classes",
+    "parse_scopes",
+    "resolve_init_source",
+    "weight_name",
+    "without_background_class",
+]
 
 CLASSIFIER_SCOPE = "Logits"
-CLASSIFIER_LAYER = "Logits_Conv2d_1c_1x1"
-RUN_CHECKPOINTS = "checkpoints"  # <model_dir>/checkpoints, as the trainer writes them
 _ROOT = naming.TF_SLIM_SCOPE + "/"
-# Leaves of tf_slim model variables (not optimizer slots, moving-average shadows, global_step).
-_MODEL_VARIABLE_LEAVES = frozenset(
-    ("weights", "biases", "depthwise_weights", "pointwise_weights", "gamma", "beta")
-    + ("moving_mean", "moving_variance")
-)
-_ACCEPTED = (
-    "a TF-slim inception_v2 checkpoint (the prefix of its .index file, the .index file, a "
-    "directory holding it, or a V1 single-file checkpoint), a Keras .keras or .weights.h5 file, "
-    "or another run's --model_dir (with a checkpoints/ directory)"
-)
-
-# (num_classes) -> a new model of the source's architecture, for Keras weights and runs.
-SourceModelFn = Callable[[int | None], keras.Model]
-
-
-@dataclasses.dataclass(frozen=True)
-class InitSource:
-    """A resolved `init_checkpoint`.
-
-    Attributes:
-        kind: one of `KINDS`: "tf_slim", "keras_model", "keras_weights" or "run".
-        path: the checkpoint prefix ("tf_slim", "run") or the file ("keras_*").
-        num_classes: the source's classifier width (1001 for the published TF-slim checkpoint),
-            or None when it has no classifier.
-        model_dir: the run directory, for kind "run".
-    """
-
-    kind: str
-    path: str
-    num_classes: int | None
-    model_dir: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,12 +108,6 @@ def _matches(name: str, pattern: str) -> bool:
     return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name, pattern + "/*")
 
 
-def weight_name(layer: keras.layers.Layer, weight: keras.Variable) -> str:
-    """The name of `weight` of `layer` in this module's sense (tf_slim's, without the root)."""
-    slim = naming.tf_slim_variable_name(layer.name, weight.name)
-    return slim[len(_ROOT) :] if slim else f"{layer.name}/{weight.name}"
-
-
 def layer_scope(layer: keras.layers.Layer) -> str:
     """The tf_slim scope of `layer` without the root ("Mixed_5b/Branch_0/Conv2d_0a_1x1")."""
     return naming.tf_slim_scope(layer.name) or layer.name
@@ -130,81 +117,13 @@ def layer_scope(layer: keras.layers.Layer) -> str:
 # 1. Resolving the source.
 
 
-def _is_tf_slim(prefix: str) -> bool:
-    return any(name.startswith(_ROOT) for name, _ in tf.train.list_variables(prefix))
-
-
-def _h5_num_classes(h5) -> int | None:
-    """The width of the one 2-D weight (the Dense classifier) in a Keras weights file."""
-    import h5py
-
-    shapes = []
-    h5.visititems(
-        lambda _, item: (
-            shapes.append(item.shape)
-            if isinstance(item, h5py.Dataset) and len(item.shape) == 2
-            else None
-        )
-    )
-    return int(shapes[0][-1]) if len(shapes) == 1 else None
-
-
-def _keras_file_num_classes(path: str) -> int | None:
-    import h5py
-
-    if path.endswith(".keras"):
-        with zipfile.ZipFile(path) as archive:
-            config = json.loads(archive.read("config.json"))
-            for layer in config.get("config", {}).get("layers", []):
-                if layer.get("config", {}).get("name") == CLASSIFIER_LAYER:
-                    return int(layer["config"]["units"])
-            with h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r") as h5:
-                return _h5_num_classes(h5)
-    with h5py.File(path, "r") as h5:
-        return _h5_num_classes(h5)
-
-
-def _run_num_classes(prefix: str) -> int | None:
-    # A run's checkpoint holds the model, the optimizer and the step; the classifier's kernel is
-    # the model's one 2-D variable (saved under the model's or the optimizer's path, whichever
-    # the object graph reaches first; its optimizer slots have its shape).
-    shapes = {tuple(shape) for _, shape in tf.train.list_variables(prefix) if len(shape) == 2}
-    return int(next(iter(shapes))[-1]) if len(shapes) == 1 else None
-
-
-def resolve_init_source(path: str | os.PathLike[str]) -> InitSource:
+def resolve_init_source(path: str) -> InitSource:
     """Says what `path` is (see the module docstring); reads only file names and metadata.
 
     Raises:
         ValueError: `path` does not exist or is none of the accepted sources.
     """
-    if not isinstance(path, str | os.PathLike) or not os.fspath(path):
-        raise ValueError(
-            f"`init_checkpoint` must be {_ACCEPTED}; received init_checkpoint={path!r}"
-        )
-    path = os.path.expanduser(os.fspath(path))
-    run_checkpoints = os.path.join(path, RUN_CHECKPOINTS)
-    if tf.io.gfile.isdir(run_checkpoints):
-        prefix = tf.train.latest_checkpoint(run_checkpoints)
-        if prefix is None:
-            raise ValueError(
-                f"`init_checkpoint` {path!r} is a run directory, but {run_checkpoints} holds no "
-                "checkpoint yet; train that run first or pick another source"
-            )
-        return InitSource(RUN, prefix, _run_num_classes(prefix), model_dir=path)
-    if path.endswith((".keras", ".weights.h5")) and os.path.isfile(path):
-        kind = KERAS_MODEL if path.endswith(".keras") else KERAS_WEIGHTS
-        return InitSource(kind, path, _keras_file_num_classes(path))
-    prefix = tf_slim_checkpoint.checkpoint_prefix(path)
-    if prefix is not None and _is_tf_slim(prefix):
-        return InitSource(TF_SLIM, prefix, tf_slim_checkpoint.checkpoint_num_classes(prefix))
-    if prefix is not None:
-        raise ValueError(
-            f"`init_checkpoint` {path!r} is a TensorFlow checkpoint without tf_slim "
-            f"inception_v2 variables ({naming.TF_SLIM_SCOPE}/...); it must be {_ACCEPTED}"
-        )
-    what = "does not exist" if not tf.io.gfile.exists(path) else "is not a checkpoint"
-    raise ValueError(f"`init_checkpoint` {path!r} {what}; it must be {_ACCEPTED}")
+    return weights.resolve(path, "init_checkpoint")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -217,60 +136,6 @@ def model_num_classes(model: keras.Model) -> int | None:
         return int(model.get_layer(CLASSIFIER_LAYER).units)
     except ValueError:
         return None
-
-
-def _model_weights(model: keras.Model) -> dict[str, keras.Variable]:
-    return {
-        weight_name(layer, weight): weight for layer in model.layers for weight in layer.weights
-    }
-
-
-def _source_values(
-    source: InitSource, build_source_model: SourceModelFn | None
-) -> dict[str, Callable[[], np.ndarray] | tuple]:
-    """name -> (shape, read()) of every model variable the source holds."""
-    if source.kind == TF_SLIM:
-        reader = tf.train.load_checkpoint(source.path)
-        return {
-            name[len(_ROOT) :]: (tuple(shape), lambda name=name: reader.get_tensor(name))
-            for name, shape in tf.train.list_variables(source.path)
-            if name.startswith(_ROOT) and name.rsplit("/", 1)[-1] in _MODEL_VARIABLE_LEAVES
-        }
-    if source.kind == KERAS_MODEL:
-        import keras_bninception  # noqa: F401  (registers the package's serializable layers)
-
-        try:
-            source_model = keras.saving.load_model(source.path, compile=False)
-        except (ValueError, TypeError, OSError) as error:
-            raise ValueError(
-                f"`init_checkpoint` {source.path!r} cannot be loaded as a Keras model: "
-                f"{str(error)[:300]}"
-            ) from error
-    else:
-        if build_source_model is None:
-            raise ValueError(
-                f"A {source.kind} source needs `build_source_model` (it holds weights, not an "
-                "architecture)"
-            )
-        source_model = build_source_model(source.num_classes)
-        try:
-            if source.kind == KERAS_WEIGHTS:
-                source_model.load_weights(source.path)
-            else:
-                tf.train.Checkpoint(model=source_model).restore(
-                    source.path
-                ).expect_partial().assert_existing_objects_matched()
-        except (ValueError, AssertionError, tf.errors.OpError) as error:
-            first = first_line(error)
-            raise ValueError(
-                f"`init_checkpoint` {source.path!r} does not fit the architecture it was taken "
-                "for (build options such as depth_multiplier, batch_norm, activation must be "
-                f"those it was trained with): {first[:300]}"
-            ) from error
-    return {
-        name: (tuple(w.shape), lambda w=w: keras.ops.convert_to_numpy(w))
-        for name, w in _model_weights(source_model).items()
-    }
 
 
 def default_exclude(source: InitSource, model: keras.Model) -> tuple[str, ...]:
@@ -321,11 +186,11 @@ def load_init_checkpoint(
             model variables missing from it, unused source variables, or different shapes, all
             listed. Nothing is assigned then.
     """
-    targets = _model_weights(model)
+    targets = model_weights(model)
     patterns = default_exclude(source, model) if exclude is None else parse_scopes(exclude)
     check_patterns("init_exclude", patterns, targets, "Logits, Mixed_5c")
     excluded = {n for n in targets if any(_matches(n, p) for p in patterns)}
-    available = _source_values(source, build_source_model)
+    available = weights.source_variables(source, build_source_model, "init_checkpoint")
 
     assignments, missing, wrong_shape = [], [], []
     for name, weight in targets.items():
@@ -334,7 +199,7 @@ def load_init_checkpoint(
         model_shape = tuple(weight.shape)
         if name not in available:
             missing.append(f"{name} {model_shape}")
-        elif not tf_slim_checkpoint.fits(available[name][0], model_shape):
+        elif not tf_slim.fits(available[name][0], model_shape):
             wrong_shape.append(f"{name}: source {available[name][0]}, model {model_shape}")
         else:
             assignments.append((name, weight))
@@ -346,7 +211,7 @@ def load_init_checkpoint(
             f"`init_checkpoint` {source.path!r} ({source.kind}) does not fit the model: build it "
             "with the source's depth_multiplier and options, or leave the differing layers out "
             "with `init_exclude` (e.g. Logits).\n"
-            + tf_slim_checkpoint.mismatch(missing, unused, wrong_shape, "source")
+            + tf_slim.mismatch(missing, unused, wrong_shape, "source")
         )
     for name, weight in assignments:
         weight.assign(np.reshape(available[name][1](), weight.shape).astype(weight.dtype))
@@ -357,9 +222,7 @@ def load_init_checkpoint(
         len(targets),
         source.path,
         source.kind,
-        "\n" + tf_slim_checkpoint.listing("Left at their initial values", left, limit=50)
-        if left
-        else "",
+        "\n" + tf_slim.listing("Left at their initial values", left, limit=50) if left else "",
     )
     return InitReport(source, tuple(name for name, _ in assignments), left)
 

@@ -21,6 +21,10 @@ Values the paper does not state, and where they come from:
   The penalty is TF-slim's: `weight_decay * sum(w ** 2) / 2` over the convolution kernels.
 - The baseline's dropout rate: 0.4, GoogLeNet's (Szegedy et al. 2014, section 5).
 
+The learning rates are those of the paper's global batch of 32 (`reference_batch_size=32`): with
+`--batch_size=256` the run uses 8 times the rate, reached by a linear warm-up over 5 epochs
+(Goyal et al. 2017; `optimizer.py`).
+
 A recipe names options by their flag names (see `config.FLAG_NAMES`) and sets defaults only: an
 option given explicitly (a flag on the command line) wins.
 """
@@ -42,6 +46,9 @@ _INCEPTION = {
     "optimizer": "momentum",
     "momentum": 0.9,
     "batch_size": 32,
+    # The learning rates below are for the paper's batch of 32: a larger --batch_size scales them
+    # linearly (Goyal et al. 2017), with a warm-up (optimizer.py).
+    "reference_batch_size": 32,
     "learning_rate": INCEPTION_LEARNING_RATE,
     "learning_rate_decay_factor": INCEPTION_DECAY_FACTOR,
     "num_epochs_per_decay": INCEPTION_EPOCHS_PER_DECAY,

@@ -1,12 +1,12 @@
 """TensorBoard summaries of a run: scalars under `model_dir/logs/{train,eval}`.
 
 Only the chief writes; other workers get no-op writers, so a multi-worker run produces one set of
-event files. View them with `tensorboard --logdir <model_dir>/logs` (`pip install tensorboard`).
+event files. View them with `tensorboard --logdir <model_dir>/logs` (TensorBoard is a dependency of
+this package: TensorFlow 2.21 does not install it).
 
-TensorFlow 2.21 does not depend on the `tensorboard` package, and without it `tf.summary.scalar`
-raises. The scalars are therefore written with TensorFlow's own `tf.summary.write` and the metadata
-TensorBoard's scalar plugin expects (plugin name "scalars", empty content): the event files are the
-same ones `tf.summary.scalar` would write.
+The scalars are written with TensorFlow's own `tf.summary.write` and the metadata TensorBoard's
+scalar plugin expects (plugin name "scalars", empty content), so the trainer does not import the
+`tensorboard` package: the event files are the same ones `tf.summary.scalar` would write.
 """
 
 from __future__ import annotations

@@ -1,10 +1,13 @@
-"""Loading a TF-slim ``inception_v2`` checkpoint into a Keras BNInception, variable by variable.
+"""TF-slim ``inception_v2`` checkpoints: reading them and loading them into a Keras BNInception.
 
 The published checkpoint is ``inception_v2_2016_08_28.tar.gz`` from the TF-slim model zoo
-(https://github.com/tensorflow/models/tree/master/research/slim#pre-trained-models, file
-http://download.tensorflow.org/models/inception_v2_2016_08_28.tar.gz). It unpacks to one file,
-``inception_v2.ckpt``: a V1 checkpoint (TF-slim's 2016 models were saved that way), not a V2
-prefix with ``.index`` / ``.data-*`` files. Both formats are read with ``tf.train.load_checkpoint``.
+(https://github.com/tensorflow/models/tree/master/research/slim#pre-trained-models), fetched by
+`keras_bninception.weights.imagenet`. It unpacks to one file, ``inception_v2.ckpt``: a V1
+checkpoint (TF-slim's 2016 models were saved that way), not a V2 prefix with ``.index`` /
+``.data-*`` files. Both formats are read with ``tf.train.load_checkpoint``.
+
+Its 1001 classes are TF-slim's: class 0 is "background", class i + 1 is ImageNet's class i.
+`load_tf_slim_checkpoint` fills a 1000-way classifier from it by leaving that class out.
 """
 
 from __future__ import annotations
@@ -17,25 +20,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_bninception.models.naming import TF_SLIM_SCOPE, tf_slim_variable_name
+from keras_bninception.models.naming import TF_SLIM_SCOPE, WEIGHT_NAMES, tf_slim_variable_name
 
-LOGITS_BIASES = f"{TF_SLIM_SCOPE}/Logits/Conv2d_1c_1x1/biases"
+LOGITS = f"{TF_SLIM_SCOPE}/Logits/Conv2d_1c_1x1/"
+LOGITS_BIASES = LOGITS + "biases"
+# Conv2d_2c_3x3 has 192 * depth_multiplier output channels (Figure 5's second convolution).
+_DEPTH_PROBE = (f"{TF_SLIM_SCOPE}/Conv2d_2c_3x3/weights", 192)
 
 # Leaf names of tf_slim model variables; anything else under InceptionV2/ (optimizer slots such as
 # ".../weights/RMSProp", ".../ExponentialMovingAverage" shadows) and anything outside it
 # (global_step) is not a model variable and is ignored.
-_MODEL_VARIABLE_LEAVES = frozenset(
-    {
-        "weights",
-        "biases",
-        "depthwise_weights",
-        "pointwise_weights",
-        "gamma",
-        "beta",
-        "moving_mean",
-        "moving_variance",
-    }
-)
+MODEL_VARIABLE_LEAVES = frozenset(WEIGHT_NAMES.values())
 
 # What tf_slim's inception_v2 variables need of `BNInception`'s arguments (`slim_compatible`),
 # and, to load its checkpoint, what its computation needs too.
@@ -94,19 +89,27 @@ def _is_v1_checkpoint(path: str) -> bool:
     return True
 
 
-def _model_variables(prefix: str) -> dict[str, tuple[int, ...]]:
+def model_variables(prefix: str) -> dict[str, tuple[int, ...]]:
+    """tf_slim variable name -> shape of the checkpoint's model variables (see
+    `MODEL_VARIABLE_LEAVES`); empty for a TF checkpoint that is not tf_slim's inception_v2."""
     return {
         name: tuple(shape)
         for name, shape in tf.train.list_variables(prefix)
-        if name.startswith(TF_SLIM_SCOPE + "/")
-        and name.rsplit("/", 1)[-1] in _MODEL_VARIABLE_LEAVES
+        if name.startswith(TF_SLIM_SCOPE + "/") and name.rsplit("/", 1)[-1] in MODEL_VARIABLE_LEAVES
     }
 
 
 def checkpoint_num_classes(prefix: str) -> int | None:
     """Number of classes of the checkpoint's logits layer (1001 for the published one), or None."""
-    shape = _model_variables(prefix).get(LOGITS_BIASES)
+    shape = model_variables(prefix).get(LOGITS_BIASES)
     return None if shape is None else int(shape[0])
+
+
+def checkpoint_depth_multiplier(prefix: str) -> float | None:
+    """The depth multiplier the checkpoint was built with (1.0 for the published one), or None."""
+    name, depth = _DEPTH_PROBE
+    shape = model_variables(prefix).get(name)
+    return None if shape is None else shape[-1] / depth
 
 
 def fits(checkpoint_shape: tuple[int, ...], keras_shape: tuple[int, ...]) -> bool:
@@ -137,16 +140,23 @@ def mismatch(
     )
 
 
+def drops_background(checkpoint_classes: int | None, classes: int) -> bool:
+    """Whether a `classes`-way classifier is filled from TF-slim's logits without class 0."""
+    return checkpoint_classes is not None and classes == checkpoint_classes - 1
+
+
 def _check_classes(prefix: str, checkpoint_shape: tuple[int, ...] | None, classes: int) -> None:
     if checkpoint_shape is None:
         raise ValueError(
             f"The TF-slim checkpoint {prefix!r} has no logits layer ({LOGITS_BIASES}); use "
             "include_top=False."
         )
-    if checkpoint_shape[0] != classes:
+    n = checkpoint_shape[0]
+    if classes not in (n, n - 1):
         raise ValueError(
-            f"The TF-slim checkpoint has {checkpoint_shape[0]} classes, so with include_top=True "
-            f"`classes` must be {checkpoint_shape[0]}; received classes={classes}"
+            f"The TF-slim checkpoint has {n} classes (class 0 = background), so with "
+            f"include_top=True `classes` must be {n} (TF-slim's outputs) or {n - 1} (background "
+            f"class left out); received classes={classes}"
         )
 
 
@@ -155,14 +165,16 @@ def load_tf_slim_checkpoint(model: keras.Model, prefix: str) -> None:
 
     The variable of each Keras weight is ``naming.tf_slim_variable_name(layer.name, weight.name)``.
     Every tf_slim model variable of the checkpoint must be used, except the logits when the model
-    has no classifier (``include_top=False``).
+    has no classifier (``include_top=False``). A classifier with one class fewer than the
+    checkpoint's gets its logits without TF-slim's background class 0 (`drops_background`), so
+    that its class i is ImageNet's class i, as in `keras.applications`.
 
     Raises:
-        ValueError: a model with a classifier and a checkpoint without logits or with another
-            number of classes; otherwise listing the checkpoint variables that are missing,
-            unused or of the wrong shape (nothing is assigned then).
+        ValueError: a model with a classifier and a checkpoint without logits or with a number of
+            classes other than the checkpoint's or one fewer; otherwise listing the checkpoint
+            variables that are missing, unused or of the wrong shape (nothing is assigned then).
     """
-    available = _model_variables(prefix)
+    available = model_variables(prefix)
     reader = tf.train.load_checkpoint(prefix)
     assignments = []
     missing, wrong_shape, used = [], [], set()
@@ -180,12 +192,18 @@ def load_tf_slim_checkpoint(model: keras.Model, prefix: str) -> None:
                 missing.append(f"{name} {keras_shape} (for {weight.path})")
                 continue
             used.add(name)
-            if not fits(available[name], keras_shape):
+            checkpoint_shape = available[name]
+            background = name.startswith(LOGITS) and drops_background(
+                checkpoint_shape[-1], keras_shape[-1]
+            )
+            if background:
+                checkpoint_shape = (*checkpoint_shape[:-1], checkpoint_shape[-1] - 1)
+            if not fits(checkpoint_shape, keras_shape):
                 wrong_shape.append(
                     f"{name}: checkpoint {available[name]}, model {keras_shape} (for {weight.path})"
                 )
                 continue
-            assignments.append((weight, name))
+            assignments.append((weight, name, background))
     unused = sorted(
         name
         for name in available
@@ -198,5 +216,6 @@ def load_tf_slim_checkpoint(model: keras.Model, prefix: str) -> None:
             "and (with include_top=True) the same number of classes.\n"
             + mismatch(missing, unused, wrong_shape, "checkpoint")
         )
-    for weight, name in assignments:
-        weight.assign(np.reshape(reader.get_tensor(name), weight.shape))
+    for weight, name, background in assignments:
+        value = reader.get_tensor(name)
+        weight.assign(np.reshape(value[..., 1:] if background else value, weight.shape))
