@@ -177,12 +177,6 @@ def test_binary_error_line_and_exit_status(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the source of a --model_dir export to read the run's data lazily (see "
-    "trainers/export.py: source.calibration_images as a callable); sources.from_model_dir "
-    "still resolves the dataset and reads calibration images eagerly",
-)
 def test_model_dir_without_its_data_exports_float(tmp_path):
     # A run whose image folder was removed after training: the model, class names and
     # preprocessing come from the run; its data is read only to calibrate int8.

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -43,7 +44,8 @@ class ExportSource:
     class_names: list[str]
     description: dict
     preprocess_config: preprocessing.PreprocessConfig = preprocessing.DEFAULT_CONFIG
-    calibration_images: np.ndarray | None = None
+    # Pixels, or a callable reading them (called by `export.export` only if it writes int8).
+    calibration_images: np.ndarray | Callable[[], np.ndarray] | None = None
 
 
 def imagenet_class_names(num_classes: int) -> list[str]:
@@ -117,26 +119,27 @@ def from_model_dir(
     with _as_export_error():
         run = weights.sources.load_run(model_dir, "--model_dir")
     config = run.config
-    info = data.get_info(
-        config.data.dataset, data_dir=config.data.data_dir, manual_dir=config.data.manual_dir
-    )
-    calibration = None
-    if calibrate:
-        calibration = calibration_from_dataset(
-            config.data.dataset,
+    d = config.data
+
+    def read_calibration() -> np.ndarray:
+        info = data.get_info(d.dataset, data_dir=d.data_dir, manual_dir=d.manual_dir)
+        return calibration_from_dataset(
+            d.dataset,
             info.train_split,
-            config.data.image_size,
+            d.image_size,
             count=calibration_count,
-            data_dir=config.data.data_dir,
-            manual_dir=config.data.manual_dir,
+            data_dir=d.data_dir,
+            manual_dir=d.manual_dir,
         )
+
     description = {
         "kind": "model_dir",
         "path": os.path.abspath(model_dir),
         "checkpoint": run.checkpoint,
         "step": run.step,
-        "dataset": info.name,
+        "dataset": d.dataset,
     }
+    calibration = read_calibration if calibrate else None
     return ExportSource(
         run.model, run.class_names, description, run_preprocess_config(config), calibration
     )
@@ -146,10 +149,10 @@ def run_preprocess_config(config) -> preprocessing.PreprocessConfig:
     """The evaluation preprocessing of a run's dataset (`config`: its `TrainConfig`)."""
     from keras_bninception.data import sources as data_sources
 
-    source = data_sources.resolve(
-        config.data.dataset, data_dir=config.data.data_dir, manual_dir=config.data.manual_dir
-    )
-    return source.preprocess
+    base = config.data.dataset.split("/")[0].split(":")[0]
+    if base == data_sources.DIGITS or base in data_sources.FLIP_CHANGES_LABEL:
+        return data_sources.DIGITS_CONFIG
+    return preprocessing.DEFAULT_CONFIG
 
 
 def from_tf_slim_checkpoint(path: str, image_size: int = 224) -> ExportSource:
