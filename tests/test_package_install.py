@@ -122,6 +122,11 @@ def _copy_source(destination: Path) -> None:
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> InstalledPackage:
+    import setuptools
+
+    # pyproject.toml's `license = "Apache-2.0"` (an SPDX expression) needs setuptools >= 77.
+    major = int(setuptools.__version__.split(".")[0])
+    assert major >= 77, f"building the wheel needs setuptools>=77, found {setuptools.__version__}"
     work = tmp_path_factory.mktemp("package_install")
     source, dist, workdir = work / "source", work / "dist", work / "cwd"
     for path in (source, dist, workdir):
