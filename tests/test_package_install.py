@@ -213,22 +213,6 @@ def test_entry_point_help(installed, entry_point):
     assert ENTRY_POINTS[entry_point] in result.stdout, f"{result.stdout}\n{result.stderr}"
 
 
-def _predictions(answer: object) -> list[tuple[str, float]]:
-    """The (label, probability) pairs anywhere in classify's JSON answer."""
-    found = []
-    if isinstance(answer, dict):
-        label = next((answer[k] for k in ("label", "class_name", "name") if k in answer), None)
-        prob = next((answer[k] for k in ("probability", "score") if k in answer), None)
-        if isinstance(label, str) and isinstance(prob, float | int):
-            found.append((label, float(prob)))
-        for value in answer.values():
-            found += _predictions(value)
-    elif isinstance(answer, list):
-        for value in answer:
-            found += _predictions(value)
-    return found
-
-
 def test_train_export_classify_through_the_entry_points(installed):
     run_dir = installed.workdir / "run"
     export_dir = installed.workdir / "export"
@@ -262,9 +246,13 @@ def test_train_export_classify_through_the_entry_points(installed):
     result = installed.run(
         installed.bin / "bninception-classify", f"--tflite={tflite}", "--top_k=3", "--json", image
     )
-    predictions = _predictions(json.loads(result.stdout))
+    answer = json.loads(result.stdout)
+    assert answer["errors"] == [], result.stdout
+    (image_result,) = answer["results"]
+    assert image_result["image"] == str(image)
+    predictions = image_result["predictions"]
     assert len(predictions) == 3, result.stdout
-    assert {label for label, _ in predictions} <= DIGIT_NAMES, result.stdout
-    probabilities = [p for _, p in predictions]
+    assert {p["label"] for p in predictions} <= DIGIT_NAMES, result.stdout
+    probabilities = [p["probability"] for p in predictions]
     assert probabilities == sorted(probabilities, reverse=True), result.stdout
     assert all(0.0 <= p <= 1.0 for p in probabilities), result.stdout
