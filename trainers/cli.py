@@ -26,9 +26,6 @@ def parse_flags(argv: list[str]) -> list[str]:
         fail(f"{e} (see --helpfull)", status=2)
 
 
-HELP_FLAGS = ("-h", "-help", "--help", "--helpshort", "--helpfull", "-?")
-
-
 def console_script_help(module: ModuleType, flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """Lets `--help` of a console script (`bninception-train`) describe `module`, as under
     `python -m`: absl's help shows the `__main__` module's docstring and key flags, and a console
@@ -39,15 +36,6 @@ def console_script_help(module: ModuleType, flag_values: flags.FlagValues = flag
     main.__doc__ = module.__doc__
     for flag in flag_values.get_key_flags_for_module(module.__name__):
         flag_values.register_key_flag_for_module(sys.argv[0], flag)
-
-
-def own_flags_help(argv: list[str], doc: str | None, flag_values: flags.FlagValues) -> None:
-    """For binaries with their own `FlagValues` (absl's --help lives in the global one): prints
-    the docstring and every flag, then exits with status 0, if `argv` asks for help."""
-    if any(arg in HELP_FLAGS for arg in argv[1:]):
-        print(doc or "")
-        print(flag_values.get_help())
-        sys.exit(0)
 
 
 def no_arguments(argv: list[str]) -> None:

@@ -131,9 +131,6 @@ def main(argv: list[str]) -> None:
 
 def parse_flags(argv: list[str]) -> list[str]:
     """Parses this binary's flags; a malformed flag is one `error:` line (exit status 2)."""
-    from trainers.cli import own_flags_help
-
-    own_flags_help(argv, __doc__, FLAGS)
     flags.FLAGS(argv[:1])  # absl's own (logging) flags at their defaults
     try:
         return FLAGS(argv)
