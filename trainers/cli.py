@@ -26,6 +26,18 @@ def parse_flags(argv: list[str]) -> list[str]:
         fail(f"{e} (see --helpfull)", status=2)
 
 
+def console_script_help(module: ModuleType, flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Lets `--help` of a console script (`bninception-train`) describe `module`, as under
+    `python -m`: absl's help shows the `__main__` module's docstring and key flags, and a console
+    script's `__main__` is pip's wrapper, which has neither."""
+    main = sys.modules["__main__"]
+    if main is module:
+        return
+    main.__doc__ = module.__doc__
+    for flag in flag_values.get_key_flags_for_module(module.__name__):
+        flag_values.register_key_flag_for_module(sys.argv[0], flag)
+
+
 def no_arguments(argv: list[str]) -> None:
     """Every option is a --flag: positional arguments end the program (exit status 2)."""
     if len(argv) > 1:

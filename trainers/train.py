@@ -53,6 +53,7 @@ TensorBoard: `tensorboard --logdir <model_dir>/logs`.
 from __future__ import annotations
 
 import os
+import sys
 
 # Eager imports: the configuration's registries (optimizers, strategies) load TensorFlow anyway.
 import tensorflow as tf
@@ -62,7 +63,7 @@ from keras_bninception import training
 from keras_bninception.errors import first_line
 from keras_bninception.training import config as config_lib
 from keras_bninception.training import recipes
-from trainers.cli import fail, no_arguments, parse_flags
+from trainers.cli import console_script_help, fail, no_arguments, parse_flags
 
 _D = config_lib.TrainConfig()
 _M, _DATA, _T, _O, _R, _I = _D.model, _D.data, _D.trainer, _D.optimizer, _D.runtime, _D.init
@@ -277,6 +278,7 @@ def summary(config: config_lib.TrainConfig, results: dict) -> str:
 
 def run() -> None:
     """Console-script entry point (`bninception-train`)."""
+    console_script_help(sys.modules[__name__])
     app.run(main, flags_parser=parse_flags)
 
 
