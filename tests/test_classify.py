@@ -82,6 +82,11 @@ def test_every_form_gives_the_same_top_k(forms):
         "saved_model": classify.from_saved_model(forms["saved_model"]),
         "tflite": classify.from_tflite(forms["tflite"]),
     }
+    # The exporter's .tflite files have a serving_default signature: classify runs it by name,
+    # as an app would (get_signature_runner / Android's runSignature).
+    from ai_edge_litert.interpreter import Interpreter
+
+    assert "serving_default" in Interpreter(model_path=forms["tflite"]).get_signature_list()
     expected = _direct(forms["model"], forms["run_preprocess"])
     order = list(np.argsort(-expected)[:5])
     assert expected[order[0]] - expected[order[4]] > 1e-3  # a ranking worth comparing
