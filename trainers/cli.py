@@ -100,7 +100,7 @@ def run_experiment(
         print(plots.MISSING, flush=True)
 
 
-HELP_FLAGS = ("-h", "-?", "--help", "--helpshort", "--helpfull")
+HELP_FLAGS = ("-h", "-help", "-?", "--help", "--helpshort", "--helpfull")
 
 
 def parse_own_flags(flag_values: flags.FlagValues, argv: list[str], usage: str) -> list[str]:

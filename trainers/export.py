@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from absl import app, flags, logging
+
+from trainers.cli import fail, no_arguments, parse_own_flags
 
 if TYPE_CHECKING:
     import numpy as np
@@ -179,36 +180,19 @@ def summary(info: dict, export_dir: str) -> list[str]:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    no_arguments(argv)
     from keras_bninception.export import ExportError
 
     try:
         info = export_from_flags()
     except (ExportError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+        fail(error)
     print("\n".join(summary(info, FLAGS.export_dir)))
 
 
-HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull")
-
-
 def parse_flags(argv: list[str]) -> list[str]:
-    """Parses this binary's flags; a malformed flag is one `error:` line (exit status 2).
-
-    `--help` prints this module's documentation and its flags (absl's help flags live in the
-    global flag set, not in this binary's own).
-    """
-    if any(arg in HELP_FLAGS for arg in argv[1:]):
-        print(f"{__doc__.strip()}\n\nflags:\n{FLAGS.get_help()}")
-        sys.exit(0)
-    flags.FLAGS(argv[:1])  # absl's own (logging) flags at their defaults
-    try:
-        return FLAGS(argv)
-    except flags.Error as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    """Parses this binary's own flags (`trainers.cli.parse_own_flags`)."""
+    return parse_own_flags(FLAGS, argv, __doc__)
 
 
 def run() -> None:
