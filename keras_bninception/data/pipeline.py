@@ -288,7 +288,7 @@ def _try_decode(decode_fn, contents: tf.Tensor, image_size: int) -> tuple[tf.Ten
     failure becomes `False` (so that the caller can name the file) instead of an error. (That
     costs about a millisecond, so it is kept for these files.) The decoding that is kept runs
     outside the branch, on a stand-in image when the file does not decode: a branch around the
-    decoding itself cost about 15 % of the pipeline's throughput on one core
+    decoding itself measured slower on one core
     (`benchmarks/data_pipeline.py --tfrecords`).
     """
     del image_size  # (the stand-in image is preprocessed to the output size like any other)
