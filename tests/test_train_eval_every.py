@@ -14,6 +14,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_multiplexer
 
 from keras_bninception.training import TrainConfig, build_model, load_run_config, run
+from trainers.train import summary
 
 
 def _config(tmp_path, **kwargs) -> TrainConfig:
@@ -75,6 +76,10 @@ def test_eval_every_writes_evaluations_and_keeps_the_best_checkpoint(tmp_path):
     assert best["step"] == best_step and best["top_1_accuracy"] == max(top1)
     assert best["checkpoint"] == os.path.join(model_dir, "best", f"ckpt-{best_step}")
     assert results["best"] == best
+    text = summary(config, results)
+    assert (
+        f"Best evaluation (--eval_every): top-1 {100 * max(top1):.2f}% at step {best_step}" in text
+    )
     assert tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")).endswith("ckpt-6")
     assert len(tf.io.gfile.glob(os.path.join(model_dir, "best", "ckpt-*.index"))) == 1
     # The best checkpoint restores into the run's network, with its step.

@@ -266,6 +266,12 @@ def summary(config: config_lib.TrainConfig, results: dict) -> str:
                 f"Training split (not held out; {ev['split']}, {ev['num_examples']} images): "
                 f"{accuracy}. Set --validation_split to measure held-out accuracy."
             )
+    if results.get("best"):
+        best = results["best"]
+        lines.append(
+            f"Best evaluation (--eval_every): top-1 {100 * best['top_1_accuracy']:.2f}% at step "
+            f"{best['step']}, kept in {best['checkpoint']}"
+        )
     if "train" in results and results["train"].get("train_seconds"):
         lines.append(f"Training time: {results['train']['train_seconds']:.1f} s.")
     lines += [

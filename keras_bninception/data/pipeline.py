@@ -10,14 +10,18 @@ The stream is a deterministic function of (seed, element index):
 - Large TFDS splits are read from their TFRecord files: per epoch, the files in an order keyed by
   (seed, epoch) and blocks of `SHUFFLE_BUFFER` records permuted by (seed, epoch, block). Starting
   at step k skips the files before its block unopened: it reads at most one file and one block,
-  whatever k is (`_record_stream`).
+  whatever k is (`_record_stream`). The files are read by a deterministic parallel interleave
+  (several files at once, in the sequential order) and the next block is gathered while the
+  current one is served.
 - Only datasets that are neither (TFDS formats other than TFRecord, `tfds.testing.mock_data`) are
   one stream with a seeded shuffle buffer, where the skip to step k reads (without decoding) every
   record before it; tf.data combines that shuffle seed with TensorFlow's global seed
   (`tf.random.set_seed`): set the same one (or none) when resuming.
 
-Each element is then decoded and augmented with stateless random ops keyed by (seed, g), so its
-pixels do not depend on the parallelism or on where the pipeline started. With
+Each element is then decoded and augmented in parallel (`map(num_parallel_calls=AUTOTUNE)`), with
+stateless random ops keyed by (seed, g), so its pixels do not depend on the parallelism or on where
+the pipeline started; batches are prefetched. `benchmarks/data_pipeline.py --tfrecords` compares
+the throughput with a plain tf.data reader (docs/data_pipeline.md). With
 `input_context`, pipeline p of n takes global elements g = j * n + p (j = 0, 1, ...): the n
 per-replica batches of step k together hold exactly the elements of step k of a single pipeline with
 the global batch (for in-memory splits).
@@ -26,6 +30,8 @@ the global batch (for in-memory splits).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import io
 import math
 import secrets
 import threading
@@ -261,30 +267,45 @@ def _looks_complete(contents: tf.Tensor) -> tf.Tensor:
     )
 
 
+@functools.cache
+def _stand_in_png() -> bytes:
+    """A valid 8x8 PNG, decoded in place of a file that does not decode (then filtered out or
+    reported): the decoding op then never fails, so it needs no branch around it."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def _try_decode(decode_fn, contents: tf.Tensor, image_size: int) -> tuple[tf.Tensor, tf.Tensor]:
-    """(decode_fn(contents), True), or (zeros, False) when TensorFlow cannot decode the data.
+    """(decode_fn(contents), True), or (an image to discard, False) when TensorFlow cannot
+    decode the data.
 
     A file whose header is an image's can still be cut short (an interrupted copy or download) or
-    carry extra bytes after its end. A file that ends as an image ends is decoded directly; any
-    other is decoded inside a one-element dataset with `ignore_errors`, where a decoding failure
-    becomes `False` (so that the caller can name the file) instead of an error. (That costs about
-    a millisecond, so it is kept for these files.)
+    carry extra bytes after its end. A file that ends as an image ends is taken as decodable; any
+    other is first decoded inside a one-element dataset with `ignore_errors`, where a decoding
+    failure becomes `False` (so that the caller can name the file) instead of an error. (That
+    costs about a millisecond, so it is kept for these files.) The decoding that is kept runs
+    outside the branch, on a stand-in image when the file does not decode: a branch around the
+    decoding itself measured slower on one core
+    (`benchmarks/data_pipeline.py --tfrecords`).
     """
+    del image_size  # (the stand-in image is preprocessed to the output size like any other)
 
     def attempt():
-        attempt = (
+        return (
             tf.data.Dataset.from_tensors(contents)
             .map(lambda c: (decode_fn(c), tf.constant(True)))
             .ignore_errors()
+            .map(lambda _, decoded: decoded)
+            .concatenate(tf.data.Dataset.from_tensors(tf.constant(False)))
+            .take(1)
+            .get_single_element()
         )
-        failed = tf.data.Dataset.from_tensors(
-            (tf.zeros([image_size, image_size, 3]), tf.constant(False))
-        )
-        return attempt.concatenate(failed).take(1).get_single_element()
 
-    return tf.cond(
-        _looks_complete(contents), lambda: (decode_fn(contents), tf.constant(True)), attempt
-    )
+    ok = tf.cond(_looks_complete(contents), lambda: tf.constant(True), attempt)
+    return decode_fn(tf.where(ok, contents, tf.constant(_stand_in_png()))), ok
 
 
 def _counted_unless(ok: tf.Tensor, filename: tf.Tensor, reason: str) -> tf.Tensor:

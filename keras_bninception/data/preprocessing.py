@@ -134,13 +134,6 @@ def preprocess_for_train(
     return _finish_train(image, image_size, seeds, config)
 
 
-def _central_window(shape: tf.Tensor, central_fraction: float) -> tf.Tensor:
-    """[top, left, height, width] of `tf.image.central_crop` (same rounding) on `shape`."""
-    hw = tf.cast(shape[:2], tf.int32)
-    start = tf.cast((tf.cast(hw, tf.float64) * (1.0 - central_fraction)) / 2.0, tf.int32)
-    return tf.concat([start, hw - 2 * start], axis=0)
-
-
 def preprocess_for_eval(
     image: tf.Tensor, image_size: int, config: PreprocessConfig = DEFAULT_CONFIG
 ) -> tf.Tensor:
@@ -210,20 +203,10 @@ def decode_and_preprocess_for_train(
 def decode_and_preprocess_for_eval(
     contents: tf.Tensor, image_size: int, config: PreprocessConfig = DEFAULT_CONFIG
 ) -> tf.Tensor:
-    """`preprocess_for_eval(decode_image(contents), ...)`, decoding only the crop of a JPEG."""
-    if config.upsample_first or config.central_fraction >= 1.0:
-        return preprocess_for_eval(decode_image(contents), image_size, config)
+    """`preprocess_for_eval(decode_image(contents), ...)`: the whole file is decoded.
 
-    def jpeg():
-        window = _central_window(tf.image.extract_jpeg_shape(contents), config.central_fraction)
-        return tf.image.decode_and_crop_jpeg(contents, window, channels=3)
-
-    def other():
-        image = decode_image(contents)
-        return tf.image.central_crop(image, central_fraction=config.central_fraction)
-
-    image = tf.cond(tf.io.is_jpeg(contents), jpeg, other)
-    image.set_shape([None, None, 3])
-    image = _to_signed(_resize(to_float(image), image_size))
-    image.set_shape([image_size, image_size, 3])
-    return image
+    (Decoding only the central crop of a JPEG needs a branch on the format around the decoding,
+    and in a tf.data map on one core that branch measured slower than the decoding it saves:
+    `benchmarks/data_pipeline.py --tfrecords`, docs/data_pipeline.md.)
+    """
+    return preprocess_for_eval(decode_image(contents), image_size, config)
