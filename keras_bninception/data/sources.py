@@ -214,6 +214,16 @@ def find_corrupt_images(images: list[bytes], filenames: list[str]) -> list[tuple
         return [(i, problem) for i, problem in enumerate(problems) if problem is not None]
 
 
+def preprocess_config(dataset: str) -> PreprocessConfig:
+    """The preprocessing of a dataset's images, from its name alone (nothing is read): digits and
+    characters fill their frame like the 8x8 digits (same mild crops, no flip); the rest take
+    ImageNet's."""
+    base = dataset.split("/")[0].split(":")[0]
+    if base == DIGITS or base in FLIP_CHANGES_LABEL:
+        return DIGITS_CONFIG
+    return DEFAULT_CONFIG
+
+
 class Source:
     """A dataset resolved by name; each split is read once (`load` keeps what it returns)."""
 
@@ -581,9 +591,7 @@ class TfdsSource(Source):
                 f"are {keys}, not an Image and a ClassLabel); choose {_choices()}"
             )
         self._builder = builder
-        if base in FLIP_CHANGES_LABEL:
-            # Digits and characters fill their frame like the 8x8 digits: same mild crops, no flip.
-            self.preprocess = DIGITS_CONFIG
+        self.preprocess = preprocess_config(base)
         self._image_key, self._label_key = keys
         self._filename_key = next(
             (k for k in ("file_name", "image/filename", "filename") if k in features), None

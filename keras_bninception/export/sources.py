@@ -146,13 +146,11 @@ def from_model_dir(
 
 
 def run_preprocess_config(config) -> preprocessing.PreprocessConfig:
-    """The evaluation preprocessing of a run's dataset (`config`: its `TrainConfig`)."""
-    from keras_bninception.data import sources as data_sources
+    """The evaluation preprocessing of a run's dataset (`config`: its `TrainConfig`), without
+    reading the data."""
+    from keras_bninception.data.sources import preprocess_config
 
-    base = config.data.dataset.split("/")[0].split(":")[0]
-    if base == data_sources.DIGITS or base in data_sources.FLIP_CHANGES_LABEL:
-        return data_sources.DIGITS_CONFIG
-    return preprocessing.DEFAULT_CONFIG
+    return preprocess_config(config.data.dataset)
 
 
 def from_tf_slim_checkpoint(path: str, image_size: int = 224) -> ExportSource:
