@@ -66,7 +66,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
             trained by Keras' own layer).
         activation: None, or "relu" for BN followed by ReLU as one unit: the output is
             max(BN(x), 0) and, in training mode, one hand-written gradient covers both (ReLU's own
-            forward and backward passes disappear; see `batch_norm_transform`). Weights and their
+            forward and backward passes disappear; see `batch_norm`). Weights and their
             names are the plain layer's. In inference mode it is the affine map then `tf.nn.relu`,
             which converters fuse into the preceding convolution.
         kernels: None (the default), "accelerator" or "cpu": the kernels of the training pass.
