@@ -12,9 +12,6 @@ ARGS   ?= tests
 
 .PHONY: demo test pytest lint bazel-test bench clean
 
-# BN's C++ CPU ops (keras_bninception/layers/cpu_ops.py), built against the venv's TensorFlow.
-CPU_OPS := keras_bninception/layers/_cpu_reductions.so
-
 $(VENV)/.base: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -25,13 +22,7 @@ $(VENV)/.test: $(VENV)/.base
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
-# Without g++ the build fails with a message, and the layer runs its XLA kernels instead (the
-# demo runs; the tests of the ops fail, saying the library is not built).
-$(CPU_OPS): keras_bninception/layers/cpu_reductions.cc keras_bninception/layers/cpu_ops.py $(VENV)/.base
-	$(PY) -m keras_bninception.layers.cpu_ops || \
-		echo "BN's C++ CPU ops were not built (above): the layer runs its XLA kernels" >&2
-
-demo: $(VENV)/.base $(CPU_OPS)
+demo: $(VENV)/.base
 	$(PY) -m trainers.demo
 
 test: lint bazel-test
@@ -40,14 +31,14 @@ lint: $(VENV)/.test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-pytest: $(VENV)/.test $(CPU_OPS)
+pytest: $(VENV)/.test
 	$(PY) -m pytest -q $(ARGS)
 
-bazel-test: $(VENV)/.test $(CPU_OPS)
+bazel-test: $(VENV)/.test
 	./tools/bazel_test.sh $(abspath $(PY))
 
-bench: $(VENV)/.base $(CPU_OPS)
+bench: $(VENV)/.base
 	$(PY) benchmarks/bn_layer.py
 
 clean:
-	rm -rf $(VENV) bazel-* $(CPU_OPS)
+	rm -rf $(VENV) bazel-*

@@ -1,7 +1,7 @@
 """Forward + backward of the project's BatchNormalization against Keras' layer and TF's kernel.
 
     python benchmarks/bn_layer.py [--repeats 15] [--batch 32] [--dtypes float32 bfloat16] [--memory]
-        [--reductions default|cpu-ops|blocked|single]
+        [--kernels cpu|accelerator]
 
 On the BN-Inception activation shapes, training mode, one process: three implementations run
 interleaved (Keras, fused kernel, ours, Keras, ...) so machine noise hits all alike, and the median
@@ -25,9 +25,9 @@ of ⟨y, dy⟩ with respect to x, γ and β for a fixed random dy, as in a netwo
   i.e. 4 such passes. The unit is TensorFlow's multiply op, not the memory's limit: a layer can
   take fewer than 4 of them if it moves data faster than that op does.
 
-"ours, XLA loops" is ours with its reductions in the XLA loops over blocks of rows instead of the
-C++ ops (float32 on CPUs; in bfloat16 ours takes the XLA loops anyway), interleaved with the
-others: "ours vs ours, XLA loops" is what the C++ ops gain.
+"ours, accelerator kernels" is ours constructed with `kernels="accelerator"`: what a GPU runs
+(single reduces, one XLA launch a pass), here on the CPU, interleaved with the others: "ours vs
+ours, accelerator kernels" is what the CPU's blocked reductions gain over it.
 
 "fused vs keras" is the anchor's own speed-up over Keras' layer: how far a hand-written BN can
 get on the machine with TensorFlow's C++ kernels as the bar.
@@ -36,10 +36,8 @@ get on the machine with TensorFlow's C++ kernels as the bar.
 machine's cores it kept busy.
 
 bfloat16 rows run each under the `mixed_bfloat16` policy (x and y in bfloat16, γ, β and the
-statistics in float32). `--reductions` times ours with its reductions done another way than its
-own choice for the device: `cpu-ops` by the C++ ops over blocks of rows (float32; bfloat16 takes
-the XLA loops), `blocked` by the XLA loops over blocks of rows, `single` in one XLA reduce
-(`batch_norm_transform.use_blocked_reductions` and `use_cpu_ops`), to compare them on a machine.
+statistics in float32). `--kernels` gives ours that path instead of the device's (`cpu`: the
+blocked reductions; `accelerator`: single reduces), to compare them on a machine.
 `--memory` measures (with the layer's own choice), in a fresh subprocess per cell, the growth of
 the peak resident memory over one warm-up and three forward + backward runs, minus the inputs. The
 machine's copy bandwidth (NumPy copy between two preallocated arrays, read + write) and float32
@@ -49,7 +47,6 @@ matmul throughput (2048² `tf.matmul`) are printed with the table, to compare ma
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import resource
@@ -65,22 +62,14 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_bninception.layers import BatchNormalization, batch_norm_transform  # noqa: E402
+from keras_bninception.layers import BatchNormalization, kernels  # noqa: E402
 
 SHAPES = [(56, 56, 192), (28, 28, 256), (14, 14, 576), (7, 7, 1024)]
 LAYERS = ("keras", "fused", "ours")  # the BN implementations (one memory column each)
-# "ours, XLA loops": ours traced with `use_cpu_ops(False)`, its reductions the XLA loops over blocks
-# of rows instead of the C++ ops (the same where ours takes the XLA loops anyway: bfloat16).
-XLA_LOOPS = "ours, XLA loops"
-NAMES = (*LAYERS, XLA_LOOPS, "y = 2x")
+# "ours, accelerator kernels": ours with `kernels="accelerator"`, what a GPU runs.
+ACCELERATOR = "ours, accelerator kernels"
+NAMES = (*LAYERS, ACCELERATOR, "y = 2x")
 EPSILON = 1e-3
-# --reductions: the arguments of `batch_norm_transform.use_blocked_reductions` and `use_cpu_ops`.
-REDUCTIONS = {
-    "default": (None, None),
-    "cpu-ops": (True, True),
-    "blocked": (True, False),
-    "single": (False, False),
-}
 
 
 class FusedKernelBN(keras.layers.Layer):
@@ -131,6 +120,9 @@ class TwoPasses(keras.layers.Layer):
         return x * tf.constant(2.0, x.dtype)
 
 
+KERNELS = [None]  # ours' path: --kernels, else the device's
+
+
 def _layer(name: str, dtype: str) -> keras.layers.Layer:
     policy = "mixed_bfloat16" if dtype == "bfloat16" else "float32"
     if name == "keras":
@@ -139,7 +131,9 @@ def _layer(name: str, dtype: str) -> keras.layers.Layer:
         return FusedKernelBN(dtype=policy)
     if name == "y = 2x":
         return TwoPasses(dtype=policy)
-    return BatchNormalization(epsilon=EPSILON, dtype=policy)  # ours, and ours with XLA loops
+    if name == ACCELERATOR:
+        return BatchNormalization(epsilon=EPSILON, dtype=policy, kernels=kernels.ACCELERATOR)
+    return BatchNormalization(epsilon=EPSILON, dtype=policy, kernels=KERNELS[0])
 
 
 def _step_fn(layer: keras.layers.Layer, dy: tf.Tensor):
@@ -228,10 +222,7 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
     parser.add_argument("--memory", action="store_true", help="peak memory, one process a cell")
     parser.add_argument(
-        "--reductions",
-        choices=list(REDUCTIONS),
-        default="default",
-        help="ours' reduction formulation",
+        "--kernels", choices=kernels.PATHS, help="ours' path (default: the device's)"
     )
     parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -259,19 +250,15 @@ def main() -> None:
         "ours cores",
         "one pass ms",
         "ours in passes",
-        "ours, XLA loops ms",
-        "ours vs ours, XLA loops",
+        "ours, accelerator kernels ms",
+        "ours vs ours, accelerator kernels",
     ]
     if args.memory:
         header += ["keras MB", "fused MB", "ours MB"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    blocked, cpu_ops = REDUCTIONS[args.reductions]
-    with (
-        batch_norm_transform.use_blocked_reductions(blocked),
-        batch_norm_transform.use_cpu_ops(cpu_ops),
-    ):
-        _table(args)
+    KERNELS[0] = args.kernels
+    _table(args)
 
 
 def _table(args: argparse.Namespace) -> None:
@@ -284,10 +271,8 @@ def _table(args: argparse.Namespace) -> None:
                 layer = _layer(name, dtype)
                 layer.build(shape)
                 steps[name] = _step_fn(layer, dy)
-                loops = name == XLA_LOOPS  # the switch is read when the step is traced
-                with batch_norm_transform.use_cpu_ops(False) if loops else contextlib.nullcontext():
-                    for _ in range(2):  # trace, compile, warm up
-                        _run(steps[name], x)
+                for _ in range(2):  # trace, compile, warm up
+                    _run(steps[name], x)
             times = {name: [] for name in NAMES}
             cpu_times = {name: [] for name in NAMES}
             for _ in range(args.repeats):
@@ -311,8 +296,8 @@ def _table(args: argparse.Namespace) -> None:
                 f"{cores['ours']:.2f}",
                 f"{ms['y = 2x'] / 2:.1f}",
                 f"{ms['ours'] / (ms['y = 2x'] / 2):.1f}",
-                f"{ms[XLA_LOOPS]:.1f}",
-                f"{ms[XLA_LOOPS] / ms['ours']:.2f}×",
+                f"{ms[ACCELERATOR]:.1f}",
+                f"{ms[ACCELERATOR] / ms['ours']:.2f}×",
             ]
             if args.memory:
                 row += [f"{_memory(name, shape, dtype):.0f}" for name in LAYERS]

@@ -16,8 +16,8 @@ for their normalization (`BNInception(norm_layer=...)`):
 - ours, BN then ReLU: the package's plain `BatchNormalization` followed by a ReLU layer (the
   network before the unit);
 - keras BN: `keras.layers.BatchNormalization`, then ReLU;
-- ours, XLA loops: ours with its float32 reductions in the XLA loops instead of the C++ ops
-  (every call inside `batch_norm_transform.use_cpu_ops(False)`); only if named in `--networks`.
+- ours, accelerator kernels: ours built inside `kernels.use("accelerator")`, what a GPU runs (single
+  reduces, one XLA launch a pass), here on the CPU; only if named in `--networks`.
 
 Each trains with SGD + momentum through one of two paths:
 
@@ -74,14 +74,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from benchmarks.bn_layer import XLA_LOOPS, FusedKernelBN, copy_bandwidth, matmul_flops  # noqa: E402
+from benchmarks.bn_layer import ACCELERATOR, FusedKernelBN, copy_bandwidth, matmul_flops  # noqa: E402
 from keras_bninception import BNInception  # noqa: E402
-from keras_bninception.layers import BatchNormalization, batch_norm_transform  # noqa: E402
+from keras_bninception.layers import BatchNormalization, kernels  # noqa: E402
 from keras_bninception.training import Trainer  # noqa: E402
 from keras_bninception.training.config import TrainerConfig  # noqa: E402
 
 CLASSES = 10
-NETWORKS = ("no BN", "fused kernel", "ours", "ours, BN then ReLU", "keras BN", XLA_LOOPS)
+NETWORKS = ("no BN", "fused kernel", "ours", "ours, BN then ReLU", "keras BN", ACCELERATOR)
 DEFAULT_NETWORKS = NETWORKS[:5]
 # The counting allocator is deterministic: one process of a few steps gives the tensor peak.
 TENSOR_PEAK_STEPS = 3
@@ -107,15 +107,17 @@ def _model(network: str, size: int, policy: str) -> keras.Model:
         "keras BN": keras.layers.BatchNormalization,
     }.get(network, BatchNormalization)
     keras.mixed_precision.set_global_policy(policy)
+    path = kernels.ACCELERATOR if network == ACCELERATOR else None  # read by each layer's init
     try:
-        return BNInception(
-            weights=None,
-            classes=CLASSES,
-            input_shape=(size, size, 3),
-            classifier_activation=None,
-            batch_norm=network != "no BN",
-            norm_layer=norm_layer,
-        )
+        with kernels.use(path):
+            return BNInception(
+                weights=None,
+                classes=CLASSES,
+                input_shape=(size, size, 3),
+                classifier_activation=None,
+                batch_norm=network != "no BN",
+                norm_layer=norm_layer,
+            )
     finally:
         keras.mixed_precision.set_global_policy("float32")
 
@@ -135,15 +137,7 @@ def _step_fn(
 ):
     """A callable running training steps of `network` through `path` (loop: `loop_steps`);
     it returns their time in seconds."""
-    step = _path_step_fn(path, network, size, batch, policy, model_dir, loop_steps)
-    if network != XLA_LOOPS:
-        return step
-
-    def with_xla_loops() -> float:
-        with batch_norm_transform.use_cpu_ops(False):  # read when the step is traced: 1st call
-            return step()
-
-    return with_xla_loops
+    return _path_step_fn(path, network, size, batch, policy, model_dir, loop_steps)
 
 
 def _path_step_fn(path, network, size, batch, policy, model_dir, loop_steps):
@@ -400,8 +394,6 @@ def _category(op: str) -> str:
     if op == _XLA_RUN:  # without --jit_compile, only the BN layers' kernels are XLA computations
         return "BN kernels (XLA: forward, backward; with ReLU in the unit)"
     name, _, op_type = op.rpartition(":")
-    if "KerasBnInception" in op_type:
-        return "BN kernels (ours' C++ ops: the two reductions)"
     if "FusedBatchNorm" in op_type:
         return "BN kernels (TensorFlow's fused C++ ops)"
     if "_BatchNorm" in name:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 
 import keras
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_bninception.layers import BatchNormalization, batch_norm_transform
+from keras_bninception.layers import BatchNormalization, batch_norm, kernels
 
 # (input shape, feature axis): dense, channels-last conv, channels-first conv.
 LAYOUTS = [((16, 5), -1), ((4, 6, 5, 3), -1), ((4, 3, 6, 5), 1)]
@@ -90,9 +91,9 @@ def test_gradient_equals_autodiff_of_textbook_formula(shape, axis):
     beta = _random([channels], seed=5)
     with tf.GradientTape(persistent=True) as tape:
         tape.watch([x, gamma, beta])
-        y_hand = batch_norm_transform.batch_norm_train(
-            x, gamma, beta, axis=axis % len(shape), epsilon=1e-3
-        )[0]
+        y_hand = batch_norm.batch_norm_train(x, gamma, beta, axis=axis % len(shape), epsilon=1e-3)[
+            0
+        ]
         y_auto = _textbook(x, gamma, beta, axis, 1e-3)
         loss_hand, loss_auto = _loss(y_hand), _loss(y_auto)
     np.testing.assert_allclose(y_hand, y_auto, atol=1e-5)
@@ -111,7 +112,7 @@ def test_gradient_equals_the_papers_chain_in_float64():
     dy = _random([12, 4], seed=9, dtype="float64")
     with tf.GradientTape() as tape:
         tape.watch([x, gamma, beta])
-        y = batch_norm_transform.batch_norm_train(x, gamma, beta, axis=1, epsilon=1e-3)[0]
+        y = batch_norm.batch_norm_train(x, gamma, beta, axis=1, epsilon=1e-3)[0]
     dx, dgamma, dbeta = tape.gradient(y, [x, gamma, beta], output_gradients=dy)
     ref = _paper_chain(x.numpy(), gamma.numpy(), dy.numpy(), 1e-3)
     for a, b in zip((dx, dgamma, dbeta), ref, strict=True):
@@ -125,7 +126,7 @@ def test_gradient_equals_float64_numerical_gradient(shape, axis):
     beta = _random([shape[axis]], seed=12, dtype="float64")
 
     def f(x, gamma, beta):
-        y = batch_norm_transform.batch_norm_train(x, gamma, beta, axis=axis, epsilon=1e-3)[0]
+        y = batch_norm.batch_norm_train(x, gamma, beta, axis=axis, epsilon=1e-3)[0]
         return tf.sin(y) * y  # a non-linear head, so ∂ℓ/∂y is not constant
 
     theoretical, numerical = tf.test.compute_gradient(f, [x, gamma, beta], delta=1e-6)
@@ -136,7 +137,7 @@ def test_gradient_equals_float64_numerical_gradient(shape, axis):
 def test_spec_identities_and_identity_recovery():
     x = _random([64, 3], mean=5.0, std=2.0, seed=13)
     eps = 1e-3
-    y, mean, var, count = batch_norm_transform.batch_norm_train(
+    y, mean, var, count = batch_norm.batch_norm_train(
         x, tf.ones([3]), tf.zeros([3]), axis=1, epsilon=eps
     )
     assert float(count) == 64
@@ -147,16 +148,14 @@ def test_spec_identities_and_identity_recovery():
     np.testing.assert_allclose(mean, x.numpy().mean(0), rtol=1e-5)
     np.testing.assert_allclose(var, x.numpy().astype("float64").var(0), rtol=1e-5)
     # γ = sqrt(σ²_B + ε), β = μ_B recovers the identity y = x.
-    y_id = batch_norm_transform.batch_norm_train(x, tf.sqrt(var + eps), mean, axis=1, epsilon=eps)[
-        0
-    ]
+    y_id = batch_norm.batch_norm_train(x, tf.sqrt(var + eps), mean, axis=1, epsilon=eps)[0]
     np.testing.assert_allclose(y_id, x, rtol=1e-5, atol=1e-5)
 
 
 def test_large_mean_keeps_variance_precision():
     # Mean 1e4, std 1: E[x²] − E[x]² would lose every digit of σ² in float32 (ulp(1e8) = 8).
     x = _random([4, 8, 8, 2], mean=1e4, std=1.0, seed=14)
-    _, mean, var, _ = batch_norm_transform.batch_norm_train(
+    _, mean, var, _ = batch_norm.batch_norm_train(
         x, tf.ones([2]), tf.zeros([2]), axis=3, epsilon=1e-3
     )
     x64 = x.numpy().astype("float64").reshape(-1, 2)
@@ -168,12 +167,12 @@ def test_kernels_serve_both_views_after_many_shapes():
     # Channels-first inputs use the [A, C, B] view, dense ones [m, C]: after several shapes of one,
     # the compiled kernels must still reduce the right axes of the other.
     for shape in ([2, 3, 4, 5], [3, 3, 5, 6], [4, 3, 6, 7], [5, 3, 7, 8]):
-        batch_norm_transform.batch_norm_train(
+        batch_norm.batch_norm_train(
             _random(shape, seed=16), tf.ones([3]), tf.zeros([3]), axis=1, epsilon=1e-3
         )
     for rows in (4, 5, 6):
         x = _random([rows, 2], seed=17)
-        _, mean, var, _ = batch_norm_transform.batch_norm_train(
+        _, mean, var, _ = batch_norm.batch_norm_train(
             x, tf.ones([2]), tf.zeros([2]), axis=1, epsilon=1e-3
         )
         np.testing.assert_allclose(mean, x.numpy().mean(0), rtol=1e-5, atol=1e-6)
@@ -246,9 +245,7 @@ def test_mask_statistics_and_gradient():
     beta = _random([4], seed=23, dtype="float64")
 
     def f(x, gamma, beta):
-        y = batch_norm_transform.batch_norm_train(x, gamma, beta, axis=2, epsilon=1e-3, mask=mask)[
-            0
-        ]
+        y = batch_norm.batch_norm_train(x, gamma, beta, axis=2, epsilon=1e-3, mask=mask)[0]
         return tf.sin(y) * y
 
     theoretical, numerical = tf.test.compute_gradient(f, [x64, gamma, beta], delta=1e-6)
@@ -304,17 +301,18 @@ def test_mixed_precision_dtypes(policy):
     assert np.all(np.isfinite(tf.cast(dx, "float32")))
 
 
-def test_xla_and_op_by_op_kernels_agree():
-    x = _random([4, 5, 5, 6], mean=1.0, seed=26)
+@pytest.mark.parametrize("path", kernels.PATHS)
+@pytest.mark.parametrize("relu", [False, True])
+def test_compiled_kernels_equal_the_reference_steps(path, relu):
+    # Each path's compiled passes against `batch_norm`'s steps run op by op (the reference).
+    x = tf.reshape(_random([4, 5, 5, 6], mean=1.0, seed=26), [-1, 6])
     gamma, beta = _random([6], mean=1.0, seed=27), _random([6], seed=28)
-    outputs = []
-    for enabled in (True, False):
-        with batch_norm_transform.use_xla(enabled), tf.GradientTape() as tape:
-            tape.watch([x, gamma, beta])
-            y = batch_norm_transform.batch_norm_train(x, gamma, beta, axis=3, epsilon=1e-3)[0]
-            loss = _loss(y)
-        outputs.append([y, *tape.gradient(loss, [x, gamma, beta])])
-    for a, b in zip(*outputs, strict=True):
+    dy = _random([100, 6], seed=29)
+    y_ref, s_ref = batch_norm.forward(x, None, gamma, beta, 1e-3, relu)
+    y, s = kernels.forward(path, x, None, gamma, beta, 1e-3, relu)
+    grads_ref = batch_norm.backward(dy, x, None, s_ref, relu)
+    grads = kernels.backward(path, dy, x, None, s, relu)
+    for a, b in zip([y, *s[:4], *grads], [y_ref, *s_ref[:4], *grads_ref], strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
@@ -401,7 +399,8 @@ def test_synchronized_mirrored_strategy_equals_one_device_on_global_batch(logica
         ({"gamma_initializer": "no_such_init"}, ["gamma_initializer", "'ones'"]),
         ({"beta_regularizer": "l3"}, ["beta_regularizer", "'l2'"]),
         ({"gamma_constraint": "bogus"}, ["gamma_constraint", "'non_neg'"]),
-        ({"renorm": True}, ["renorm", "renorm=False"]),
+        ({"kernels": "gpu"}, ["kernels", "'accelerator'"]),
+        ({"renorm": True, "renorm_clipping": {"rmin": 2.0, "rmax": 1.0}}, ["rmax", "rmin"]),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_accepted_values(kwargs, words):
@@ -442,22 +441,20 @@ def test_inference_folds_into_the_convolution_for_tflite(unit):
     np.testing.assert_allclose(y, model(x, training=False), atol=1e-5)
 
 
-@pytest.mark.parametrize("cpu_ops", [False, True], ids=["xla loops", "C++ ops"])
 @pytest.mark.parametrize("relu", [False, True])
-def test_blocked_and_single_reduce_formulations_agree(relu, cpu_ops):
+def test_blocked_and_single_reduce_formulations_agree(relu):
     # 512 features: blocks of 64 rows; m = 2·9·11 = 198 rows, so three full blocks, one in the
-    # first part, two in the second with the 6-row rest. The C++ ops: 32-row blocks in 2 chunks.
+    # first part, two in the second with the 6-row rest.
     x = _random([2, 9, 11, 512], mean=1.0, std=2.0, seed=32)
     gamma, beta = _random([512], mean=1.0, seed=33), _random([512], seed=34)
     outputs = []
     for blocked in (True, False):
         with (
-            batch_norm_transform.use_blocked_reductions(blocked),
-            batch_norm_transform.use_cpu_ops(cpu_ops),
+            kernels.use(kernels.CPU if blocked else kernels.ACCELERATOR),
             tf.GradientTape() as tape,
         ):
             tape.watch([x, gamma, beta])
-            y, mean, var, count = batch_norm_transform.batch_norm_train(
+            y, mean, var, count = batch_norm.batch_norm_train(
                 x, gamma, beta, axis=3, epsilon=1e-3, relu=relu
             )
             loss = _loss(y)
@@ -476,7 +473,7 @@ def test_blocked_parts_share_the_full_blocks_each_once(rows, parts):
     x = _random([rows, 512], mean=3.0, seed=36)
     x64 = x.numpy().astype("float64")
     for p, (begin, end) in enumerate(parts):
-        n, total, ssd = batch_norm_transform._blocked_moments(x, tf.constant(p), tf.float32)
+        n, total, ssd = kernels._blocked_moments(x, tf.constant(p), tf.float32)
         part = x64[begin:end]
         deviations = part - part.mean(0) if len(part) else part
         assert n == end - begin
@@ -484,17 +481,14 @@ def test_blocked_parts_share_the_full_blocks_each_once(rows, parts):
         np.testing.assert_allclose(ssd, (deviations**2).sum(0), rtol=1e-5)
 
 
-@pytest.mark.parametrize("cpu_ops", [False, True], ids=["xla loops", "C++ ops"])
 @pytest.mark.parametrize("rows", [199, 192, 40, 1])
-def test_blocked_statistics_count_every_row_once(rows, cpu_ops):
-    # The parts' full blocks and the rest (7, none, or all 40 rows) make up μ_B and σ²_B; the
-    # C++ ops' chunks and their last, shorter block too.
+def test_blocked_statistics_count_every_row_once(rows):
+    # The parts' full blocks and the rest (7, none, or all 40 rows) make up μ_B and σ²_B.
     x = _random([rows, 512], mean=3.0, std=2.0, seed=37)
     with (
-        batch_norm_transform.use_blocked_reductions(True),
-        batch_norm_transform.use_cpu_ops(cpu_ops),
+        kernels.use(kernels.CPU),
     ):
-        _, mean, var, count = batch_norm_transform.batch_norm_train(
+        _, mean, var, count = batch_norm.batch_norm_train(
             x, tf.ones([512]), tf.zeros([512]), axis=1, epsilon=1e-3
         )
     x64 = x.numpy().astype("float64")
@@ -506,11 +500,11 @@ def test_blocked_statistics_count_every_row_once(rows, cpu_ops):
 def test_kernels_are_traced_once_for_every_shape():
     # A traced kernel stays in memory as long as the process runs, while XLA compiles per shape
     # anyway: layers of every shape (channels included) share one traced function a kernel.
-    kernels = [
-        batch_norm_transform._blocked_moments,
-        batch_norm_transform._blocked_normalize,
-        batch_norm_transform._blocked_grad_sums,
-        batch_norm_transform._blocked_grad_input,
+    compiled = [
+        kernels._blocked_moments,
+        kernels._blocked_transform,
+        kernels._blocked_grad_sums,
+        kernels._blocked_grad_input,
     ]
 
     def forward_backward(shape, seed):
@@ -518,7 +512,7 @@ def test_kernels_are_traced_once_for_every_shape():
         gamma, beta = tf.ones(shape[-1:]), tf.zeros(shape[-1:])
         with tf.GradientTape() as tape:
             tape.watch(x)
-            y, mean, var, _ = batch_norm_transform.batch_norm_train(
+            y, mean, var, _ = batch_norm.batch_norm_train(
                 x, gamma, beta, axis=3, epsilon=1e-3, relu=True
             )
         assert tape.gradient(y, x).shape == shape
@@ -526,16 +520,15 @@ def test_kernels_are_traced_once_for_every_shape():
         np.testing.assert_allclose(mean, x64.mean(0), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(var, x64.var(0), rtol=1e-5)
 
-    with batch_norm_transform.use_blocked_reductions(True), batch_norm_transform.use_cpu_ops(False):
+    with kernels.use(kernels.CPU):
         forward_backward([2, 3, 3, 8], seed=47)
-        traced = [len(kernel.traced) for kernel in kernels]
+        traced = [len(kernel.traced) for kernel in compiled]
         forward_backward([3, 5, 5, 24], seed=48)
         forward_backward([1, 9, 9, 1024], seed=49)
-    assert [len(kernel.traced) for kernel in kernels] == traced
+    assert [len(kernel.traced) for kernel in compiled] == traced
 
 
-@pytest.mark.parametrize("cpu_ops", [False, True], ids=["xla loops", "C++ ops"])
-def test_blocked_reductions_add_few_ops_to_a_traced_step(cpu_ops):
+def test_blocked_reductions_add_few_ops_to_a_traced_step():
     # Every op of a traced training step costs memory and time when it is traced and first run;
     # a BN layer is called ~70 times in BN-Inception. The blocked path's glue (its parts' merge,
     # the statistics) lives inside its kernels or ops: it adds only its extra calls to the graph.
@@ -544,14 +537,13 @@ def test_blocked_reductions_add_few_ops_to_a_traced_step(cpu_ops):
         def step(x):
             with tf.GradientTape() as tape:
                 tape.watch(x)
-                y = batch_norm_transform.batch_norm_train(
+                y = batch_norm.batch_norm_train(
                     x, tf.ones([64]), tf.zeros([64]), axis=3, epsilon=1e-3, relu=True
                 )[0]
             return tape.gradient(y, x)
 
         with (
-            batch_norm_transform.use_blocked_reductions(blocked),
-            batch_norm_transform.use_cpu_ops(cpu_ops),
+            kernels.use(kernels.CPU if blocked else kernels.ACCELERATOR),
         ):
             graph = step.get_concrete_function(tf.TensorSpec([2, 4, 4, 64])).graph
         return len(graph.as_graph_def().node)
@@ -560,13 +552,54 @@ def test_blocked_reductions_add_few_ops_to_a_traced_step(cpu_ops):
     assert blocked <= single + 12, (blocked, single)
 
 
-def test_reduction_formulation_by_default_blocked_on_cpu():
-    choose = batch_norm_transform._blocked_reductions  # read when a kernel is traced
-    assert choose() == (not tf.config.list_logical_devices("GPU"))
-    with batch_norm_transform.use_blocked_reductions(False):  # an explicit choice wins
-        assert not choose()
-        with batch_norm_transform.use_blocked_reductions(None):
-            assert choose() == (not tf.config.list_logical_devices("GPU"))
+def test_kernels_follow_the_device_and_the_scope():
+    x = tf.ones([2, 3])
+    assert kernels.path_for(x) == kernels.CPU  # eager: x's device
+    seen = []
+
+    @tf.function
+    def traced(x):
+        seen.append(kernels.path_for(x))
+        return x
+
+    with tf.device("/device:CPU:0"):
+        traced(x)
+    with kernels.use(kernels.ACCELERATOR):  # forced, also for the layers constructed here
+        assert kernels.path_for(x) == kernels.ACCELERATOR
+        assert kernels.path_for(x, kernels.CPU) == kernels.CPU  # an explicit argument wins
+        layer = BatchNormalization()
+        tf.function(traced.python_function)(x)
+        with concurrent.futures.ThreadPoolExecutor(1) as thread:  # another thread: not forced
+            assert thread.submit(kernels.path_for, x).result() == kernels.CPU
+        with kernels.use(None):
+            assert kernels.path_for(x) == kernels.CPU
+    assert seen == [kernels.CPU, kernels.ACCELERATOR]
+    assert kernels.forced() is None and layer.kernels == kernels.ACCELERATOR
+    assert BatchNormalization().kernels is None
+    with pytest.raises(
+        ValueError, match="kernels must be None, 'accelerator' or 'cpu'; received 'gpu'"
+    ):
+        BatchNormalization(kernels="gpu")
+
+
+def test_accelerator_kernels_hold_no_loop_and_cpu_kernels_do():
+    # What a GPU runs is single reduces; the CPU's blocked reductions are XLA while-loops.
+    def ops(path):
+        @tf.function
+        def step(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = batch_norm.batch_norm_train(
+                    x, tf.ones([64]), tf.zeros([64]), axis=3, epsilon=1e-3, kernels=path
+                )[0]
+            return tape.gradient(y, x)
+
+        graph = step.get_concrete_function(tf.TensorSpec([2, 4, 4, 64])).graph.as_graph_def()
+        functions = graph.library.function
+        return {n.op for f in functions for n in f.node_def} | {n.op for n in graph.node}
+
+    assert not {"While", "StatelessWhile"} & ops(kernels.ACCELERATOR)
+    assert {"While", "StatelessWhile"} & ops(kernels.CPU)
 
 
 def test_blocked_bfloat16_blocks_are_read_exactly():
@@ -574,9 +607,9 @@ def test_blocked_bfloat16_blocks_are_read_exactly():
     # statistics must be those of the same values given in float32, bit for bit.
     x = tf.cast(_random([2, 9, 11, 512], mean=2.0, std=3.0, seed=45), "bfloat16")
     ones, zeros = tf.ones([512]), tf.zeros([512])
-    with batch_norm_transform.use_blocked_reductions(True), batch_norm_transform.use_cpu_ops(False):
+    with kernels.use(kernels.CPU):
         half, full = (
-            batch_norm_transform.batch_norm_train(v, ones, zeros, axis=3, epsilon=1e-3)
+            batch_norm.batch_norm_train(v, ones, zeros, axis=3, epsilon=1e-3)
             for v in (x, tf.cast(x, "float32"))
         )
     assert half[0].dtype == "bfloat16"
@@ -584,16 +617,14 @@ def test_blocked_bfloat16_blocks_are_read_exactly():
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("cpu_ops", [False, True], ids=["xla loops", "C++ ops"])
-def test_blocked_moments_keep_variance_precision_at_large_mean(cpu_ops):
+def test_blocked_moments_keep_variance_precision_at_large_mean():
     # Mean 1e4, std 1, m = 189: one block in the first part, one and a 61-row rest in the second
-    # (the C++ ops: two chunks of 32-row blocks): merging blocks and parts must not lose σ².
+    # merging blocks and parts must not lose σ².
     x = _random([3, 7, 9, 512], mean=1e4, std=1.0, seed=35)
     with (
-        batch_norm_transform.use_blocked_reductions(True),
-        batch_norm_transform.use_cpu_ops(cpu_ops),
+        kernels.use(kernels.CPU),
     ):
-        _, mean, var, _ = batch_norm_transform.batch_norm_train(
+        _, mean, var, _ = batch_norm.batch_norm_train(
             x, tf.ones([512]), tf.zeros([512]), axis=3, epsilon=1e-3
         )
     x64 = x.numpy().astype("float64").reshape(-1, 512)
@@ -631,7 +662,7 @@ def _bn_relu_reference(x, gamma, beta, axis, epsilon, moving=None):
 
 
 @pytest.mark.parametrize("shape,axis", LAYOUTS)
-@pytest.mark.parametrize("mode", ["training", "training, one reduce", "inference"])
+@pytest.mark.parametrize("mode", ["training, cpu", "training, accelerator", "inference"])
 def test_bn_relu_unit_gradient_equals_autodiff_of_float64_reference(shape, axis, mode):
     x, gamma, beta = _at_the_kink(shape, axis, "float64")
     unit = BatchNormalization(axis=axis, activation="relu", dtype="float64")
@@ -640,9 +671,9 @@ def test_bn_relu_unit_gradient_equals_autodiff_of_float64_reference(shape, axis,
     moving = (np.zeros(channels), np.random.default_rng(41).uniform(0.5, 2.0, channels))
     unit.set_weights([gamma, beta, *moving])
     training = mode != "inference"
-    blocked = None if mode == "training" else False
+    path = kernels.ACCELERATOR if mode == "training, accelerator" else kernels.CPU
     with (
-        batch_norm_transform.use_blocked_reductions(blocked),
+        kernels.use(path),
         tf.GradientTape(persistent=True) as tape,
     ):
         tape.watch(x)
@@ -699,7 +730,7 @@ def test_bn_relu_unit_mixed_precision(policy, blocked):
     unit = BatchNormalization(dtype=policy, activation="relu")
     x = tf.cast(_random([2, 9, 11, 512], mean=2.0, seed=44), half)
     weights = tf.cast(tf.range(512) % 3, "float32")
-    with batch_norm_transform.use_blocked_reductions(blocked), tf.GradientTape() as tape:
+    with kernels.use(kernels.CPU if blocked else kernels.ACCELERATOR), tf.GradientTape() as tape:
         tape.watch(x)
         z = unit(x, training=True)
         loss = tf.reduce_sum(tf.cast(z, "float32") * weights)
@@ -722,3 +753,108 @@ def test_bn_relu_unit_argument_and_round_trip():
         BatchNormalization(activation="gelu")
     config = BatchNormalization(activation="relu").get_config()
     assert BatchNormalization.from_config(config).activation == "relu"
+
+
+# Masks with the feature axis anywhere, and Batch Renormalization.
+
+
+@pytest.mark.parametrize("path", kernels.PATHS)
+@pytest.mark.parametrize(
+    "shape,axis,mask_shape",
+    [((3, 4, 5), 1, (3, 4)), ((2, 3, 4, 5), 1, (2, 3, 1)), ((2, 3, 4, 5), 3, (2, 1, 4))],
+)
+def test_masks_on_any_axis_equal_autodiff_of_the_float64_reference(path, shape, axis, mask_shape):
+    # Keras' semantics: the mask gets a trailing axis and is broadcast to x, so with axis=1 it
+    # varies along the features (each feature its own m).
+    rng = np.random.default_rng(50)
+    mask = tf.constant(rng.random(mask_shape) > 0.3)
+    x = _random(shape, mean=1.0, std=2.0, seed=51, dtype="float64")
+    gamma = _random([shape[axis]], mean=1.0, std=0.5, seed=52, dtype="float64")
+    beta = _random([shape[axis]], seed=53, dtype="float64")
+    w = tf.broadcast_to(tf.cast(mask, "float64")[..., None], shape)
+    reduce = [a for a in range(len(shape)) if a != axis]
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([x, gamma, beta])
+        y, mean, var, _ = batch_norm.batch_norm_train(
+            x, gamma, beta, axis=axis, epsilon=1e-3, mask=mask, kernels=path
+        )
+        m = tf.maximum(tf.reduce_sum(w, reduce, keepdims=True), 1)
+        mu = tf.reduce_sum(w * x, reduce, keepdims=True) / m
+        sigma2 = tf.reduce_sum(w * tf.square(x - mu), reduce, keepdims=True) / m
+        shape_c = [1] * len(shape)
+        shape_c[axis] = -1
+        y_ref = tf.reshape(gamma, shape_c) * (x - mu) / tf.sqrt(sigma2 + 1e-3)
+        y_ref = y_ref + tf.reshape(beta, shape_c)
+        loss, loss_ref = _loss(y), _loss(y_ref)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(mean, tf.reshape(mu, [-1]), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(var, tf.reshape(sigma2, [-1]), rtol=1e-12, atol=1e-12)
+    for a, b in zip(
+        tape.gradient(loss, [x, gamma, beta]),
+        tape.gradient(loss_ref, [x, gamma, beta]),
+        strict=True,
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("path", kernels.PATHS)
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("clipping", [{}, {"rmin": 0.8, "rmax": 1.2, "dmax": 0.1}])
+def test_renorm_gradient_equals_autodiff_in_float64(path, relu, clipping):
+    # Batch Renormalization: y = γ (x̂ r + d) + β with r, d constants of the backward
+    # (stop_gradient, as Keras' layer does); the hand-written chain against autodiff.
+    shape = (6, 3, 4, 5)
+    x = _random(shape, mean=1.0, std=2.0, seed=54, dtype="float64")
+    gamma = _random([5], mean=1.0, std=0.5, seed=55, dtype="float64")
+    beta = _random([5], seed=56, dtype="float64")
+    moving_mean = _random([5], seed=57, dtype="float64")
+    moving_stddev = tf.abs(_random([5], mean=2.0, seed=58, dtype="float64"))
+    renorm = batch_norm.Renorm(moving_mean, moving_stddev, **clipping)
+    eps = 1e-3
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([x, gamma, beta])
+        y = batch_norm.batch_norm_train(
+            x, gamma, beta, axis=3, epsilon=eps, renorm=renorm, relu=relu, kernels=path
+        )[0]
+        mu, sigma2 = tf.nn.moments(x, [0, 1, 2])
+        sigma = tf.sqrt(sigma2 + eps)
+        r = tf.stop_gradient(
+            tf.clip_by_value(
+                sigma / moving_stddev, clipping.get("rmin", 0), clipping.get("rmax", 1e9)
+            )
+        )
+        d = tf.stop_gradient((mu - moving_mean) / moving_stddev)
+        if "dmax" in clipping:
+            d = tf.clip_by_value(d, -clipping["dmax"], clipping["dmax"])
+        y_ref = gamma * ((x - mu) / sigma * r + d) + beta
+        y_ref = tf.nn.relu(y_ref) if relu else y_ref
+        loss, loss_ref = _loss(y + 1.0), _loss(y_ref + 1.0)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+    assert not np.allclose(r, 1.0) and not np.allclose(d, 0.0)  # the correction is not trivial
+    for a, b in zip(
+        tape.gradient(loss, [x, gamma, beta]),
+        tape.gradient(loss_ref, [x, gamma, beta]),
+        strict=True,
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_renorm_layer_updates_keras_statistics_and_round_trips():
+    ours, ref = (
+        cls(renorm=True, renorm_momentum=0.5, momentum=0.8, renorm_clipping={"rmax": 2.0})
+        for cls in (BatchNormalization, keras.layers.BatchNormalization)
+    )
+    x = _random([16, 4], mean=2.0, std=3.0, seed=59)
+    for layer in (ours, ref):
+        for _ in range(2):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = _loss(layer(x, training=True))
+            layer.grads = tape.gradient(loss, [x, *layer.trainable_weights])
+    for a, b in zip(ours.weights, ref.weights, strict=True):
+        assert a.path.split("/")[-1] == b.path.split("/")[-1]
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(ours.grads, ref.grads, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    config = ours.get_config()
+    assert BatchNormalization.from_config(config).get_config() == config

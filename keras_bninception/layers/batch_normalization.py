@@ -4,13 +4,15 @@ Constructor arguments, weights (`gamma`, `beta`, `moving_mean`, `moving_variance
 `get_config` and the training/inference rules are Keras' own (the layer subclasses Keras' and reuses
 its `build`); what differs is `call`:
 
-- Training (`training=True` and the layer trainable): `batch_norm_transform.batch_norm_train`, the
-  paper's Algorithm 1 with the backward written by hand (`tf.custom_gradient`).
+- Training (`training=True` and the layer trainable): `batch_norm.batch_norm_train`, the paper's
+  Algorithm 1 with the backward written by hand (`tf.custom_gradient`), Batch Renormalization's
+  r and d included (`renorm=True`), on the kernels of the device it runs on (`kernels`).
 - Inference (`training=False`, or `trainable=False`, the Keras rule for frozen BN): the plain affine
   map y = γ/sqrt(Var[x] + ε) · x + (β − γ E[x]/sqrt(Var[x] + ε)) of Algorithm 2, line 11, with the
   moving statistics; no custom gradient, so converters (TFLite) fold it into the preceding conv.
 
-Moving statistics follow Keras: moving = moving · momentum + batch · (1 − momentum). For the
+Moving statistics follow Keras: moving = moving · momentum + batch · (1 − momentum) (with `renorm`,
+Keras' moving σ and renorm averages too). For the
 variance the batch value is, by default, the biased σ²_B Keras keeps (so weights trained with
 Keras' layer and this one mean the same thing); `population_variance=True` uses the paper's
 unbiased m/(m−1) · σ²_B (Algorithm 2, line 10), which matters for small m (dense layers, small
@@ -24,7 +26,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from keras_bninception.layers.batch_norm_transform import batch_norm_train
+from keras_bninception.layers import kernels as bn_kernels
+from keras_bninception.layers.batch_norm import Renorm, batch_norm_train
 
 
 def _checked(kind: str, getter, name: str, value: Any) -> Any:
@@ -46,6 +49,11 @@ _EXAMPLES = {
 }
 
 
+def _moving_average(moving, batch: tf.Tensor, momentum: float) -> tf.Tensor:
+    """moving · momentum + batch · (1 − momentum), in the moving variable's dtype."""
+    return moving * momentum + tf.cast(batch, moving.dtype) * (1.0 - momentum)
+
+
 @keras.saving.register_keras_serializable(package="keras_bninception")
 class BatchNormalization(keras.layers.BatchNormalization):
     """Batch Normalization (Ioffe & Szegedy 2015) with the paper's hand-written backward.
@@ -58,15 +66,24 @@ class BatchNormalization(keras.layers.BatchNormalization):
             trained by Keras' own layer).
         activation: None, or "relu" for BN followed by ReLU as one unit: the output is
             max(BN(x), 0) and, in training mode, one hand-written gradient covers both (ReLU's own
-            forward and backward passes disappear; see `batch_norm_transform`). Weights and their
+            forward and backward passes disappear; see `batch_norm`). Weights and their
             names are the plain layer's. In inference mode it is the affine map then `tf.nn.relu`,
             which converters fuse into the preceding convolution.
+        kernels: None (the default), "accelerator" or "cpu": the kernels of the training pass.
+            None takes `kernels.use`'s path if the layer is constructed inside one, else the
+            path of the device the layer runs on when traced. A setting of the process, not of
+            the model: not in `get_config`.
 
     `synchronized=True` computes μ_B, σ²_B and the backward's two sums over the global batch of a
     `tf.distribute` strategy (one all-reduce each), so N replicas train as one device would on the
     global batch, and the moving statistics stay identical on every replica.
 
-    `renorm=True` (Batch Renormalization, a later paper) is not implemented here.
+    `renorm=True` is Batch Renormalization (Ioffe 2017) as Keras has it (`renorm_clipping`,
+    `renorm_momentum`, the weights `moving_stddev`, `renorm_mean`, `renorm_stddev`), with r and d
+    constants of the hand-written backward.
+
+    Masks follow Keras: a mask of rank rank − 1, a trailing axis added and broadcast to the input
+    (any `axis`); masked values stay out of μ_B and σ²_B.
     """
 
     def __init__(
@@ -90,6 +107,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
         synchronized: bool = False,
         population_variance: bool = False,
         activation: str | None = None,
+        kernels: str | None = None,
         **kwargs: Any,
     ) -> None:
         if isinstance(axis, bool) or not isinstance(axis, int):
@@ -109,12 +127,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
                 f"activation must be None or 'relu' (BN + ReLU as one unit); "
                 f"received activation={activation!r}"
             )
-        if renorm:
-            raise ValueError(
-                "renorm=True (Batch Renormalization) is not supported by "
-                "keras_bninception's BatchNormalization; accepted: renorm=False. Use "
-                "keras.layers.BatchNormalization(renorm=True) for it."
-            )
+        bn_kernels.check_path(kernels)
         for name, value in (
             ("beta_initializer", beta_initializer),
             ("gamma_initializer", gamma_initializer),
@@ -146,7 +159,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
             gamma_regularizer=gamma_regularizer,
             beta_constraint=beta_constraint,
             gamma_constraint=gamma_constraint,
-            renorm=False,
+            renorm=renorm,
             renorm_clipping=renorm_clipping,
             renorm_momentum=renorm_momentum,
             synchronized=synchronized,
@@ -154,6 +167,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
         )
         self.population_variance = bool(population_variance)
         self.activation = activation
+        self.kernels = kernels or bn_kernels.forced()
 
     def build(self, input_shape) -> None:
         rank = len(input_shape)
@@ -189,6 +203,16 @@ class BatchNormalization(keras.layers.BatchNormalization):
         beta = tf.cast(self.beta, stats_dtype) if self.center else tf.zeros([channels], stats_dtype)
 
         if training and self.trainable:
+            renorm = None
+            if self.renorm:
+                clipping = self.renorm_clipping or {}
+                renorm = Renorm(
+                    tf.cast(self.renorm_mean, stats_dtype),
+                    tf.cast(self.renorm_stddev, stats_dtype),
+                    clipping.get("rmin"),
+                    clipping.get("rmax"),
+                    clipping.get("dmax"),
+                )
             outputs, mean, variance, count = batch_norm_train(
                 inputs,
                 gamma,
@@ -198,12 +222,16 @@ class BatchNormalization(keras.layers.BatchNormalization):
                 mask=mask,
                 synchronized=self.synchronized,
                 relu=self.activation == "relu",
+                renorm=renorm,
+                kernels=self.kernels,
             )
             if self.population_variance:  # Algorithm 2, line 10: Var[x] = m/(m−1) · E_B[σ²_B]
                 variance = variance * count / tf.maximum(count - 1.0, 1.0)
-            momentum = self.momentum
-            for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
-                moving.assign(moving * momentum + tf.cast(batch, moving.dtype) * (1.0 - momentum))
+            if self.renorm:
+                self._update_renorm_moving_statistics(mean, variance)
+            else:
+                for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
+                    moving.assign(_moving_average(moving, batch, self.momentum))
             return tf.cast(outputs, self.compute_dtype)
 
         # Algorithm 2, line 11: y = γ/sqrt(Var[x] + ε) · x + (β − γ E[x]/sqrt(Var[x] + ε)).
@@ -217,6 +245,17 @@ class BatchNormalization(keras.layers.BatchNormalization):
         )
         outputs = tf.cast(outputs, self.compute_dtype)
         return tf.nn.relu(outputs) if self.activation == "relu" else outputs
+
+    def _update_renorm_moving_statistics(self, mean: tf.Tensor, variance: tf.Tensor) -> None:
+        """Keras' renorm updates: μ, σ by `renorm_momentum`; the inference mean and σ by
+        `momentum`, the moving variance from that σ (σ² − ε, at least 0)."""
+        stddev = tf.sqrt(variance + self.epsilon)
+        self.renorm_mean.assign(_moving_average(self.renorm_mean, mean, self.renorm_momentum))
+        self.renorm_stddev.assign(_moving_average(self.renorm_stddev, stddev, self.renorm_momentum))
+        self.moving_mean.assign(_moving_average(self.moving_mean, mean, self.momentum))
+        moving_stddev = _moving_average(self.moving_stddev, stddev, self.momentum)
+        self.moving_stddev.assign(moving_stddev)
+        self.moving_variance.assign(tf.nn.relu(moving_stddev * moving_stddev - self.epsilon))
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
