@@ -14,6 +14,7 @@ import sys
 import tempfile
 
 import numpy as np
+import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED = 1337  # the autouse `seed` fixture of conftest.py
@@ -43,10 +44,11 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     """The environment of a child Python process running this checkout's code.
 
     The repository first on PYTHONPATH, TensorFlow's C++ INFO/WARNING logs off, no TF_CONFIG
-    inherited (a child is a single-machine run unless `extra` gives it one), and XLA's compiled
-    kernels shared through `_xla_cache_dir`.
+    inherited (a child is a single-machine run unless `extra` gives it one), no GPU (hidden as in
+    this process, conftest.py), and XLA's compiled kernels shared through `_xla_cache_dir`.
     """
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    env["CUDA_VISIBLE_DEVICES"] = "-1"
     env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     cache = f"--tf_xla_persistent_cache_directory={_xla_cache_dir()}"
@@ -116,3 +118,21 @@ def free_ports(count: int) -> list[int]:
     for s in sockets:
         s.close()
     return ports
+
+
+def cpu_ops_or_skip():
+    """The C++ CPU ops' module (`keras_bninception.layers.cpu_ops`), or skips the test with the
+    reason none can run here: the library is not built (no g++ when `make` ran, a wheel install),
+    or was built for another TensorFlow."""
+    import tensorflow as tf
+
+    from keras_bninception.layers import cpu_ops
+
+    library = cpu_ops.load()
+    if library is None:
+        state = "does not load" if cpu_ops.LIBRARY.exists() else "is not built"
+        pytest.skip(
+            f"the C++ CPU ops cannot run here: {cpu_ops.LIBRARY.name} {state} for TensorFlow "
+            f"{tf.__version__} (`make`, or `python -m keras_bninception.layers.cpu_ops`, builds it)"
+        )
+    return library

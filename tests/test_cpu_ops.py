@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import cpu_ops_or_skip
 
 from keras_bninception.layers import batch_norm_transform, cpu_ops
 
@@ -15,9 +16,7 @@ def _random(shape, seed, mean=0.0, std=1.0):
 
 @pytest.fixture
 def ops():
-    library = cpu_ops.load()
-    assert library is not None, f"{cpu_ops.LIBRARY} is not built (`make` builds it)"
-    return library
+    return cpu_ops_or_skip()
 
 
 def _step(x):
