@@ -4,6 +4,7 @@ as for `tf_slim_reference`), never as `tests.helpers`."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import os
 import re
@@ -136,3 +137,65 @@ def cpu_ops_or_skip():
             f"{tf.__version__} (`make`, or `python -m keras_bninception.layers.cpu_ops`, builds it)"
         )
     return library
+
+
+@contextlib.contextmanager
+def force_accelerator_bn_path():
+    """Within the block, BN traces the kernels a GPU runs, on whatever device runs the test.
+
+    A GPU takes BN's single-reduce XLA kernels; a CPU takes blocked reductions (C++ ops or XLA
+    loops). Today the layer chooses per process through `batch_norm_transform`'s switches; this
+    is the one place tests force the GPU's choice (swap its body when the layer's API changes).
+    Read when a function is traced: trace the step inside the block.
+    """
+    from keras_bninception.layers import batch_norm_transform
+
+    with (
+        batch_norm_transform.use_blocked_reductions(False),
+        batch_norm_transform.use_cpu_ops(False),
+    ):
+        yield
+
+
+@contextlib.contextmanager
+def force_cpu_bn_path(cpu_ops: bool):
+    """Within the block, BN traces a CPU's kernels: blocked reductions, through the C++ ops
+    (`cpu_ops=True`, where they load) or XLA loops (False). Swap with `force_accelerator_bn_path`
+    when the layer's API changes."""
+    from keras_bninception.layers import batch_norm_transform
+
+    with (
+        batch_norm_transform.use_blocked_reductions(True),
+        batch_norm_transform.use_cpu_ops(None if cpu_ops else False),
+    ):
+        yield
+
+
+# Op types a GPU cannot run on the hot path: host callbacks (Python on every step).
+HOST_CALLBACK_OPS = frozenset({"PyFunc", "PyFuncStateless", "EagerPyFunc"})
+LOOP_OPS = frozenset({"While", "StatelessWhile"})
+
+
+def graph_op_types(graph_def) -> list[str]:
+    """The op type of every node of `graph_def` and of the functions in its library (repeats
+    kept), calls of library functions by name excluded."""
+    functions = {f.signature.name for f in graph_def.library.function}
+    nodes = list(graph_def.node)
+    for function in graph_def.library.function:
+        nodes.extend(function.node_def)
+    return [node.op for node in nodes if node.op not in functions]
+
+
+def non_accelerator_ops(graph_def) -> list[str]:
+    """What in a traced training step a GPU would not run as TensorFlow's own device kernels:
+    ops TensorFlow does not define (custom ops such as BN's C++ CPU reductions), host callbacks
+    (`tf.py_function`, `tf.numpy_function`), and loops beyond the one of the training loop
+    itself (XLA loop kernels, e.g. BN's blocked reductions)."""
+    import tensorflow as tf
+
+    types = graph_op_types(graph_def)
+    found = sorted({t for t in types if t in HOST_CALLBACK_OPS or not hasattr(tf.raw_ops, t)})
+    loops = [t for t in types if t in LOOP_OPS]
+    if len(loops) > 1:
+        found.append(f"{len(loops) - 1} loop(s) besides the training loop")
+    return found
