@@ -43,10 +43,11 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     """The environment of a child Python process running this checkout's code.
 
     The repository first on PYTHONPATH, TensorFlow's C++ INFO/WARNING logs off, no TF_CONFIG
-    inherited (a child is a single-machine run unless `extra` gives it one), and XLA's compiled
-    kernels shared through `_xla_cache_dir`.
+    inherited (a child is a single-machine run unless `extra` gives it one), no GPU (hidden as in
+    this process, conftest.py), and XLA's compiled kernels shared through `_xla_cache_dir`.
     """
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    env["CUDA_VISIBLE_DEVICES"] = "-1"
     env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     cache = f"--tf_xla_persistent_cache_directory={_xla_cache_dir()}"
@@ -116,3 +117,27 @@ def free_ports(count: int) -> list[int]:
     for s in sockets:
         s.close()
     return ports
+
+
+def force_accelerator_bn_path():
+    """A scope in which BN takes the kernels a GPU runs, on whatever device runs the test
+    (`keras_bninception.layers.kernels.use`). Layers built and steps traced inside it keep them."""
+    from keras_bninception.layers import kernels
+
+    return kernels.use(kernels.ACCELERATOR)
+
+
+def force_cpu_bn_path():
+    """A scope in which BN takes a CPU's kernels (blocked reductions), on any device."""
+    from keras_bninception.layers import kernels
+
+    return kernels.use(kernels.CPU)
+
+
+def non_accelerator_ops(graph_def) -> list[str]:
+    """What in a traced training step a GPU would not run as TensorFlow's own kernels
+    (`benchmarks.gpu_check.non_device_ops`: custom ops, host callbacks, loops besides the
+    training loop's)."""
+    from benchmarks.gpu_check import non_device_ops
+
+    return non_device_ops(graph_def)

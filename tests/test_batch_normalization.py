@@ -339,7 +339,9 @@ def test_runs_under_tf_function_and_xla(jit_compile):
 
 
 @pytest.mark.parametrize("activation", [None, "relu"])
-def test_synchronized_mirrored_strategy_equals_one_device_on_global_batch(logical_cpus, activation):
+def test_synchronized_mirrored_strategy_equals_one_device_on_global_batch(
+    mirrored_cpus, activation
+):
     # With activation="relu" the one-device reference is the plain layer followed by tf.nn.relu.
     shape, global_batch = (3, 3, 4), 8
     x = _random([global_batch, *shape], mean=1.5, std=2.0, seed=30)
@@ -355,7 +357,7 @@ def test_synchronized_mirrored_strategy_equals_one_device_on_global_batch(logica
         loss = _loss(y_single)
     dx_single, *dparams_single = tape.gradient(loss, [x, *single.trainable_weights])
 
-    strategy = tf.distribute.MirroredStrategy(logical_cpus)
+    strategy = mirrored_cpus
     with strategy.scope():
         synced = BatchNormalization(momentum=0.5, synchronized=True, activation=activation)
         synced.build((None, *shape))

@@ -66,8 +66,8 @@ def test_eval_shards_are_disjoint_and_cover_the_split():
     np.testing.assert_array_equal(seen[1], labels[1::2])
 
 
-def test_distribute_datasets_from_function(logical_cpus):
-    strategy = tf.distribute.MirroredStrategy(logical_cpus)
+def test_distribute_datasets_from_function(mirrored_cpus):
+    strategy = mirrored_cpus
 
     def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
         return data.build_dataset(

@@ -40,9 +40,9 @@ def test_seed_fixture_reseeds_before_each_test(seed: int) -> None:
     np.testing.assert_array_equal(drawn[1], again[1])
 
 
-def test_mirrored_strategy_has_two_cpu_replicas(logical_cpus: list[str]) -> None:
+def test_mirrored_strategy_has_two_cpu_replicas(mirrored_cpus: tf.distribute.Strategy) -> None:
     assert len(tf.config.list_logical_devices("CPU")) == NUM_LOGICAL_CPUS
-    strategy = tf.distribute.MirroredStrategy(logical_cpus)
+    strategy = mirrored_cpus
     assert strategy.num_replicas_in_sync == NUM_LOGICAL_CPUS
 
     @tf.function

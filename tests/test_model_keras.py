@@ -5,7 +5,6 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from keras_bninception.layers import BatchNormalization
 from keras_bninception.models import BNInception
@@ -63,11 +62,11 @@ def test_weights_h5_file(weights_file):
 
 
 @pytest.mark.slow
-def test_fit_inside_mirrored_strategy(logical_cpus):
+def test_fit_inside_mirrored_strategy(mirrored_cpus):
     # Two replicas (per-replica BN statistics, Keras' default), dropout on. synchronized=True
     # works too but takes about twice as long to trace (4 all-reduces per BN layer, 69 layers);
     # the BN layer's own tests cover it.
-    strategy = tf.distribute.MirroredStrategy(logical_cpus)
+    strategy = mirrored_cpus
     assert strategy.num_replicas_in_sync == 2
     with strategy.scope():
         model = BNInception(

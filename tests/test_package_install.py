@@ -28,7 +28,7 @@ from PIL import Image
 pytestmark = pytest.mark.slow
 
 # The real checkout (under Bazel this file is a symlink in the runfiles tree, which does not hold
-# everything a wheel is built from: README.md, LICENSE, the C++ source).
+# everything a wheel is built from: README.md, LICENSE).
 SOURCE_ROOT = Path(os.path.realpath(__file__)).parent.parent
 BUILD_FILES = ("pyproject.toml", "README.md", "LICENSE")
 PACKAGES = ("keras_bninception", "trainers")
@@ -36,7 +36,6 @@ PACKAGES = ("keras_bninception", "trainers")
 # checkout must be in the wheel).
 RUNTIME_DATA = (
     "keras_bninception/resources/imagenet_class_index.json",
-    "keras_bninception/layers/cpu_reductions.cc",
 )
 ENTRY_POINTS = {
     # entry point: a flag its --help must list

@@ -66,11 +66,11 @@ def _train(strategy, weights, model_dir) -> tuple[list[float], list[np.ndarray],
 
 
 @pytest.mark.slow
-def test_mirrored_two_replicas_match_one_device(logical_cpus, tmp_path):
+def test_mirrored_two_replicas_match_one_device(mirrored_cpus, tmp_path):
     """Same global batch, synchronized BN: same losses and updates, to float tolerance."""
     one_device = tf.distribute.OneDeviceStrategy("/cpu:0")
     one_losses, one_weights, weights = _train(one_device, None, tmp_path)
-    mirrored = tf.distribute.MirroredStrategy(logical_cpus)
+    mirrored = mirrored_cpus
     assert mirrored.num_replicas_in_sync == 2
     two_losses, two_weights, _ = _train(mirrored, weights, tmp_path / "mirrored")
     # Only a few steps compare: at 32x32 with batches of 8, BN in the last modules normalizes
@@ -218,10 +218,10 @@ def test_run_config_round_trip(tmp_path):
         load_run_config(config.model_dir)
 
 
-def test_agreed_value_is_replica_zeros(logical_cpus):
+def test_agreed_value_is_replica_zeros(mirrored_cpus):
     from keras_bninception.training.strategy import agreed_value, any_replica
 
-    strategy = tf.distribute.MirroredStrategy(logical_cpus)
+    strategy = mirrored_cpus
     assert agreed_value(strategy, 2**32 - 1) == 2**32 - 1  # int64, not truncated
     assert any_replica(strategy, True) and not any_replica(strategy, False)
 

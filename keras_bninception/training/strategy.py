@@ -12,6 +12,18 @@ Names follow the TF Model Garden (`official/common/distribute_utils.py`):
   sending heartbeats to the coordination service for `worker_timeout_seconds` (it died, hangs, or
   its machine is gone) ends every other worker with an error naming it.
 - `tpu`: `TPUStrategy` on the TPU named by `tpu` (a name, a `grpc://` address, or `local`).
+
+One strategy per set of devices per process. TensorFlow numbers the collectives of every
+`MirroredStrategy` from the same group and instance keys, and its runtime remembers each key's
+shape for the life of the process: a second strategy over the same GPUs (a second `run()` in a
+notebook or a sweep) would meet the first one's all-reduces ("Shape mismatch in the collective
+instance 100", tensorflow/tensorflow#62790). So `get_strategy` creates each mirrored strategy
+once and returns it again to later calls, whose all-reduces then continue its key sequence;
+any number of runs and models can share it. Over CPU devices the mirrored strategy all-reduces
+with `tf.distribute.ReductionToOneDevice` (copies and adds, no collective keys), so CPU
+strategies never collide, even with ones made elsewhere. A mirrored strategy over a *different*
+set of GPUs than one already made in the process is refused (its keys would collide); use one
+process per GPU set.
 """
 
 from __future__ import annotations
@@ -19,15 +31,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from collections.abc import Callable, Mapping
 
 import tensorflow as tf
 
-# Private modules: TensorFlow has no public API for the coordination service's heartbeat timeout
-# (MultiWorkerMirroredStrategy configures the service with TensorFlow's defaults, through these).
-from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
-from tensorflow.python.eager import context as eager_context
-
+from keras_bninception.training import tf_internals
 from keras_bninception.training.errors import TrainingError
 
 DEFAULT_WORKER_TIMEOUT_SECONDS = 60
@@ -48,12 +57,38 @@ def _one_device(num_gpus: int, tpu: str | None, worker_timeout: float) -> tf.dis
     return tf.distribute.OneDeviceStrategy("/gpu:0" if num_gpus > 0 else "/cpu:0")
 
 
+# The strategies made in this process (module docstring): key -> strategy.
+_MADE: dict[tuple, tf.distribute.Strategy] = {}
+_MADE_LOCK = threading.Lock()
+
+
+def _once(key: tuple, make: Callable[[], tf.distribute.Strategy]) -> tf.distribute.Strategy:
+    with _MADE_LOCK:
+        if key not in _MADE:
+            _MADE[key] = make()
+        return _MADE[key]
+
+
 def _mirrored(num_gpus: int, tpu: str | None, worker_timeout: float) -> tf.distribute.Strategy:
-    if num_gpus > 0:
-        devices = [f"/gpu:{i}" for i in range(num_gpus)]
-    else:
-        devices = [d.name for d in tf.config.list_logical_devices("CPU")]
-    return tf.distribute.MirroredStrategy(devices)
+    if num_gpus == 0:
+        devices = tuple(d.name for d in tf.config.list_logical_devices("CPU"))
+        return _once(
+            ("mirrored", devices),
+            lambda: tf.distribute.MirroredStrategy(
+                devices, cross_device_ops=tf.distribute.ReductionToOneDevice()
+            ),
+        )
+    devices = tuple(f"/gpu:{i}" for i in range(num_gpus))
+    other = next((key[1] for key in _MADE if key[0] == "mirrored_gpus" and key[1] != devices), None)
+    if other is not None:
+        raise ValueError(
+            f"This process already made a mirrored strategy over {list(other)}; one over "
+            f"{list(devices)} would reuse its TensorFlow collective keys (an all-reduce shape "
+            "mismatch). Use the same `num_gpus` in every run of a process, or one process per "
+            f"set of GPUs; received num_gpus={num_gpus}"
+        )
+    # TensorFlow's default all-reduce on GPUs: collectives over NCCL (what XLA steps use too).
+    return _once(("mirrored_gpus", devices), lambda: tf.distribute.MirroredStrategy(devices))
 
 
 def _configure_coordination_service(worker_timeout: float) -> None:
@@ -67,33 +102,35 @@ def _configure_coordination_service(worker_timeout: float) -> None:
     jobs = [job for job in ("chief", "worker") if job in cluster.jobs]
     if not jobs:
         return  # no cluster: the strategy runs on this machine alone
-    eager_context.context().configure_coordination_service(
-        service_type="standalone",
-        service_leader=f"/job:{jobs[0]}/replica:0/task:0",
-        heartbeat_timeout_in_ms=int(worker_timeout * 1000),
+    tf_internals.configure_coordination_service(
+        leader=f"/job:{jobs[0]}/replica:0/task:0",
+        jobs={job: cluster.num_tasks(job) for job in jobs},
+        heartbeat_timeout_ms=int(worker_timeout * 1000),
         # At exit each worker waits for the others at most this long (none waits for a dead one).
-        shutdown_barrier_timeout_in_ms=int(worker_timeout * 1000),
-        coordinated_jobs=[
-            coordination_config_pb2.CoordinatedJob(name=job, num_tasks=cluster.num_tasks(job))
-            for job in jobs
-        ],
+        shutdown_timeout_ms=int(worker_timeout * 1000),
     )
 
 
 def _multi_worker_mirrored(
     num_gpus: int, tpu: str | None, worker_timeout: float
 ) -> tf.distribute.Strategy:
-    _configure_coordination_service(worker_timeout)
     implementation = (
         tf.distribute.experimental.CommunicationImplementation.NCCL
         if num_gpus > 0
         else tf.distribute.experimental.CommunicationImplementation.RING
     )
-    return tf.distribute.MultiWorkerMirroredStrategy(
-        communication_options=tf.distribute.experimental.CommunicationOptions(
-            implementation=implementation
+
+    def make() -> tf.distribute.Strategy:
+        _configure_coordination_service(worker_timeout)
+        return tf.distribute.MultiWorkerMirroredStrategy(
+            communication_options=tf.distribute.experimental.CommunicationOptions(
+                implementation=implementation
+            )
         )
-    )
+
+    # One per process: its collectives are configured once, before TensorFlow starts.
+    key = ("multi_worker_mirrored", os.environ.get("TF_CONFIG"), num_gpus, worker_timeout)
+    return _once(key, make)
 
 
 def _tpu(num_gpus: int, tpu: str | None, worker_timeout: float) -> tf.distribute.Strategy:
@@ -130,7 +167,11 @@ def get_strategy(
     tpu: str | None = None,
     worker_timeout_seconds: float = DEFAULT_WORKER_TIMEOUT_SECONDS,
 ) -> tf.distribute.Strategy:
-    """Creates the strategy named `distribution_strategy`, one of `STRATEGIES` (module docstring).
+    """The strategy named `distribution_strategy`, one of `STRATEGIES` (module docstring).
+
+    A mirrored or multi-worker strategy is made once per process and set of devices, and the
+    same object is returned to every later call asking for it (their collectives must not
+    collide, see the module docstring).
 
     Args:
         distribution_strategy: `default`, `one_device`, `mirrored`, `multi_worker_mirrored` or
@@ -141,16 +182,18 @@ def get_strategy(
             the others stop with an error naming it (> 0).
 
     Raises:
-        ValueError: for an unknown name, more GPUs than are visible, or a timeout <= 0.
+        ValueError: for an unknown name, more GPUs than are visible, a timeout <= 0, or a
+            mirrored strategy over other GPUs than the one this process already made.
     """
     if distribution_strategy not in STRATEGIES:
         raise ValueError(
             f"`distribution_strategy` must be one of {list(STRATEGIES)}; "
             f"received distribution_strategy={distribution_strategy!r}"
         )
-    # Physical, not logical, devices: listing logical ones initializes the TensorFlow context,
-    # after which MultiWorkerMirroredStrategy can no longer configure its collectives.
-    gpus = tf.config.list_physical_devices("GPU")
+    # The visible physical devices (a process may hide some with `tf.config.set_visible_devices`),
+    # not logical ones: listing those initializes the TensorFlow context, after which
+    # MultiWorkerMirroredStrategy can no longer configure its collectives.
+    gpus = tf.config.get_visible_devices("GPU")
     if num_gpus < 0:
         num_gpus = len(gpus)
     if num_gpus > len(gpus):

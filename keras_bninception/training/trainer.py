@@ -7,8 +7,14 @@ trainer drives the model itself:
   the per-replica batch (`input_context.get_per_replica_batch_size(global_batch_size)`);
 - one training step is `strategy.run(step_fn)`: forward, the loss of `losses.py` (averaged over the
   GLOBAL batch, regularization scaled by 1 / num_replicas), gradients, and the Keras optimizer,
-  which all-reduces (SUM) the gradients before updating the mirrored weights (float16: the loss
-  is scaled by a `LossScaleOptimizer`, see `_consistent_replica_gradients`);
+  which all-reduces (SUM) the gradients, once, before updating the mirrored weights (float16: the
+  loss is scaled by a `LossScaleOptimizer`, whose skip-the-step decision every replica shares,
+  see `_agree_on_skipping`);
+- `jit_compile`: each replica's step as one XLA computation where XLA can hold its all-reduces
+  (one replica, or GPUs: TensorFlow compiles them into the computation); over several CPU
+  replicas, TensorFlow all-reduces outside XLA, so the forward and backward are compiled and the
+  all-reduce and update run after them (synchronized BN, which all-reduces inside the forward,
+  is refused there with the reason);
 - metrics are per-replica sums (loss, correct predictions, examples) reduced with
   `strategy.reduce(SUM)`, hence exact global values on every worker;
 - several steps run inside one `tf.function` (`tf.range` loop) between two log / checkpoint
@@ -63,7 +69,8 @@ class Trainer:
             Model Garden compiles its steps on accelerators).
 
     Raises:
-        ValueError: the global batch does not divide over the replicas.
+        ValueError: the global batch does not divide over the replicas, or `jit_compile` with
+            synchronized BN over several replicas that are not GPUs.
     """
 
     def __init__(
@@ -90,6 +97,16 @@ class Trainer:
             # Create the slots now: restoring then is immediate and exact.
             self.optimizer.build(self.model.trainable_variables)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        if config.jit_compile and not _xla_holds_all_reduces(strategy):
+            synchronized = [layer.name for layer in _layers(self.model) if _synchronized(layer)]
+            if synchronized:
+                raise ValueError(
+                    f"`jit_compile` over {replicas} {_device_kind(strategy)} replicas cannot "
+                    "compile synchronized BN: TensorFlow runs its all-reduces in XLA only on "
+                    f"GPUs (here {len(synchronized)} BN layers, e.g. {synchronized[0]!r}, "
+                    "all-reduce inside the forward). Train these replicas without `jit_compile` "
+                    "or without synchronized BN; received jit_compile=True"
+                )
         self.checkpoints = CheckpointHandler(
             model_dir,
             self.chief,
@@ -100,7 +117,7 @@ class Trainer:
             random_states=random_states(self.model),
         )
         self._stop = StopRequest()
-        self._train_loop = None
+        self.train_function = None  # the traced training loop, as Keras' `Model.train_function`
         self._eval_step = None
 
     # ----------------------------------------------------------------------------------------
@@ -109,8 +126,9 @@ class Trainer:
     def _build_train_loop(self):
         model, optimizer, strategy = self.model, self.optimizer, self.strategy
         loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        variables = model.trainable_variables
 
-        def replica_step(images, labels):
+        def gradients(images, labels):
             with tf.GradientTape() as tape:
                 logits = model(images, training=True)
                 per_example = losses.cross_entropy(labels, logits, self.config.label_smoothing)
@@ -119,17 +137,27 @@ class Trainer:
                 )
                 loss = data_loss + losses.regularization(model, self.config.weight_decay)
                 scaled_loss = optimizer.scale_loss(loss)
-            variables = model.trainable_variables
             grads = tape.gradient(scaled_loss, variables)
-            if loss_scaling and strategy.num_replicas_in_sync > 1:
-                grads = _consistent_replica_gradients(grads)
-            optimizer.apply_gradients(zip(grads, variables, strict=True))
             predictions = tf.argmax(logits, axis=-1, output_type=labels.dtype)
             correct = tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.float32))
             count = tf.cast(tf.shape(labels)[0], tf.float32)
+            return loss, correct, count, grads
+
+        def update(grads):
+            if loss_scaling and strategy.num_replicas_in_sync > 1:
+                grads = _agree_on_skipping(optimizer, grads)
+            # The optimizer's SUM all-reduce of the gradients: the step's only one.
+            optimizer.apply_gradients(zip(grads, variables, strict=True))
+
+        if self.config.jit_compile and not _xla_holds_all_reduces(strategy):
+            gradients = tf.function(gradients, jit_compile=True)
+
+        def replica_step(images, labels):
+            loss, correct, count, grads = gradients(images, labels)
+            update(grads)
             return loss, correct, count
 
-        if self.config.jit_compile:
+        if self.config.jit_compile and _xla_holds_all_reduces(strategy):
             replica_step = tf.function(replica_step, jit_compile=True)
 
         def reduce_sum(value):
@@ -210,8 +238,8 @@ class Trainer:
         if start >= train_steps:
             logging.info("Already trained %d/%d steps; nothing to do.", start, train_steps)
             return {"step": start, "train_seconds": 0.0}
-        if self._train_loop is None:
-            self._train_loop = self._build_train_loop()
+        if self.train_function is None:
+            self.train_function = self._build_train_loop()
         dataset = self.strategy.distribute_datasets_from_function(
             lambda context: dataset_fn(context, start)
         )
@@ -237,7 +265,7 @@ class Trainer:
                     _next_multiple(step, self.config.log_every),
                     _next_multiple(step, self.config.checkpoint_every),
                 )
-                loss_sum, correct, count, done, finite, stopped = self._train_loop(
+                loss_sum, correct, count, done, finite, stopped = self.train_function(
                     iterator, tf.constant(boundary - step, tf.int64)
                 )
                 step += int(done)
@@ -392,21 +420,64 @@ class Trainer:
         self.checkpoints.close()
 
 
-def _consistent_replica_gradients(grads: list) -> list:
-    """Per-replica gradients replaced by (global sum / num_replicas), for loss scaling.
+def _agree_on_skipping(optimizer: keras.optimizers.LossScaleOptimizer, grads: list) -> list:
+    """This replica's scaled gradients, made non-finite when any replica's are.
 
-    `LossScaleOptimizer` decides to apply or skip a step from the finiteness of the gradients it
-    receives, which in a custom loop are this replica's own: replicas could disagree, and one
-    skipping the all-reduce the others enter would desynchronize or hang them. After this
-    all-reduce every replica holds the same values, hence takes the same decision, and the
-    optimizer's own SUM all-reduce of these shares gives back exactly the global gradient. It costs
-    a second gradient all-reduce, in float16 mode only.
+    `LossScaleOptimizer` applies or skips a step from the finiteness of the gradients it
+    receives, which in a custom loop are this replica's own, before the inner optimizer's
+    all-reduce: replicas could disagree, and one skipping the all-reduce the others enter would
+    desynchronize or hang them (or, where TensorFlow takes replica 0's decision, apply another
+    replica's infinities). One all-reduce of a single flag tells every replica whether any
+    gradient anywhere is non-finite; if so, a NaN added to this replica's smallest gradient makes
+    the optimizer skip the step here too. The gradients themselves are all-reduced once, by the
+    inner optimizer, after the optimizer divides them by the loss scale (a power of two: exact).
+    Per-replica gradients that are all finite have a finite sum: float16 gradients are at most
+    65504 each, far below float32's range even summed over thousands of replicas.
     """
     context = tf.distribute.get_replica_context()
-    present = [g for g in grads if g is not None]
-    summed = iter(context.all_reduce(tf.distribute.ReduceOp.SUM, present))
-    scale = 1.0 / context.num_replicas_in_sync
-    return [None if g is None else next(summed) * scale for g in grads]
+    finite_here = optimizer.check_finite(grads)
+    non_finite = context.all_reduce(
+        tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(finite_here), tf.float32)
+    )
+    poison = tf.where(non_finite > 0, tf.constant(float("nan")), tf.constant(0.0))
+    present = [i for i, g in enumerate(grads) if g is not None]
+    if not present:
+        return grads
+    smallest = min(present, key=lambda i: grads[i].shape.num_elements() or 0)
+    grads = list(grads)
+    grads[smallest] = grads[smallest] + tf.cast(poison, grads[smallest].dtype)
+    return grads
+
+
+def _xla_holds_all_reduces(strategy: tf.distribute.Strategy) -> bool:
+    """Whether a replica's step can be one XLA computation, its all-reduces included.
+
+    TensorFlow compiles a mirrored step's all-reduces into XLA only when every replica is a GPU
+    (a TPU step is compiled whole anyway); on CPUs it all-reduces through a cross-replica
+    `merge_call`, which cannot run inside a compiled function. One replica has nothing to
+    all-reduce.
+    """
+    if strategy.num_replicas_in_sync == 1:
+        return True
+    return _device_kind(strategy) in ("GPU", "TPU")
+
+
+def _device_kind(strategy: tf.distribute.Strategy) -> str:
+    """GPU, TPU or CPU: what the strategy's replicas run on ("mixed" if they differ)."""
+    kinds = {tf.DeviceSpec.from_string(d).device_type for d in strategy.extended.worker_devices}
+    return kinds.pop() if len(kinds) == 1 else "mixed"
+
+
+def _layers(model: keras.Model):
+    """Every layer of `model`, nested models' included."""
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _layers(layer)
+
+
+def _synchronized(layer: keras.layers.Layer) -> bool:
+    return bool(getattr(layer, "synchronized", False))
 
 
 def random_states(model: keras.Model) -> list[tf.Variable]:
