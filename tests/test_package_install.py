@@ -34,9 +34,7 @@ BUILD_FILES = ("pyproject.toml", "README.md", "LICENSE")
 PACKAGES = ("keras_bninception", "trainers")
 # Files other than Python modules that the package reads at run time (those present in the
 # checkout must be in the wheel).
-RUNTIME_DATA = (
-    "keras_bninception/resources/imagenet_class_index.json",
-)
+RUNTIME_DATA = ("keras_bninception/resources/imagenet_class_index.json",)
 ENTRY_POINTS = {
     # entry point: a flag its --help must list
     "bninception-train": "--model_dir",
