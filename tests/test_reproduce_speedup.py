@@ -41,6 +41,27 @@ def test_table_steps_to_inception_final_accuracy_and_maximum():
     assert table["bn_x30"]["paper_max_accuracy"] == 0.748
 
 
+def test_training_split_evaluation_is_not_called_held_out():
+    table = speedup.speedup_table(_curves(), tuple(speedup.NETWORKS))
+    summary = {
+        "dataset_description": "a folder",
+        "num_train_examples": 8,
+        "num_heldout_examples": 8,
+        "eval_held_out": False,
+        "depth_multiplier": 0.1,
+        "batch_size": 32,
+        "steps": 40,
+        "evaluated_every": 10,
+        "seed": 0,
+        "target_accuracy": 0.7,
+        "train_seconds": dict.fromkeys(speedup.NETWORKS, 1.0),
+    }
+    text = speedup.markdown(table, summary)
+    assert "held-out" not in text.replace("not held out", "")
+    assert "8 training-split (not held out) images" in text
+    assert "held-out images" in speedup.markdown(table, summary | {"eval_held_out": True})
+
+
 def test_without_matplotlib_writes_tables_only(tmp_path, monkeypatch):
     rows = _curves()
     table = speedup.speedup_table(rows, tuple(speedup.NETWORKS))

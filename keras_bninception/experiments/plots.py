@@ -138,7 +138,9 @@ def speedup(
             label=f"Inception's final accuracy ({100 * target:.1f} %)",
         )
     axes.set_xlabel(_steps_label(summary["batch_size"]))
-    axes.set_ylabel("held-out top-1 accuracy (%)")
+    from keras_bninception.experiments.speedup import evaluated_on
+
+    axes.set_ylabel(f"{evaluated_on(summary)} top-1 accuracy (%)")
     lowest = min(100 * r["accuracy"] for r in rows)
     axes.set_ylim(max(0, 10 * (lowest // 10) - 5), 100.5)
     axes.grid(alpha=0.3)

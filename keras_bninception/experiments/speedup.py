@@ -149,6 +149,8 @@ def run(config: SpeedupConfig) -> dict:
         "dataset_description": _describe(info, config),
         "num_train_examples": info.num_train_examples,
         "num_heldout_examples": info.num_eval_examples,
+        # False for an image folder without a validation split: evaluated on training images.
+        "eval_held_out": info.eval_held_out,
         "steps": config.steps,
         "batch_size": config.train_config(BASELINE).trainer.batch_size,
         "image_size": config.image_size,
@@ -160,6 +162,11 @@ def run(config: SpeedupConfig) -> dict:
         "train_seconds": seconds,
     }
     return {"rows": rows, "table": table, "summary": summary}
+
+
+def evaluated_on(summary: dict) -> str:
+    """What the accuracies were measured on: "held-out", or the training split, said plainly."""
+    return "held-out" if summary.get("eval_held_out", True) else "training-split (not held out)"
 
 
 def _describe(info: data_lib.DatasetInfo, config: SpeedupConfig) -> str:
@@ -220,10 +227,12 @@ def markdown(table: list[dict], summary: dict) -> str:
         "# Section 4.2 re-run at small scale",
         "",
         f"{summary['dataset_description']} ({summary['num_train_examples']:,} training / "
-        f"{summary['num_heldout_examples']:,} held-out images), BN-Inception with depth multiplier "
+        f"{summary['num_heldout_examples']:,} {evaluated_on(summary)} images), BN-Inception "
+        "with depth multiplier "
         f"{summary['depth_multiplier']}, batch {summary['batch_size']}, "
         f"{summary['steps']:,} steps per network, evaluated every {summary['evaluated_every']} "
-        f"steps, seed {summary['seed']}. Target: Inception's final held-out accuracy, "
+        f"steps, seed {summary['seed']}. Target: Inception's final {evaluated_on(summary)} "
+        "accuracy, "
         f"{pct(target)} (the paper's: 72.2 %).",
         "",
         f"| network | accuracy at step {table[0]['first_step']:,} | steps to target | speed-up "
