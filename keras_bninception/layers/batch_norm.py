@@ -266,7 +266,7 @@ def batch_norm_train(
     rank = x.shape.rank
     if not 0 <= axis < rank:
         raise ValueError(f"axis must be in [0, {rank}) for a rank-{rank} input; received {axis}")
-    path = fast.path_for(x, kernels)
+    path, relu = fast.path_for(x, kernels), bool(relu)
     x_view = _view(x, axis)
     w_view = None
     if mask is not None:  # Keras: expand_dims(mask, -1), broadcast to x, nonzero = kept
@@ -281,7 +281,7 @@ def batch_norm_train(
     @tf.autograph.experimental.do_not_convert
     @tf.custom_gradient
     def bn(x_view, gamma, beta):
-        # The gradient is `backward`: nothing below is recorded by a GradientTape.
+        # The gradient is `grad` (`backward`): nothing below is recorded by a GradientTape.
         x_view, gamma, beta = (tf.stop_gradient(t) for t in (x_view, gamma, beta))
         y, s = fast.forward(path, x_view, w_view, gamma, beta, epsilon, relu, renorm, sum_replicas)
 
