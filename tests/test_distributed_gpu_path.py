@@ -64,11 +64,13 @@ def _train(strategy, config: TrainConfig, path, initial=None) -> dict:
     manager `path`: their losses, the weights before and after the first, the number of
     trainable parameters and the traced step's graph."""
     keras.utils.set_random_seed(0)
-    trainer, _, _ = build_trainer(config, data.get_info("digits"), strategy)
-    if initial is not None:
-        trainer.model.set_weights(initial)
-    result = {"initial": trainer.model.get_weights(), "losses": []}
+    # Built and traced in the scope: BN layers keep the path they are constructed with (the
+    # replicas' threads do not inherit the scope itself).
     with path():
+        trainer, _, _ = build_trainer(config, data.get_info("digits"), strategy)
+        if initial is not None:
+            trainer.model.set_weights(initial)
+        result = {"initial": trainer.model.get_weights(), "losses": []}
         for step in range(1, STEPS + 1):
             result["losses"].append(trainer.train(_batches, step)["loss"])
             if step == 1:
