@@ -62,6 +62,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from benchmarks.machine import cpu_description  # noqa: E402
 from keras_bninception.layers import BatchNormalization, kernels  # noqa: E402
 
 SHAPES = [(56, 56, 192), (28, 28, 256), (14, 14, 576), (7, 7, 1024)]
@@ -232,6 +233,7 @@ def main() -> None:
         return
     if args.repeats < 5:
         parser.error(f"--repeats must be at least 5; received --repeats={args.repeats}")
+    print(cpu_description())
     print(
         f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPU cores; "
         f"copy {copy_bandwidth() / 1e9:.1f} GB/s, matmul {matmul_flops() / 1e9:.0f} GFLOP/s "

@@ -39,29 +39,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
+from benchmarks.machine import cpu_description  # noqa: E402
 from keras_bninception import data  # noqa: E402
 from keras_bninception.data import sources  # noqa: E402
-
-CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "amx_tile")
-
-
-def cpu_description() -> str:
-    """The CPU's model name and which of `CPU_FLAGS` it has (Linux /proc/cpuinfo)."""
-    model, flags = "unknown CPU", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    model = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-    except OSError:
-        pass
-    present = [flag for flag in CPU_FLAGS if flag in flags]
-    return (
-        f"{model}, {os.cpu_count()} CPUs, flags: {' '.join(present) or 'none of ' + str(CPU_FLAGS)}"
-    )
 
 
 class BenchJpegs(tfds.core.GeneratorBasedBuilder):
@@ -185,7 +165,7 @@ def run_tfrecords(args: argparse.Namespace) -> None:
     data_dir = args.data_dir or os.path.join(tempfile.gettempdir(), "bninception_bench_jpegs")
     name, files = prepare(data_dir, args.images, args.shards)
     sources.IN_MEMORY_MAX_BYTES = 0  # read the split as TFRecords, as ImageNet is read
-    print(f"CPU: {cpu_description()}")
+    print(cpu_description())
     print(
         f"{args.images} generated JPEGs (500x375) in {len(files)} TFRecord files, "
         f"{args.image_size}x{args.image_size}, batch {args.batch_size}, {args.batches} batches "

@@ -48,6 +48,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks.bn_layer import EPSILON, FusedKernelBN  # noqa: E402
+from benchmarks.machine import cpu_description  # noqa: E402
 from keras_bninception import data  # noqa: E402
 from keras_bninception.layers import BatchNormalization, kernels  # noqa: E402
 from keras_bninception.training import TrainConfig, build_trainer  # noqa: E402
@@ -223,6 +224,9 @@ def check_layer(device: str, args) -> dict:
 
 def markdown(report: dict) -> str:
     rows = [
+        f"{report['device']} (compute capability {report['compute_capability']}), TensorFlow "
+        f"{report['tensorflow']}, Keras {report['keras']}; host {report['host']}",
+        "",
         "| mode | path | first call (s) | ms/step | images/s | demo loss (first → last 10) |",
         "|---|---|---|---|---|---|",
     ]
@@ -268,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "device": details.get("device_name", platform.processor() or args.device),
         "compute_capability": details.get("compute_capability"),
+        "host": cpu_description(),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
         "arguments": vars(args),

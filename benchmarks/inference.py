@@ -47,36 +47,15 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_bninception  # noqa: E402
+from benchmarks.machine import cpu_description  # noqa: E402
 from keras_bninception import export  # noqa: E402
 from keras_bninception.export import exporter, tflite  # noqa: E402
 from keras_bninception.export.litert import TFLiteClassifier  # noqa: E402
 from keras_bninception.export.serving import ServingModule  # noqa: E402
 
-# /proc/cpuinfo flags that decide int8 (and bfloat16) throughput: x86 VNNI dot products
-# (AVX-512 or AVX), AMX tiles; ARM's dot-product (sdot) and 8-bit matrix-multiply (i8mm).
-X86_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
-ARM_FEATURES = ("asimd", "asimddp", "i8mm", "bf16", "sve")
 # Single convolutions (kernel, spatial size, input channels, output channels): BN-Inception's
 # Conv2d_2c_3x3, a large 3x3 and a 1x1 of the Mixed_3 modules' size.
 CONV_SHAPES = ((3, 56, 64, 192), (3, 56, 192, 192), (1, 28, 256, 256))
-
-
-def cpu_features() -> str:
-    """The CPU's name and which of the int8-relevant features /proc/cpuinfo lists."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return "CPU features: unknown (no /proc/cpuinfo)"
-    fields: dict[str, str] = {}
-    for line in lines:
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
-    name = fields.get("model name") or fields.get("CPU part", "unknown CPU")
-    flags = set((fields.get("flags") or fields.get("Features", "")).split())
-    wanted = ARM_FEATURES if "asimd" in flags else X86_FEATURES
-    listed = ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in wanted)
-    return f"CPU: {name}, {os.cpu_count()} logical cores; {listed}"
 
 
 def xnnpack_partitions(interpreter, num_ops: int) -> tuple[int, dict[str, int]]:
@@ -197,7 +176,7 @@ def main() -> None:
         help="also time an int8 file with max instead of average pools (one XNNPACK partition)",
     )
     args = parser.parse_args()
-    print(cpu_features(), flush=True)
+    print(cpu_description(), flush=True)
     conv_table(min(args.runs, 30))
     if args.conv_only:
         return

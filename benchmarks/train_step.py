@@ -75,6 +75,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks.bn_layer import ACCELERATOR, FusedKernelBN, copy_bandwidth, matmul_flops  # noqa: E402
+from benchmarks.machine import cpu_description  # noqa: E402
 from keras_bninception import BNInception  # noqa: E402
 from keras_bninception.layers import BatchNormalization, kernels  # noqa: E402
 from keras_bninception.training import Trainer  # noqa: E402
@@ -312,6 +313,7 @@ def main() -> None:
                 f"{_bn_input_mb(size, batch):.0f} MB"
             )
         return
+    print(cpu_description())
     print(
         f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPU cores; "
         f"copy {copy_bandwidth() / 1e9:.1f} GB/s, matmul {matmul_flops() / 1e9:.0f} GFLOP/s "
