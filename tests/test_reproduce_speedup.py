@@ -31,6 +31,22 @@ def _curves() -> list[dict]:
     ]
 
 
+def _summary(**changes) -> dict:
+    """The run summary `speedup.write_outputs` expects, for the hand-written curves."""
+    return {
+        "dataset_description": "unit test",
+        "num_train_examples": 1,
+        "num_heldout_examples": 1,
+        "depth_multiplier": 0.1,
+        "batch_size": 32,
+        "steps": 40,
+        "evaluated_every": 10,
+        "seed": 0,
+        "target_accuracy": 0.7,
+        "train_seconds": dict.fromkeys(speedup.NETWORKS, 1.0),
+    } | changes
+
+
 def test_table_steps_to_inception_final_accuracy_and_maximum():
     table = {r["recipe"]: r for r in speedup.speedup_table(_curves(), tuple(speedup.NETWORKS))}
     assert {r["target_accuracy"] for r in table.values()} == {0.7}
@@ -43,19 +59,7 @@ def test_table_steps_to_inception_final_accuracy_and_maximum():
 
 def test_training_split_evaluation_is_not_called_held_out():
     table = speedup.speedup_table(_curves(), tuple(speedup.NETWORKS))
-    summary = {
-        "dataset_description": "a folder",
-        "num_train_examples": 8,
-        "num_heldout_examples": 8,
-        "eval_held_out": False,
-        "depth_multiplier": 0.1,
-        "batch_size": 32,
-        "steps": 40,
-        "evaluated_every": 10,
-        "seed": 0,
-        "target_accuracy": 0.7,
-        "train_seconds": dict.fromkeys(speedup.NETWORKS, 1.0),
-    }
+    summary = _summary(num_heldout_examples=8, eval_held_out=False)
     text = speedup.markdown(table, summary)
     assert "held-out" not in text.replace("not held out", "")
     assert "8 training-split (not held out) images" in text
@@ -65,18 +69,7 @@ def test_training_split_evaluation_is_not_called_held_out():
 def test_without_matplotlib_writes_tables_only(tmp_path, monkeypatch):
     rows = _curves()
     table = speedup.speedup_table(rows, tuple(speedup.NETWORKS))
-    summary = {
-        "dataset_description": "unit test",
-        "num_train_examples": 1,
-        "num_heldout_examples": 1,
-        "depth_multiplier": 0.1,
-        "batch_size": 32,
-        "steps": 40,
-        "evaluated_every": 10,
-        "seed": 0,
-        "target_accuracy": 0.7,
-        "train_seconds": dict.fromkeys(speedup.NETWORKS, 1.0),
-    }
+    summary = _summary()
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises.
     speedup.write_outputs({"rows": rows, "table": table, "summary": summary}, str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == [
