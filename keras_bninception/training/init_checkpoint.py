@@ -233,7 +233,7 @@ def has_background_class(source: InitSource, num_classes: int) -> bool:
     TF-slim's ImageNet checkpoints have 1001 outputs: class 0 is "background", class i + 1 is the
     dataset's label i (`labels_offset` in TF-slim's scripts).
     """
-    return source.kind == TF_SLIM and source.num_classes == num_classes + 1
+    return source.kind == TF_SLIM and tf_slim.drops_background(source.num_classes, num_classes)
 
 
 def without_background_class(model: keras.Model) -> keras.Model:
