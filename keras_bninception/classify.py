@@ -127,7 +127,7 @@ def from_weights(
         if classes == 1001:
             classes = 1000  # TF-slim's background class 0 left out: ImageNet's classes
         model = BNInception(
-            weights=source.path,
+            weights=source,
             classes=classes,
             input_shape=(image_size, image_size, 3),
             depth_multiplier=weights.tf_slim.checkpoint_depth_multiplier(source.path),

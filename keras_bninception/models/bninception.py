@@ -90,7 +90,7 @@ def _load_keras_weights(model, path: str, include_top: bool, classes: int, depth
 
 def BNInception(
     include_top: bool = True,
-    weights: str | os.PathLike[str] | None = "imagenet",
+    weights: str | os.PathLike[str] | weights_lib.Source | None = "imagenet",
     input_tensor: Any = None,
     input_shape: tuple[int | None, int | None, int] | None = None,
     pooling: str | None = None,
@@ -128,7 +128,8 @@ def BNInception(
             V2 prefix, or the published `inception_v2_2016_08_28.tar.gz`: a local copy of the
             ImageNet weights). A TF-slim checkpoint implies `slim_compatible=True`; its 1001
             classes (class 0 "background") fill `classes=1001` as they are, and `classes=1000`
-            without the background class (ImageNet's order, for `decode_predictions`).
+            without the background class (ImageNet's order, for `decode_predictions`). A
+            `keras_bninception.weights.Source` already resolved is taken as it is.
         input_tensor, input_shape: the image input (a Keras tensor) or its shape; sides >= 32
             or `None`. Default `(224, 224, 3)` with the top, `(None, None, 3)` without.
         pooling: without the top: `None` (Mixed_5c's 4D output), `"avg"` or `"max"`.

@@ -85,12 +85,12 @@ def accepted(kinds: Sequence[str]) -> str:
 
 
 def resolve(
-    spec: str | os.PathLike[str], option: str = "weights", kinds: Sequence[str] = KINDS
+    spec: str | os.PathLike[str] | Source, option: str = "weights", kinds: Sequence[str] = KINDS
 ) -> Source:
     """Says what `spec` is (see the module docstring), as one of `kinds`.
 
     Args:
-        spec: "imagenet" or a path.
+        spec: "imagenet", a path, or a `Source` resolved before (taken as it is).
         option: how the caller names `spec` in error messages ("weights", "init_checkpoint",
             "--tf_slim_checkpoint", ...).
         kinds: the kinds the caller accepts.
@@ -98,9 +98,12 @@ def resolve(
     Raises:
         WeightsError: `spec` does not exist, is none of `kinds`, or cannot be downloaded.
     """
-    if not isinstance(spec, str | os.PathLike) or not os.fspath(spec):
+    if isinstance(spec, Source):
+        source = spec
+    elif not isinstance(spec, str | os.PathLike) or not os.fspath(spec):
         raise WeightsError(f"`{option}` must be {accepted(kinds)}; received {option}={spec!r}")
-    source = _resolve(os.path.expanduser(os.fspath(spec)), option, kinds)
+    else:
+        source = _resolve(os.path.expanduser(os.fspath(spec)), option, kinds)
     if source.kind not in kinds:
         raise WeightsError(
             f"`{option}` {spec!r} is {_DESCRIPTIONS[source.kind]}; it must be {accepted(kinds)}"
