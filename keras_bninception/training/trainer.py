@@ -97,7 +97,12 @@ class Trainer:
             # Create the slots now: restoring then is immediate and exact.
             self.optimizer.build(self.model.trainable_variables)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-        if config.jit_compile and not _xla_holds_all_reduces(strategy):
+        # What `jit_compile` compiles: the whole replica step, or only its forward and backward
+        # where XLA cannot hold the replicas' all-reduces (`_xla_holds_all_reduces`).
+        self._jit_scope = None
+        if config.jit_compile:
+            self._jit_scope = "replica_step" if _xla_holds_all_reduces(strategy) else "gradients"
+        if self._jit_scope == "gradients":
             synchronized = [layer.name for layer in _layers(self.model) if _synchronized(layer)]
             if synchronized:
                 raise ValueError(
@@ -149,7 +154,7 @@ class Trainer:
             # The optimizer's SUM all-reduce of the gradients: the step's only one.
             optimizer.apply_gradients(zip(grads, variables, strict=True))
 
-        if self.config.jit_compile and not _xla_holds_all_reduces(strategy):
+        if self._jit_scope == "gradients":
             gradients = tf.function(gradients, jit_compile=True)
 
         def replica_step(images, labels):
@@ -157,7 +162,7 @@ class Trainer:
             update(grads)
             return loss, correct, count
 
-        if self.config.jit_compile and _xla_holds_all_reduces(strategy):
+        if self._jit_scope == "replica_step":
             replica_step = tf.function(replica_step, jit_compile=True)
 
         def reduce_sum(value):
