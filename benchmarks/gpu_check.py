@@ -52,6 +52,7 @@ from benchmarks.machine import cpu_description  # noqa: E402
 from keras_bninception import data  # noqa: E402
 from keras_bninception.layers import BatchNormalization, kernels  # noqa: E402
 from keras_bninception.training import TrainConfig, build_trainer  # noqa: E402
+from trainers import demo  # noqa: E402
 
 MODES = {  # name -> (mixed_precision, jit_compile)
     "float32": (None, False),
@@ -61,17 +62,6 @@ MODES = {  # name -> (mixed_precision, jit_compile)
 }
 HOST_CALLBACK_OPS = frozenset({"PyFunc", "PyFuncStateless", "EagerPyFunc"})
 LOOP_OPS = frozenset({"While", "StatelessWhile"})
-DEMO = dict(  # trainers/demo.py's recipe
-    dataset="digits",
-    image_size=32,
-    batch_size=64,
-    optimizer="momentum",
-    learning_rate=0.045,
-    learning_rate_decay_factor=0.85,
-    num_epochs_per_decay=1,
-    weight_decay=1e-4,
-    bn_momentum=0.9,
-)
 
 
 def bn_path(device: str) -> contextlib.AbstractContextManager:
@@ -172,7 +162,7 @@ def check_demo(strategy, device, mode, args, workdir) -> dict:
         os.path.join(workdir, f"demo_{mode}"),
         depth_multiplier=args.depth_multiplier,
         log_every=window,
-        **DEMO,
+        **demo.RECIPE,
     )
     with bn_path(device):
         # Each call returns the mean loss of its window of steps.

@@ -35,17 +35,21 @@ from absl import app
 
 from trainers import train
 
+# The demo's data and training recipe (also `benchmarks/gpu_check.py`'s), as `TrainConfig` values.
+RECIPE = dict(
+    dataset="digits",
+    image_size=32,
+    batch_size=64,
+    optimizer="momentum",
+    learning_rate=0.045,
+    learning_rate_decay_factor=0.85,
+    num_epochs_per_decay=1,
+    weight_decay=1e-4,
+    bn_momentum=0.9,
+)
 DEMO_FLAGS = [
-    "--dataset=digits",
-    "--image_size=32",
-    "--batch_size=64",
+    *(f"--{name}={value}" for name, value in RECIPE.items()),
     "--epochs=27",
-    "--optimizer=momentum",
-    "--learning_rate=0.045",
-    "--learning_rate_decay_factor=0.85",
-    "--num_epochs_per_decay=1",
-    "--weight_decay=1e-4",
-    "--bn_momentum=0.9",
     "--seed=0",
     "--deterministic",
     "--checkpoint_every=200",
