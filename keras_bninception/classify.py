@@ -167,17 +167,16 @@ def from_saved_model(path: str) -> Classifier:
         )
     serve = loaded.signatures["serve_image_bytes"]
     num_classes = int(serve.structured_outputs["probabilities"].shape[-1])
-    names = None
-    for directory in (path, os.path.dirname(os.path.abspath(path))):
-        if os.path.isfile(os.path.join(directory, LABELS_FILE)):
-            names = _labels_beside(directory, num_classes)
-            break
+    # labels.txt inside the SavedModel directory, else in the export directory around it.
+    inside = os.path.isfile(os.path.join(path, LABELS_FILE))
+    directory = path if inside else os.path.dirname(os.path.abspath(path))
+    names = _labels_beside(directory, num_classes)
 
     def probabilities(contents: bytes) -> np.ndarray:
         out = serve(image_bytes=tf.constant([contents]))
         return out["probabilities"].numpy()[0].astype(np.float32)
 
-    return Classifier(probabilities, names or _default_names(num_classes), f"saved_model {path}")
+    return Classifier(probabilities, names, f"saved_model {path}")
 
 
 def _export_preprocessing(directory: str) -> preprocessing.PreprocessConfig:
