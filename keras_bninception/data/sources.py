@@ -427,10 +427,9 @@ class FolderSource(Source):
                 )
             if validation_split:
                 train = self._list_files(TRAIN_SPLIT, class_names)
-                files_by_label = [
-                    [str(f) for f, y in zip(train.filenames, train.labels, strict=True) if y == i]
-                    for i in range(len(class_names))
-                ]
+                files_by_label = [[] for _ in class_names]
+                for f, y in zip(train.filenames, train.labels, strict=True):
+                    files_by_label[y].append(str(f))
         if validation_split:
             self._files = split_for_validation(
                 files_by_label, class_names, validation_split, seed, root
