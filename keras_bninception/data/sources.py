@@ -301,13 +301,18 @@ def _subdirectories(directory: str) -> list[str]:
     )
 
 
-def _images(directory: str) -> list[str]:
-    """The image files directly in `directory`, sorted, as full paths."""
-    return [
+def _images(directory: str, files_only: bool = True) -> list[str]:
+    """The image files directly in `directory`, sorted, as full paths.
+
+    With `files_only` False, every entry named like an image, as `tfds.ImageFolder` lists them
+    (a subdirectory or broken link named `x.jpg` too).
+    """
+    paths = [
         os.path.join(directory, name)
         for name in sorted(os.listdir(directory))
-        if name.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(directory, name))
+        if name.lower().endswith(IMAGE_EXTENSIONS)
     ]
+    return [path for path in paths if os.path.isfile(path)] if files_only else paths
 
 
 def _validation_count(num_images: int, fraction: float) -> int:
@@ -554,10 +559,9 @@ class FolderSource(Source):
             directory = os.path.join(self._root, split, class_name)
             if not os.path.isdir(directory):
                 continue
-            for name in sorted(os.listdir(directory)):
-                if name.lower().endswith(IMAGE_EXTENSIONS):
-                    filenames.append(os.path.join(directory, name))
-                    labels.append(label)
+            files = _images(directory, files_only=False)
+            filenames += files
+            labels += [label] * len(files)
         return FileListSplit(
             filenames=np.array(filenames, dtype=object), labels=np.array(labels, np.int32)
         )
