@@ -315,6 +315,14 @@ def _images(directory: str, files_only: bool = True) -> list[str]:
     return [path for path in paths if os.path.isfile(path)] if files_only else paths
 
 
+def _by_label_to_split(files_by_label: list[list[str]]) -> FileListSplit:
+    """The files of `files_by_label` (label i's at index i), label by label, with their labels."""
+    return FileListSplit(
+        filenames=np.array([f for files in files_by_label for f in files], dtype=object),
+        labels=np.array([i for i, files in enumerate(files_by_label) for _ in files], np.int32),
+    )
+
+
 def _validation_count(num_images: int, fraction: float) -> int:
     """Images of a label of `num_images` that go to validation: round(fraction * n), half up."""
     return int(math.floor(fraction * num_images + 0.5))
@@ -337,9 +345,8 @@ def split_for_validation(
     Raises:
         DataError: a label has too few images for one on each side (named, with what would do).
     """
-    sides: dict[str, tuple[list[str], list[int]]] = {
-        TRAIN_SPLIT: ([], []),
-        VALIDATION_SPLIT: ([], []),
+    sides: dict[str, list[list[str]]] = {
+        split: [[] for _ in files_by_label] for split in (TRAIN_SPLIT, VALIDATION_SPLIT)
     }
     for label, files in enumerate(files_by_label):
         n = len(files)
@@ -355,15 +362,8 @@ def split_for_validation(
         permutation = np.random.default_rng([seed, label]).permutation(n)
         chosen = set(permutation[:held].tolist())
         for i, name in enumerate(files):
-            side = sides[VALIDATION_SPLIT if i in chosen else TRAIN_SPLIT]
-            side[0].append(name)
-            side[1].append(label)
-    return {
-        split: FileListSplit(
-            filenames=np.array(names, dtype=object), labels=np.array(labels, np.int32)
-        )
-        for split, (names, labels) in sides.items()
-    }
+            sides[VALIDATION_SPLIT if i in chosen else TRAIN_SPLIT][label].append(name)
+    return {split: _by_label_to_split(by_label) for split, by_label in sides.items()}
 
 
 def _read_files(files: FileListSplit, root: str) -> InMemorySplit:
@@ -441,14 +441,7 @@ class FolderSource(Source):
             )
             eval_split = VALIDATION_SPLIT
         elif flat:
-            self._files = {
-                TRAIN_SPLIT: FileListSplit(
-                    filenames=np.array([f for fs in files_by_label for f in fs], dtype=object),
-                    labels=np.array(
-                        [i for i, fs in enumerate(files_by_label) for _ in fs], np.int32
-                    ),
-                )
-            }
+            self._files = {TRAIN_SPLIT: _by_label_to_split(files_by_label)}
             eval_split = TRAIN_SPLIT
         else:
             eval_split = counts["eval"]
