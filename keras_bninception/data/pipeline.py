@@ -278,7 +278,7 @@ def _stand_in_png() -> bytes:
     return buffer.getvalue()
 
 
-def _try_decode(decode_fn, contents: tf.Tensor, image_size: int) -> tuple[tf.Tensor, tf.Tensor]:
+def _try_decode(decode_fn, contents: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """(decode_fn(contents), True), or (an image to discard, False) when TensorFlow cannot
     decode the data.
 
@@ -287,11 +287,10 @@ def _try_decode(decode_fn, contents: tf.Tensor, image_size: int) -> tuple[tf.Ten
     other is first decoded inside a one-element dataset with `ignore_errors`, where a decoding
     failure becomes `False` (so that the caller can name the file) instead of an error. (That
     costs about a millisecond, so it is kept for these files.) The decoding that is kept runs
-    outside the branch, on a stand-in image when the file does not decode: a branch around the
-    decoding itself measured slower on one core
+    outside the branch, on a stand-in image (preprocessed to the output size like any other) when
+    the file does not decode: a branch around the decoding itself measured slower on one core
     (`benchmarks/data_pipeline.py --tfrecords`).
     """
-    del image_size  # (the stand-in image is preprocessed to the output size like any other)
 
     def attempt():
         return (
@@ -568,7 +567,6 @@ def _decoded(ds: tf.data.Dataset, plan: _Plan) -> tf.data.Dataset:
         image, decoded = _try_decode(
             lambda c: plan.decode_and_preprocess(c, key_seed),
             _checked(contents, filename),
-            plan.image_size,
         )
         if plan.skip_corrupt_images:
             return image, label, decoded, filename

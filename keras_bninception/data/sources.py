@@ -301,13 +301,26 @@ def _subdirectories(directory: str) -> list[str]:
     )
 
 
-def _images(directory: str) -> list[str]:
-    """The image files directly in `directory`, sorted, as full paths."""
-    return [
+def _images(directory: str, files_only: bool = True) -> list[str]:
+    """The image files directly in `directory`, sorted, as full paths.
+
+    With `files_only` False, every entry named like an image, as `tfds.ImageFolder` lists them
+    (a subdirectory or broken link named `x.jpg` too).
+    """
+    paths = [
         os.path.join(directory, name)
         for name in sorted(os.listdir(directory))
-        if name.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(directory, name))
+        if name.lower().endswith(IMAGE_EXTENSIONS)
     ]
+    return [path for path in paths if os.path.isfile(path)] if files_only else paths
+
+
+def _by_label_to_split(files_by_label: list[list[str]]) -> FileListSplit:
+    """The files of `files_by_label` (label i's at index i), label by label, with their labels."""
+    return FileListSplit(
+        filenames=np.array([f for files in files_by_label for f in files], dtype=object),
+        labels=np.array([i for i, files in enumerate(files_by_label) for _ in files], np.int32),
+    )
 
 
 def _validation_count(num_images: int, fraction: float) -> int:
@@ -332,9 +345,8 @@ def split_for_validation(
     Raises:
         DataError: a label has too few images for one on each side (named, with what would do).
     """
-    sides: dict[str, tuple[list[str], list[int]]] = {
-        TRAIN_SPLIT: ([], []),
-        VALIDATION_SPLIT: ([], []),
+    sides: dict[str, list[list[str]]] = {
+        split: [[] for _ in files_by_label] for split in (TRAIN_SPLIT, VALIDATION_SPLIT)
     }
     for label, files in enumerate(files_by_label):
         n = len(files)
@@ -350,15 +362,8 @@ def split_for_validation(
         permutation = np.random.default_rng([seed, label]).permutation(n)
         chosen = set(permutation[:held].tolist())
         for i, name in enumerate(files):
-            side = sides[VALIDATION_SPLIT if i in chosen else TRAIN_SPLIT]
-            side[0].append(name)
-            side[1].append(label)
-    return {
-        split: FileListSplit(
-            filenames=np.array(names, dtype=object), labels=np.array(labels, np.int32)
-        )
-        for split, (names, labels) in sides.items()
-    }
+            sides[VALIDATION_SPLIT if i in chosen else TRAIN_SPLIT][label].append(name)
+    return {split: _by_label_to_split(by_label) for split, by_label in sides.items()}
 
 
 def _read_files(files: FileListSplit, root: str) -> InMemorySplit:
@@ -427,24 +432,16 @@ class FolderSource(Source):
                 )
             if validation_split:
                 train = self._list_files(TRAIN_SPLIT, class_names)
-                files_by_label = [
-                    [str(f) for f, y in zip(train.filenames, train.labels, strict=True) if y == i]
-                    for i in range(len(class_names))
-                ]
+                files_by_label = [[] for _ in class_names]
+                for f, y in zip(train.filenames, train.labels, strict=True):
+                    files_by_label[y].append(str(f))
         if validation_split:
             self._files = split_for_validation(
                 files_by_label, class_names, validation_split, seed, root
             )
             eval_split = VALIDATION_SPLIT
         elif flat:
-            self._files = {
-                TRAIN_SPLIT: FileListSplit(
-                    filenames=np.array([f for fs in files_by_label for f in fs], dtype=object),
-                    labels=np.array(
-                        [i for i, fs in enumerate(files_by_label) for _ in fs], np.int32
-                    ),
-                )
-            }
+            self._files = {TRAIN_SPLIT: _by_label_to_split(files_by_label)}
             eval_split = TRAIN_SPLIT
         else:
             eval_split = counts["eval"]
@@ -555,10 +552,9 @@ class FolderSource(Source):
             directory = os.path.join(self._root, split, class_name)
             if not os.path.isdir(directory):
                 continue
-            for name in sorted(os.listdir(directory)):
-                if name.lower().endswith(IMAGE_EXTENSIONS):
-                    filenames.append(os.path.join(directory, name))
-                    labels.append(label)
+            files = _images(directory, files_only=False)
+            filenames += files
+            labels += [label] * len(files)
         return FileListSplit(
             filenames=np.array(filenames, dtype=object), labels=np.array(labels, np.int32)
         )
