@@ -305,9 +305,14 @@ def test_mixed_precision_dtypes(policy):
 @pytest.mark.parametrize("relu", [False, True])
 def test_compiled_kernels_equal_the_reference_steps(path, relu):
     # Each path's compiled passes against `batch_norm`'s steps run op by op (the reference).
-    x = tf.reshape(_random([4, 5, 5, 6], mean=1.0, seed=26), [-1, 6])
-    gamma, beta = _random([6], mean=1.0, seed=27), _random([6], seed=28)
-    dy = _random([100, 6], seed=29)
+    # 512 features make a "cpu" block max(_MIN_ROWS, _BLOCK_ELEMENTS // 512) = 64 rows: the 200
+    # rows are three full blocks, shared by both parts' while-loops, and 8 rows left over.
+    channels = 512
+    x = tf.reshape(_random([4, 5, 10, channels], mean=1.0, seed=26), [-1, channels])
+    gamma, beta = _random([channels], mean=1.0, seed=27), _random([channels], seed=28)
+    dy = _random([200, channels], seed=29)
+    rows = max(kernels._MIN_ROWS, kernels._BLOCK_ELEMENTS // channels)
+    assert 200 // rows >= kernels._PARTS and 200 % rows > 0
     y_ref, s_ref = batch_norm.forward(x, None, gamma, beta, 1e-3, relu)
     y, s = kernels.forward(path, x, None, gamma, beta, 1e-3, relu)
     grads_ref = batch_norm.backward(dy, x, None, s_ref, relu)
