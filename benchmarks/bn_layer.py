@@ -121,10 +121,8 @@ class TwoPasses(keras.layers.Layer):
         return x * tf.constant(2.0, x.dtype)
 
 
-KERNELS = [None]  # ours' path: --kernels, else the device's
-
-
-def _layer(name: str, dtype: str) -> keras.layers.Layer:
+def _layer(name: str, dtype: str, path: str | None = None) -> keras.layers.Layer:
+    """The layer `name` in `dtype`; ours runs `path` (--kernels; None: the device's)."""
     policy = "mixed_bfloat16" if dtype == "bfloat16" else "float32"
     if name == "keras":
         return keras.layers.BatchNormalization(epsilon=EPSILON, dtype=policy)
@@ -134,7 +132,7 @@ def _layer(name: str, dtype: str) -> keras.layers.Layer:
         return TwoPasses(dtype=policy)
     if name == ACCELERATOR:
         return BatchNormalization(epsilon=EPSILON, dtype=policy, kernels=kernels.ACCELERATOR)
-    return BatchNormalization(epsilon=EPSILON, dtype=policy, kernels=KERNELS[0])
+    return BatchNormalization(epsilon=EPSILON, dtype=policy, kernels=path)
 
 
 def _step_fn(layer: keras.layers.Layer, dy: tf.Tensor):
@@ -259,7 +257,6 @@ def main() -> None:
         header += ["keras MB", "fused MB", "ours MB"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    KERNELS[0] = args.kernels
     _table(args)
 
 
@@ -270,7 +267,7 @@ def _table(args: argparse.Namespace) -> None:
             x, dy = _inputs(shape, dtype)
             steps = {}
             for name in NAMES:
-                layer = _layer(name, dtype)
+                layer = _layer(name, dtype, args.kernels)
                 layer.build(shape)
                 steps[name] = _step_fn(layer, dy)
                 for _ in range(2):  # trace, compile, warm up

@@ -305,9 +305,14 @@ def test_mixed_precision_dtypes(policy):
 @pytest.mark.parametrize("relu", [False, True])
 def test_compiled_kernels_equal_the_reference_steps(path, relu):
     # Each path's compiled passes against `batch_norm`'s steps run op by op (the reference).
-    x = tf.reshape(_random([4, 5, 5, 6], mean=1.0, seed=26), [-1, 6])
-    gamma, beta = _random([6], mean=1.0, seed=27), _random([6], seed=28)
-    dy = _random([100, 6], seed=29)
+    # 512 features make a "cpu" block max(_MIN_ROWS, _BLOCK_ELEMENTS // 512) = 64 rows: the 200
+    # rows are three full blocks, shared by both parts' while-loops, and 8 rows left over.
+    channels = 512
+    x = tf.reshape(_random([4, 5, 10, channels], mean=1.0, seed=26), [-1, channels])
+    gamma, beta = _random([channels], mean=1.0, seed=27), _random([channels], seed=28)
+    dy = _random([200, channels], seed=29)
+    rows = max(kernels._MIN_ROWS, kernels._BLOCK_ELEMENTS // channels)
+    assert 200 // rows >= kernels._PARTS and 200 % rows > 0
     y_ref, s_ref = batch_norm.forward(x, None, gamma, beta, 1e-3, relu)
     y, s = kernels.forward(path, x, None, gamma, beta, 1e-3, relu)
     grads_ref = batch_norm.backward(dy, x, None, s_ref, relu)
@@ -487,9 +492,7 @@ def test_blocked_parts_share_the_full_blocks_each_once(rows, parts):
 def test_blocked_statistics_count_every_row_once(rows):
     # The parts' full blocks and the rest (7, none, or all 40 rows) make up μ_B and σ²_B.
     x = _random([rows, 512], mean=3.0, std=2.0, seed=37)
-    with (
-        kernels.use(kernels.CPU),
-    ):
+    with kernels.use(kernels.CPU):
         _, mean, var, count = batch_norm.batch_norm_train(
             x, tf.ones([512]), tf.zeros([512]), axis=1, epsilon=1e-3
         )
@@ -530,25 +533,28 @@ def test_kernels_are_traced_once_for_every_shape():
     assert [len(kernel.traced) for kernel in compiled] == traced
 
 
+def _traced_step_graph(path, relu=False):
+    """The graph_def of a traced training step: BN on [2, 4, 4, 64] on `path`, then ∂y/∂x."""
+
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = batch_norm.batch_norm_train(
+                x, tf.ones([64]), tf.zeros([64]), axis=3, epsilon=1e-3, relu=relu, kernels=path
+            )[0]
+        return tape.gradient(y, x)
+
+    return step.get_concrete_function(tf.TensorSpec([2, 4, 4, 64])).graph.as_graph_def()
+
+
 def test_blocked_reductions_add_few_ops_to_a_traced_step():
     # Every op of a traced training step costs memory and time when it is traced and first run;
     # a BN layer is called ~70 times in BN-Inception. The blocked path's glue (its parts' merge,
     # the statistics) lives inside its kernels or ops: it adds only its extra calls to the graph.
     def graph_ops(blocked):
-        @tf.function
-        def step(x):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                y = batch_norm.batch_norm_train(
-                    x, tf.ones([64]), tf.zeros([64]), axis=3, epsilon=1e-3, relu=True
-                )[0]
-            return tape.gradient(y, x)
-
-        with (
-            kernels.use(kernels.CPU if blocked else kernels.ACCELERATOR),
-        ):
-            graph = step.get_concrete_function(tf.TensorSpec([2, 4, 4, 64])).graph
-        return len(graph.as_graph_def().node)
+        path = kernels.CPU if blocked else kernels.ACCELERATOR
+        return len(_traced_step_graph(path, relu=True).node)
 
     blocked, single = graph_ops(True), graph_ops(False)
     assert blocked <= single + 12, (blocked, single)
@@ -587,16 +593,7 @@ def test_kernels_follow_the_device_and_the_scope():
 def test_accelerator_kernels_hold_no_loop_and_cpu_kernels_do():
     # What a GPU runs is single reduces; the CPU's blocked reductions are XLA while-loops.
     def ops(path):
-        @tf.function
-        def step(x):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                y = batch_norm.batch_norm_train(
-                    x, tf.ones([64]), tf.zeros([64]), axis=3, epsilon=1e-3, kernels=path
-                )[0]
-            return tape.gradient(y, x)
-
-        graph = step.get_concrete_function(tf.TensorSpec([2, 4, 4, 64])).graph.as_graph_def()
+        graph = _traced_step_graph(path)
         functions = graph.library.function
         return {n.op for f in functions for n in f.node_def} | {n.op for n in graph.node}
 
@@ -623,9 +620,7 @@ def test_blocked_moments_keep_variance_precision_at_large_mean():
     # Mean 1e4, std 1, m = 189: one block in the first part, one and a 61-row rest in the second
     # merging blocks and parts must not lose σ².
     x = _random([3, 7, 9, 512], mean=1e4, std=1.0, seed=35)
-    with (
-        kernels.use(kernels.CPU),
-    ):
+    with kernels.use(kernels.CPU):
         _, mean, var, _ = batch_norm.batch_norm_train(
             x, tf.ones([512]), tf.zeros([512]), axis=3, epsilon=1e-3
         )
@@ -760,6 +755,12 @@ def test_bn_relu_unit_argument_and_round_trip():
 # Masks with the feature axis anywhere, and Batch Renormalization.
 
 
+def _assert_gradients_equal(tape, loss, loss_ref, sources):
+    """The gradients of loss and of loss_ref (autodiff's, float64) w.r.t. sources agree."""
+    for a, b in zip(tape.gradient(loss, sources), tape.gradient(loss_ref, sources), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("path", kernels.PATHS)
 @pytest.mark.parametrize(
     "shape,axis,mask_shape",
@@ -791,12 +792,7 @@ def test_masks_on_any_axis_equal_autodiff_of_the_float64_reference(path, shape, 
     np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(mean, tf.reshape(mu, [-1]), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(var, tf.reshape(sigma2, [-1]), rtol=1e-12, atol=1e-12)
-    for a, b in zip(
-        tape.gradient(loss, [x, gamma, beta]),
-        tape.gradient(loss_ref, [x, gamma, beta]),
-        strict=True,
-    ):
-        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    _assert_gradients_equal(tape, loss, loss_ref, [x, gamma, beta])
 
 
 @pytest.mark.parametrize("path", kernels.PATHS)
@@ -833,12 +829,7 @@ def test_renorm_gradient_equals_autodiff_in_float64(path, relu, clipping):
         loss, loss_ref = _loss(y + 1.0), _loss(y_ref + 1.0)
     np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
     assert not np.allclose(r, 1.0) and not np.allclose(d, 0.0)  # the correction is not trivial
-    for a, b in zip(
-        tape.gradient(loss, [x, gamma, beta]),
-        tape.gradient(loss_ref, [x, gamma, beta]),
-        strict=True,
-    ):
-        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    _assert_gradients_equal(tape, loss, loss_ref, [x, gamma, beta])
 
 
 def test_renorm_layer_updates_keras_statistics_and_round_trips():

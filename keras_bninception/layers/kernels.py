@@ -164,22 +164,27 @@ def _backward(dy, x, w, *statistics_and_relu):
     return bn.backward(dy, x, w, bn.Statistics(*statistics), relu)
 
 
-def forward(path, x, w, gamma, beta, epsilon, relu, renorm=None, sum_replicas=None):
+def _blocked(path, x, w) -> bool:
+    """Whether BN on x runs the "cpu" path's blocked reductions (unmasked, on the [m, C] view)."""
+    return path == CPU and w is None and x.shape.rank == 2
+
+
+def forward(path, x, w, gamma, beta, epsilon, relu: bool, renorm=None, sum_replicas=None):
     """Algorithm 1 (`bn.forward`) on `path`'s kernels: y and the Statistics."""
     if sum_replicas is not None:
         return bn.forward(x, w, gamma, beta, epsilon, relu, renorm, sum_replicas, STEPS)
-    if path == CPU and w is None and x.shape.rank == 2:
+    if _blocked(path, x, w):
         return _forward_blocked(x, gamma, beta, epsilon, relu, *_renorm_args(renorm))
-    return _forward(x, w, gamma, beta, epsilon, bool(relu), *_renorm_args(renorm))
+    return _forward(x, w, gamma, beta, epsilon, relu, *_renorm_args(renorm))
 
 
-def backward(path, dy, x, w, s: bn.Statistics, relu, sum_replicas=None):
+def backward(path, dy, x, w, s: bn.Statistics, relu: bool, sum_replicas=None):
     """The section-3 chain (`bn.backward`) on `path`'s kernels: ∂ℓ/∂x, ∂ℓ/∂γ, ∂ℓ/∂β."""
     if sum_replicas is not None:
         return bn.backward(dy, x, w, s, relu, sum_replicas, STEPS)
-    if path == CPU and w is None and x.shape.rank == 2:
+    if _blocked(path, x, w):
         return _backward_blocked(dy, x, s, relu)
-    return _backward(dy, x, w, *s, bool(relu))
+    return _backward(dy, x, w, *s, relu)
 
 
 # Blocked reductions (the "cpu" path), on the [m, C] view: rows are taken in blocks of about
@@ -293,7 +298,7 @@ def _forward_blocked(x, gamma, beta, epsilon, relu, renorm_mean, renorm_stddev, 
     parts = [_blocked_moments(bits, tf.constant(p), gamma.dtype) for p in range(_PARTS)]
     moments = (v for part in parts for v in part)
     renorm = (renorm_mean, renorm_stddev, clipping)
-    return _blocked_transform(x, gamma, beta, epsilon, bool(relu), *renorm, *moments)
+    return _blocked_transform(x, gamma, beta, epsilon, relu, *renorm, *moments)
 
 
 def _block_grad_sums(dy, x, mean, inv_std, scale, offset, relu, x_dtype) -> tuple:
@@ -330,8 +335,8 @@ def _blocked_grad_input(dy, x, *statistics_relu_and_sums):
 
 
 def _backward_blocked(dy, x, s: bn.Statistics, relu):
-    statistics = (s.mean, s.inv_std, s.scale, s.offset, bool(relu))
+    statistics = (s.mean, s.inv_std, s.scale, s.offset, relu)
     bits = (_bits(dy), _bits(x))
     parts = [_blocked_grad_sums(*bits, tf.constant(p), *statistics, x.dtype) for p in range(_PARTS)]
     sums = (v for part in parts for v in part)
-    return _blocked_grad_input(dy, x, *s, bool(relu), *sums)
+    return _blocked_grad_input(dy, x, *s, relu, *sums)
