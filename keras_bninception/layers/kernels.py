@@ -249,6 +249,17 @@ def _compile_ahead(path, x, w, gamma, epsilon, relu, renorm) -> None:
             _AHEAD_SEEN[key] = _AHEAD.submit(compile_now)
 
 
+def wait_for_compilations() -> None:
+    """Returns when every compilation handed to the background so far has ended (or failed).
+
+    For measurements that must not overlap them (memory, timing a step's trace apart from its
+    compilation); training never needs it: a step waits for the kernels it runs.
+    """
+    with _AHEAD_LOCK:
+        futures = list(_AHEAD_SEEN.values())
+    concurrent.futures.wait(futures)
+
+
 # Blocked reductions (the "cpu" path), on the [m, C] view: rows are taken in blocks of about
 # _BLOCK_ELEMENTS values (128 KiB of float32, cache-resident), each block reduced exactly.
 _BLOCK_ELEMENTS = 32768
