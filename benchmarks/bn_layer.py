@@ -38,7 +38,7 @@ machine's cores it kept busy.
 bfloat16 rows run each under the `mixed_bfloat16` policy (x and y in bfloat16, γ, β and the
 statistics in float32). `--kernels` gives ours that path instead of the device's (`cpu`: the
 blocked reductions; `accelerator`: single reduces), to compare them on a machine.
-`--memory` measures (with the layer's own choice), in a fresh subprocess per cell, the growth of
+`--memory` measures (ours on `--kernels`' path), in a fresh subprocess per cell, the growth of
 the peak resident memory over one warm-up and three forward + backward runs, minus the inputs. The
 machine's copy bandwidth (NumPy copy between two preallocated arrays, read + write) and float32
 matmul throughput (2048² `tf.matmul`) are printed with the table, to compare machines.
@@ -166,22 +166,24 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _memory_child(name: str, shape: tuple, dtype: str) -> None:
+def _memory_child(name: str, shape: tuple, dtype: str, path: str | None) -> None:
     """In a fresh process: peak RSS growth of forward + backward runs, minus x and dy."""
     x, dy = _inputs(shape, dtype)
-    layer = _layer(name, dtype)
+    layer = _layer(name, dtype, path)
     layer.build(shape)
     step = _step_fn(layer, dy)
     step.get_concrete_function(x)  # trace outside the measurement
+    kernels.wait_for_compilations()  # and what tracing handed to the background
     before = _peak_rss_mb()
     for _ in range(4):
         _run(step, x)
     print(json.dumps({"peak_growth_mb": _peak_rss_mb() - before}))
 
 
-def _memory(name: str, shape: tuple, dtype: str) -> float:
+def _memory(name: str, shape: tuple, dtype: str, path: str | None) -> float:
+    child = [name, "x".join(map(str, shape)), dtype, path or "device"]
     out = subprocess.run(
-        [sys.executable, __file__, "--memory-child", name, "x".join(map(str, shape)), dtype],
+        [sys.executable, __file__, "--memory-child", *child],
         capture_output=True,
         text=True,
         check=True,
@@ -223,11 +225,12 @@ def main() -> None:
     parser.add_argument(
         "--kernels", choices=kernels.PATHS, help="ours' path (default: the device's)"
     )
-    parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
-        name, shape, dtype = args.memory_child
-        _memory_child(name, tuple(int(v) for v in shape.split("x")), dtype)
+        name, shape, dtype, path = args.memory_child
+        path = None if path == "device" else path
+        _memory_child(name, tuple(int(v) for v in shape.split("x")), dtype, path)
         return
     if args.repeats < 5:
         parser.error(f"--repeats must be at least 5; received --repeats={args.repeats}")
@@ -299,7 +302,7 @@ def _table(args: argparse.Namespace) -> None:
                 f"{ms[ACCELERATOR] / ms['ours']:.2f}×",
             ]
             if args.memory:
-                row += [f"{_memory(name, shape, dtype):.0f}" for name in LAYERS]
+                row += [f"{_memory(name, shape, dtype, args.kernels):.0f}" for name in LAYERS]
             print("| " + " | ".join(row) + " |", flush=True)
 
 

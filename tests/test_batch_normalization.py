@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -531,6 +533,47 @@ def test_kernels_are_traced_once_for_every_shape():
         forward_backward([3, 5, 5, 24], seed=48)
         forward_backward([1, 9, 9, 1024], seed=49)
     assert [len(kernel.traced) for kernel in compiled] == traced
+
+
+_AHEAD_SCRIPT = """
+import sys
+import tensorflow as tf
+from keras_bninception.layers import BatchNormalization, kernels
+
+layers = [BatchNormalization(activation="relu") for _ in range(2)]
+
+
+@tf.function
+def step(x, z):
+    with tf.GradientTape() as tape:
+        tape.watch([x, z])
+        loss = sum(tf.reduce_sum(layer(t, training=True)) for layer, t in zip(layers, [x, z]))
+    return tape.gradient(loss, [x, z])
+
+
+x, z = tf.random.normal([2, 8, 8, 64]), tf.random.normal([4, 4, 4, 32])
+step.get_concrete_function(x, z)
+assert len(kernels._AHEAD_SEEN) == 2, kernels._AHEAD_SEEN
+for future in kernels._AHEAD_SEEN.values():
+    future.result()  # the background compilation ended, without an error
+print("STEP", file=sys.stderr, flush=True)
+step(x, z)
+"""
+
+
+def test_a_traced_step_finds_its_kernels_compiled_ahead():
+    # XLA's own log (device_compiler) says for each call of a compiled function whether its
+    # executable was in the cache: after tracing and the background compilations, the step's
+    # first run compiles nothing, i.e. the background filled the very entries the step reads.
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0", "TF_CPP_VMODULE": "device_compiler=2"}
+    run = subprocess.run(
+        [sys.executable, "-c", _AHEAD_SCRIPT], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    before, _, after = run.stderr.partition("STEP")
+    assert before.count("Compilation cache entry hit: 0") == 8  # 4 kernels × 2 shapes
+    assert "Compilation cache entry hit: 2" in after
+    assert "Compilation cache entry hit: 0" not in after
 
 
 def _traced_step_graph(path, relu=False):

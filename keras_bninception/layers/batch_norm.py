@@ -278,21 +278,24 @@ def batch_norm_train(
             mean=tf.stop_gradient(renorm.mean), stddev=tf.stop_gradient(renorm.stddev)
         )
 
+    statistics = []  # the forward's, without gradient: only y is an output of `bn`
+
     @tf.autograph.experimental.do_not_convert
     @tf.custom_gradient
     def bn(x_view, gamma, beta):
         # The gradient is `grad` (`backward`): nothing below is recorded by a GradientTape.
         x_view, gamma, beta = (tf.stop_gradient(t) for t in (x_view, gamma, beta))
         y, s = fast.forward(path, x_view, w_view, gamma, beta, epsilon, relu, renorm, sum_replicas)
+        statistics.append(s)
 
-        def grad(dy, *unused_statistics_grads):
+        def grad(dy):
             return fast.backward(path, tf.stop_gradient(dy), x_view, w_view, s, relu, sum_replicas)
 
-        return (y, s.mean, s.variance, s.count), grad
+        return y, grad
 
-    y, mean, variance, count = bn(x_view, gamma, beta)
-    stopped = (tf.stop_gradient(t) for t in (mean, variance, count))
-    return tf.reshape(y, tf.shape(x)), *stopped
+    y = bn(x_view, gamma, beta)
+    (s,) = statistics
+    return tf.reshape(y, tf.shape(x)), s.mean, s.variance, s.count
 
 
 def _view(x: tf.Tensor, axis: int) -> tf.Tensor:

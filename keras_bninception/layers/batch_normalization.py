@@ -51,7 +51,8 @@ _EXAMPLES = {
 
 def _moving_average(moving, batch: tf.Tensor, momentum: float) -> tf.Tensor:
     """moving · momentum + batch · (1 − momentum), in the moving variable's dtype."""
-    return moving * momentum + tf.cast(batch, moving.dtype) * (1.0 - momentum)
+    value = tf.convert_to_tensor(moving)
+    return value * momentum + tf.cast(batch, value.dtype) * (1.0 - momentum)
 
 
 @keras.saving.register_keras_serializable(package="keras_bninception")

@@ -94,6 +94,7 @@ def compiled(fn: Callable) -> Callable:
     must come cut off any GradientTape (`batch_norm_train` cuts them where they enter).
     """
     traced: dict[tuple, Callable] = {}
+    lock = threading.Lock()  # one trace a key, whichever thread (`_compile_ahead`'s) asks first
 
     @functools.wraps(fn)
     def run(*args):
@@ -104,22 +105,27 @@ def compiled(fn: Callable) -> Callable:
         statics = tuple(None if t else a for a, t in zip(args, is_tensor, strict=True))
         signature = tuple(tf.TensorSpec([None] * t.shape.rank, t.dtype) for t in tensors)
         key = (statics, is_tensor, signature)
-        if key not in traced:
-            function = tf.function(
-                functools.partial(_traced_body, fn, statics, is_tensor),
-                input_signature=signature,
-                jit_compile=True,
-                autograph=False,
-            )
-            # Every traced op keeps the Python stack it was created on, and XLA copies each into
-            # text when it compiles; a thread of its own starts the stack here, not at Keras'.
-            with concurrent.futures.ThreadPoolExecutor(max_workers=1) as thread:
-                thread.submit(function.get_concrete_function).result()
-            traced[key] = function
+        with lock:
+            if key not in traced:
+                traced[key] = _trace(fn, statics, is_tensor, signature)
         return traced[key](*tensors)
 
     run.traced = traced
     return run
+
+
+def _trace(fn: Callable, statics: tuple, is_tensor: tuple, signature: tuple):
+    """fn's XLA-compiled concrete function for these Python arguments and tensor specs."""
+    function = tf.function(
+        functools.partial(_traced_body, fn, statics, is_tensor),
+        input_signature=signature,
+        jit_compile=True,
+        autograph=False,
+    )
+    # Every traced op keeps the Python stack it was created on, and XLA copies each into text
+    # when it compiles; a thread of its own starts the stack here, not at Keras'.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as thread:
+        return thread.submit(function.get_concrete_function).result()
 
 
 def _traced_body(fn: Callable, statics: tuple, is_tensor: tuple, *tensors: tf.Tensor):
@@ -173,6 +179,11 @@ def forward(path, x, w, gamma, beta, epsilon, relu: bool, renorm=None, sum_repli
     """Algorithm 1 (`bn.forward`) on `path`'s kernels: y and the Statistics."""
     if sum_replicas is not None:
         return bn.forward(x, w, gamma, beta, epsilon, relu, renorm, sum_replicas, STEPS)
+    _compile_ahead(path, x, w, gamma, epsilon, relu, renorm)
+    return _forward_pass(path, x, w, gamma, beta, epsilon, relu, renorm)
+
+
+def _forward_pass(path, x, w, gamma, beta, epsilon, relu, renorm):
     if _blocked(path, x, w):
         return _forward_blocked(x, gamma, beta, epsilon, relu, *_renorm_args(renorm))
     return _forward(x, w, gamma, beta, epsilon, relu, *_renorm_args(renorm))
@@ -182,9 +193,71 @@ def backward(path, dy, x, w, s: bn.Statistics, relu: bool, sum_replicas=None):
     """The section-3 chain (`bn.backward`) on `path`'s kernels: ∂ℓ/∂x, ∂ℓ/∂γ, ∂ℓ/∂β."""
     if sum_replicas is not None:
         return bn.backward(dy, x, w, s, relu, sum_replicas, STEPS)
+    return _backward_pass(path, dy, x, w, s, relu)
+
+
+def _backward_pass(path, dy, x, w, s, relu):
     if _blocked(path, x, w):
         return _backward_blocked(dy, x, s, relu)
     return _backward(dy, x, w, *s, relu)
+
+
+# A step's graph runs an XLA computation when its executor reaches it, so the compilations of a
+# network's BN kernels (four per layer shape) would all run in its first step, one after the
+# other. `forward` hands them to a thread of their own as soon as it is traced into a graph: there
+# a small graph runs the layer's forward and backward passes on zeros of the same shapes and
+# dtypes, which fills the compilation cache (per device, by function and shapes) that the step's
+# calls then read. XLA compiles outside Python's lock, on the core tracing leaves free. (A program
+# that ends right after tracing a step, without running it, waits for what is queued.)
+_AHEAD = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="bn_compile")
+_AHEAD_SEEN: dict[tuple, concurrent.futures.Future] = {}  # what was handed over, and its end
+_AHEAD_LOCK = threading.Lock()
+
+
+def _in_xla_computation() -> bool:
+    """Whether ops traced here become part of an enclosing XLA computation (jit_compile)."""
+    enclosing = getattr(tf.__internal__, "get_enclosing_xla_context", lambda: None)
+    return enclosing() is not None
+
+
+def _compile_ahead(path, x, w, gamma, epsilon, relu, renorm) -> None:
+    """Compiles BN's kernels for x's shape in the background while a step's graph is traced."""
+    if tf.executing_eagerly() or _TRACING.depth or _in_xla_computation():
+        return
+    if not all(t.shape.is_fully_defined() for t in (x, gamma, *([] if w is None else [w]))):
+        return
+    specs = (
+        tf.TensorSpec(x.shape, x.dtype),
+        None if w is None else tf.TensorSpec(w.shape, w.dtype),
+    )
+    clipping = _renorm_args(renorm)[2]
+    device = x.device
+    key = (path, specs, gamma.dtype, float(epsilon), relu, clipping, device)
+
+    def passes(x, w, ones):
+        renorm = None if clipping is None else bn.Renorm(ones, ones, *clipping)
+        y, s = _forward_pass(path, x, w, ones, ones, epsilon, relu, renorm)
+        return _backward_pass(path, y, x, w, s, relu)
+
+    def compile_now():
+        with tf.device(device):
+            x, w = (None if spec is None else tf.zeros(spec.shape, spec.dtype) for spec in specs)
+            tf.function(passes, autograph=False)(x, w, tf.ones(gamma.shape, gamma.dtype))
+
+    with _AHEAD_LOCK:
+        if key not in _AHEAD_SEEN:
+            _AHEAD_SEEN[key] = _AHEAD.submit(compile_now)
+
+
+def wait_for_compilations() -> None:
+    """Returns when every compilation handed to the background so far has ended (or failed).
+
+    For measurements that must not overlap them (memory, timing a step's trace apart from its
+    compilation); training never needs it: a step waits for the kernels it runs.
+    """
+    with _AHEAD_LOCK:
+        futures = list(_AHEAD_SEEN.values())
+    concurrent.futures.wait(futures)
 
 
 # Blocked reductions (the "cpu" path), on the [m, C] view: rows are taken in blocks of about
