@@ -102,7 +102,11 @@ def _finish_train(
             image, *config.saturation_range, seed=saturation_seed
         )
         image = tf.clip_by_value(image, 0.0, 1.0)
-    image = _to_signed(image)
+        # In [0, 1], (x - 0.5) * 2 is exactly within [-1, 1] (x - 0.5 is exact from 0.25 up,
+        # rounded monotonically below): `_to_signed`'s clip would change no pixel.
+        image = (image - 0.5) * 2.0
+    else:
+        image = _to_signed(image)
     image.set_shape([image_size, image_size, 3])
     return image
 
