@@ -2,11 +2,13 @@
 
 `run(config)` is what `python -m trainers.train` and `make demo` call. It
 
-1. resolves: validates the configuration, creates the strategy, seeds / makes deterministic what
-   was asked, describes the dataset (`keras_bninception.data.get_info`), resolves the
-   init_checkpoint, logs the configuration and the learning rate (linear scaling rule, warm-up);
-   builds BN-Inception and the optimizer inside the strategy scope under the Keras
-   mixed-precision policy (`mixed_bfloat16` / `mixed_float16`),
+1. resolves: validates the configuration, creates the strategy, with `mode=eval` on a run takes
+   the data options its `config.json` records (the dataset, image size and held-out split it
+   was trained on), seeds / makes deterministic what was asked, describes the dataset
+   (`keras_bninception.data.get_info`), resolves the init_checkpoint, logs the configuration
+   and the learning rate (linear scaling rule, warm-up; resolved once, passed on); builds
+   BN-Inception and the optimizer inside the strategy scope under the Keras mixed-precision
+   policy (`mixed_bfloat16` / `mixed_float16`),
 2. restores the newest checkpoint of `model_dir` (so rerunning the same command resumes), or,
    when there is none, initializes the model from `init_checkpoint` (fine-tuning),
 3. trains (`mode=train|train_and_eval`), evaluating every `eval_every` steps if asked,
