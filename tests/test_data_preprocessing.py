@@ -43,6 +43,20 @@ def test_eval_maps_black_and_white_to_minus_one_and_one():
     assert out.dtype == np.float32
 
 
+@pytest.mark.parametrize("fraction", [0.875, 1.0])
+def test_eval_of_uint8_equals_eval_of_floats(fraction):
+    # uint8 images are cropped and resized as integers and scaled at the output size; floats in
+    # [0, 1] are scaled first: the same pixels up to float rounding, within [-1, 1] unclipped.
+    image = np.random.default_rng(2).integers(0, 256, size=[75, 101, 3], dtype=np.uint8)
+    image[0, 0], image[-1, -1] = 0, 255
+    config = preprocessing.PreprocessConfig(central_fraction=fraction)
+    for size in (32, 101, 150):
+        ints = preprocessing.preprocess_for_eval(image, size, config).numpy()
+        floats = preprocessing.preprocess_for_eval(image / np.float32(255), size, config).numpy()
+        np.testing.assert_allclose(ints, floats, rtol=0, atol=1e-6)
+        assert ints.min() >= -1.0 and ints.max() <= 1.0
+
+
 def test_train_output_range_shape_and_seed_dependence():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, size=[90, 120, 3], dtype=np.uint8)

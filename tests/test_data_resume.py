@@ -16,7 +16,7 @@ import tensorflow_datasets as tfds
 from helpers import assert_same_batches
 from PIL import Image
 
-from keras_bninception.data import pipeline, sources
+from keras_bninception.data import pipeline, preprocessing, sources
 
 NUM_TRAIN, NUM_SHARDS, BLOCK, BATCH = 40, 5, 8, 4
 EPOCH_STEPS = NUM_TRAIN // BATCH
@@ -183,3 +183,74 @@ def test_parallel_file_reads_keep_the_sequential_order(tmp_path):
     )
     assert pipeline.READ_CYCLE < len(files)
     assert list(read.as_numpy_iterator()) == expected
+
+
+def _record_split(tmp_path) -> tuple[sources.RecordSplit, list[str]]:
+    """Two record files of (encoded image, label, file name): two good images, one file that is
+    not an image and one truncated JPEG."""
+    import io
+
+    def encoded(fmt: str, grey: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(np.full((20, 24, 3), grey, np.uint8)).save(buffer, format=fmt)
+        return buffer.getvalue()
+
+    items = [
+        ("good.png", encoded("PNG", 40)),
+        ("notes.jpg", b"not an image at all"),
+        ("cut.jpg", encoded("JPEG", 90)[:200]),
+        ("good.jpg", encoded("JPEG", 200)),
+    ]
+    files = [str(tmp_path / f"{f}.tfrecord") for f in range(2)]
+    for f, file in enumerate(files):
+        with tf.io.TFRecordWriter(file) as writer:
+            for name, contents in items[2 * f : 2 * f + 2]:
+                feature = {
+                    "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[contents])),
+                    "name": tf.train.Feature(bytes_list=tf.train.BytesList(value=[name.encode()])),
+                }
+                writer.write(
+                    tf.train.Example(
+                        features=tf.train.Features(feature=feature)
+                    ).SerializeToString()
+                )
+    spec = {
+        "image": tf.io.FixedLenFeature([], tf.string),
+        "name": tf.io.FixedLenFeature([], tf.string),
+    }
+
+    def parse(record):
+        example = tf.io.parse_single_example(record, spec)
+        return example["image"], tf.constant(0, tf.int32), example["name"]
+
+    split = sources.RecordSplit(
+        shards=lambda n, p: [(file, 0, 2) for file in files], parse=parse, num_examples=4
+    )
+    return split, [name for name, _ in items]
+
+
+@pytest.mark.parametrize("skip", [False, True], ids=["stop", "skip"])
+def test_corrupt_records_are_named_or_skipped(tmp_path, skip):
+    split, names = _record_split(tmp_path)
+    plan = pipeline._Plan(
+        split="train",
+        image_size=32,
+        training=False,
+        seed=0,
+        repeat=False,
+        start=0,
+        num_pipelines=1,
+        pipeline_id=0,
+        skip_corrupt_images=skip,
+        config=preprocessing.DEFAULT_CONFIG,
+    )
+    ds = pipeline._decoded(pipeline._record_stream(split, plan), plan, split.parse)
+    if not skip:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"corrupt image file.*notes\.jpg"):
+            list(ds)
+        return
+    images = [image for image, _ in ds.as_numpy_iterator()]
+    assert len(images) == 2
+    np.testing.assert_allclose(images[0], 40 / 127.5 - 1, atol=1e-5)  # good.png, then good.jpg
+    assert abs(images[1].mean() - (200 / 127.5 - 1)) < 0.02
+    assert {"notes.jpg", "cut.jpg"} <= set(pipeline.skipped_corrupt_images())

@@ -35,6 +35,35 @@ def test_mirrored_strategy_is_made_once_and_its_all_reduces_never_collide(mirror
     assert _all_reduce(get_strategy("mirrored", num_gpus=0), 17) == [2.0, 2.0]
 
 
+def test_a_mirrored_strategy_over_other_gpus_is_refused(monkeypatch):
+    """One mirrored strategy per GPU set per process: another set would reuse its collective keys.
+
+    Without GPUs: `get_strategy` is told two are visible (its count check), and makes a real
+    `MirroredStrategy` over /gpu:0 and /gpu:1, which TensorFlow constructs without the devices
+    (nothing runs on it here). The process's record of made strategies is a copy for this test.
+    """
+    from keras_bninception.training import strategy as strategy_module
+
+    monkeypatch.setattr(strategy_module, "_MADE", dict(strategy_module._MADE))
+    visible = tf.config.get_visible_devices
+
+    def two_gpus(device_type=None):
+        if device_type == "GPU":
+            return [tf.config.PhysicalDevice(f"/physical_device:GPU:{i}", "GPU") for i in (0, 1)]
+        return visible(device_type)
+
+    monkeypatch.setattr(tf.config, "get_visible_devices", two_gpus)
+    both = get_strategy("mirrored", num_gpus=2)
+    assert both.extended.worker_devices[1].endswith("GPU:1")
+    assert get_strategy("default", num_gpus=2) is both  # the same set: the same object
+    with pytest.raises(
+        ValueError,
+        match=r"already made a mirrored strategy over \['/gpu:0', '/gpu:1'\]; one over "
+        r"\['/gpu:0'\] would reuse its TensorFlow collective keys .*received num_gpus=1$",
+    ):
+        get_strategy("mirrored", num_gpus=1)
+
+
 @pytest.mark.slow
 def test_two_runs_of_different_networks_in_one_process(mirrored_cpus, tmp_path):
     """The sweep or notebook case of issue 30: `run()` at width 0.25, then 0.5, synchronized BN."""

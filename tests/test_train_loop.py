@@ -16,7 +16,14 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from keras_bninception.models import BNInception
-from keras_bninception.training import TrainConfig, Trainer, TrainingError, build_model, run
+from keras_bninception.training import (
+    TrainConfig,
+    Trainer,
+    TrainingError,
+    build_model,
+    experiment,
+    run,
+)
 from keras_bninception.training.config import TrainerConfig
 from keras_bninception.training.run_config import load_run_config, save_run_config
 
@@ -148,7 +155,7 @@ def _flat_folder(root, counts) -> str:
     return str(root)
 
 
-def test_image_folder_bfloat16(tmp_path):
+def test_image_folder_bfloat16(tmp_path, monkeypatch):
     config = _config(
         tmp_path,
         dataset="image_folder",
@@ -182,6 +189,29 @@ def test_image_folder_bfloat16(tmp_path):
     tf.train.Checkpoint(model=model).restore(
         tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints"))
     ).assert_existing_objects_matched()
+    # --mode=eval evaluates the run on what it held out: the data options left at their defaults
+    # are the run's (config.json); one that conflicts is refused. The learning-rate plan is
+    # resolved once per run and passed on.
+    evaluate = config.replace(
+        mode="eval", dataset="digits", data_dir=None, image_size=224, validation_split=0.0
+    )
+    plans = []
+    real_plan = experiment.learning_rate_plan
+    monkeypatch.setattr(
+        experiment, "learning_rate_plan", lambda *args: plans.append(args) or real_plan(*args)
+    )
+    evaluated = run(evaluate)["eval"]
+    assert len(plans) == 1
+    assert evaluated["split"] == "validation" and evaluated["num_examples"] == 6
+    assert evaluated["top_1_accuracy"] == results["eval"]["top_1_accuracy"]
+    for wrong, given in (
+        (dict(validation_split=0.2), r"--validation_split=0\.2 \(the run has 0\.4\)"),
+        (dict(seed=seed ^ 1), rf"--seed={seed ^ 1} \(the run has {seed}: it chose the held-out"),
+    ):
+        with pytest.raises(
+            TrainingError, match=rf"--mode=eval would not evaluate it as trained: {given}"
+        ):
+            run(evaluate.replace(**wrong))
 
 
 def test_evaluation_on_the_training_split_is_not_called_held_out(tmp_path, capsys):

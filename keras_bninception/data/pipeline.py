@@ -146,7 +146,7 @@ def _read_segments(files, skips, takes) -> tf.data.Dataset:
 
 
 def _record_stream(data: sources.RecordSplit, plan: _Plan) -> tf.data.Dataset:
-    """(local index, (encoded image, label, file name)) of a TFRecord split, from `plan.start`.
+    """(local index, serialized record) of a TFRecord split, from `plan.start`.
 
     Epoch e of this pipeline's part (N records) reads its files in the order of a permutation
     keyed by (seed, e) and, when training, permutes each block of `SHUFFLE_BUFFER` consecutive
@@ -159,7 +159,7 @@ def _record_stream(data: sources.RecordSplit, plan: _Plan) -> tf.data.Dataset:
     Throughput: the files are read by a parallel interleave (`_read_segments`); the next block is
     gathered in the background while the current one is served (`prefetch(1)` of blocks), so only
     the first block of a pipeline is waited for, as a shuffle buffer is filled once; records are
-    parsed, then decoded (`_decoded`), in parallel.
+    parsed and decoded in parallel (`_decoded`, with `data.parse`).
     """
     shards = data.shards(plan.num_pipelines, plan.pipeline_id)
     files = tf.constant([name for name, _, _ in shards])
@@ -206,8 +206,7 @@ def _record_stream(data: sources.RecordSplit, plan: _Plan) -> tf.data.Dataset:
         if plan.repeat
         else tf.data.Dataset.range(first_epoch, 1)
     )
-    ds = epochs.flat_map(epoch_records).map(data.parse, num_parallel_calls=tf.data.AUTOTUNE)
-    return tf.data.Dataset.zip(tf.data.Dataset.counter(plan.start), ds)
+    return tf.data.Dataset.zip(tf.data.Dataset.counter(plan.start), epochs.flat_map(epoch_records))
 
 
 def _header_ok(contents: tf.Tensor) -> tf.Tensor:
@@ -457,7 +456,7 @@ def build_dataset(
     elif isinstance(data, sources.FileListSplit):
         ds = _decoded(_file_list_stream(data, plan, source.info.name), plan)
     elif isinstance(data, sources.RecordSplit):
-        ds = _decoded(_record_stream(data, plan), plan)
+        ds = _decoded(_record_stream(data, plan), plan, data.parse)
     else:
         ds = _decoded(_single_stream(data, plan), plan)
     drop_remainder = training if drop_remainder is None else bool(drop_remainder)
@@ -551,18 +550,23 @@ def _single_stream(data: sources.StreamingSplit, plan: _Plan) -> tf.data.Dataset
     return ds.enumerate().skip(plan.start)
 
 
-def _decoded(ds: tf.data.Dataset, plan: _Plan) -> tf.data.Dataset:
-    """(image, label) of a stream of (local index, (encoded image, label, file name)).
+def _decoded(ds: tf.data.Dataset, plan: _Plan, parse=None) -> tf.data.Dataset:
+    """(image, label) of a stream of (local index, (encoded image, label, file name)), or of
+    (local index, serialized record) to `parse` into that.
 
-    Decoded and augmented in parallel (each element keyed by its own seed, so the parallelism
-    changes nothing); a file that is not an image stops the iteration with an error naming it, or,
-    with `skip_corrupt_images`, is left out and counted.
+    Parsed, decoded and augmented in one parallel map (each element keyed by its own seed, so the
+    parallelism changes nothing; one map, not two: one hand-over between threads per element); a
+    file that is not an image stops the iteration with an error naming it, or, with
+    `skip_corrupt_images`, is left out and counted.
     """
     if plan.skip_corrupt_images:
+        if parse is not None:  # the filter needs the parsed header and name
+            ds = ds.map(lambda i, record: (i, parse(record)), num_parallel_calls=tf.data.AUTOTUNE)
+            parse = None
         ds = ds.filter(lambda _, element: _usable(element[0], element[2]))
 
     def decode(local_index, element):
-        contents, label, filename = element
+        contents, label, filename = element if parse is None else parse(element)
         _, key_seed = plan.element_seeds(local_index)
         image, decoded = _try_decode(
             lambda c: plan.decode_and_preprocess(c, key_seed),

@@ -102,7 +102,11 @@ def _finish_train(
             image, *config.saturation_range, seed=saturation_seed
         )
         image = tf.clip_by_value(image, 0.0, 1.0)
-    image = _to_signed(image)
+        # In [0, 1], (x - 0.5) * 2 is exactly within [-1, 1] (x - 0.5 is exact from 0.25 up,
+        # rounded monotonically below): `_to_signed`'s clip would change no pixel.
+        image = (image - 0.5) * 2.0
+    else:
+        image = _to_signed(image)
     image.set_shape([image_size, image_size, 3])
     return image
 
@@ -147,13 +151,23 @@ def preprocess_for_eval(
     Returns:
         float32 [image_size, image_size, 3] in [-1, 1].
     """
-    image = _rgb(to_float(image))
-    if config.upsample_first:
-        image = _resize(image, image_size)
-    if config.central_fraction < 1.0:
-        image = tf.image.central_crop(image, central_fraction=config.central_fraction)
-    image = _resize(image, image_size)
-    image = _to_signed(image)
+    image = _rgb(tf.convert_to_tensor(image))
+    if image.dtype != tf.uint8 or config.upsample_first:
+        image = to_float(image)
+        if config.upsample_first:
+            image = _resize(image, image_size)
+        if config.central_fraction < 1.0:
+            image = tf.image.central_crop(image, central_fraction=config.central_fraction)
+        image = _to_signed(_resize(image, image_size))
+    else:
+        # uint8: cropped and resized as integers (the resize gives float32 in [0, 255]), then
+        # scaled once, at the output size: the same pixels as scaling first, up to rounding, with
+        # neither a float copy of the whole image nor a clip. Bilinear interpolation is a convex
+        # combination, so the resized values stay in [0, 255], and x / 127.5 - 1 maps 0 and 255
+        # exactly to -1 and 1, monotonically.
+        if config.central_fraction < 1.0:
+            image = tf.image.central_crop(image, central_fraction=config.central_fraction)
+        image = _resize(image, image_size) / 127.5 - 1.0
     image.set_shape([image_size, image_size, 3])
     return image
 
@@ -205,8 +219,9 @@ def decode_and_preprocess_for_eval(
 ) -> tf.Tensor:
     """`preprocess_for_eval(decode_image(contents), ...)`: the whole file is decoded.
 
-    (Decoding only the central crop of a JPEG needs a branch on the format around the decoding,
-    and in a tf.data map on one core that branch measured slower than the decoding it saves:
-    `benchmarks/data_pipeline.py --tfrecords`, docs/data_pipeline.md.)
+    (`tf.image.decode_and_crop_jpeg` of the central window would decode about a quarter less of
+    a JPEG, but its pixels are not the central crop's: libjpeg's chroma upsampling sees nothing
+    outside the window, which changes the outermost pixels of chroma-subsampled files.
+    Evaluation keeps the exact crop.)
     """
     return preprocess_for_eval(decode_image(contents), image_size, config)

@@ -2,11 +2,13 @@
 
 `run(config)` is what `python -m trainers.train` and `make demo` call. It
 
-1. resolves: validates the configuration, creates the strategy, seeds / makes deterministic what
-   was asked, describes the dataset (`keras_bninception.data.get_info`), resolves the
-   init_checkpoint, logs the configuration and the learning rate (linear scaling rule, warm-up);
-   builds BN-Inception and the optimizer inside the strategy scope under the Keras
-   mixed-precision policy (`mixed_bfloat16` / `mixed_float16`),
+1. resolves: validates the configuration, creates the strategy, with `mode=eval` on a run takes
+   the data options its `config.json` records (the dataset, image size and held-out split it
+   was trained on), seeds / makes deterministic what was asked, describes the dataset
+   (`keras_bninception.data.get_info`), resolves the init_checkpoint, logs the configuration
+   and the learning rate (linear scaling rule, warm-up; resolved once, passed on); builds
+   BN-Inception and the optimizer inside the strategy scope under the Keras mixed-precision
+   policy (`mixed_bfloat16` / `mixed_float16`),
 2. restores the newest checkpoint of `model_dir` (so rerunning the same command resumes), or,
    when there is none, initializes the model from `init_checkpoint` (fine-tuning),
 3. trains (`mode=train|train_and_eval`), evaluating every `eval_every` steps if asked,
@@ -35,7 +37,7 @@ from absl import logging
 
 from keras_bninception.training import init_checkpoint
 from keras_bninception.training.checkpointing import BestCheckpoint
-from keras_bninception.training.config import MAX_SEED, TrainConfig, flag_fields
+from keras_bninception.training.config import MAX_SEED, DataConfig, TrainConfig, flag_fields
 from keras_bninception.training.errors import Interrupted, TrainingError
 from keras_bninception.training.init_checkpoint import InitSource
 from keras_bninception.training.optimizer import (
@@ -174,16 +176,24 @@ def _run(config: TrainConfig) -> dict:
     """The phases of a run: resolve, restore, train, evaluate, report."""
     from keras_bninception import data
 
-    strategy, config, recorded, info, init_source = _resolve(config)
-    trainer, train_dataset, eval_dataset = build_trainer(config, info, strategy)
+    resolved = _resolve(config)
+    strategy, config, info, init_source = (
+        resolved.strategy,
+        resolved.config,
+        resolved.info,
+        resolved.init_source,
+    )
+    trainer, train_dataset, eval_dataset = build_trainer(
+        config, info, strategy, learning_rate=resolved.learning_rate
+    )
     try:
-        restored = _restore(trainer, strategy, config, recorded, init_source)
+        restored = _restore(trainer, strategy, config, resolved.recorded, init_source)
         results: dict = {
             "dataset": info.name,
             "config": config.to_dict(),
             "train_steps": _train_steps(config, info),
             "num_replicas": strategy.num_replicas_in_sync,
-            "learning_rate": learning_rate_plan(config, info.num_train_examples),
+            "learning_rate": resolved.learning_rate,
         }
         began = time.perf_counter()
         if config.mode in ("train", "train_and_eval"):
@@ -208,15 +218,26 @@ def _run(config: TrainConfig) -> dict:
         trainer.close()
 
 
-def _resolve(
-    config: TrainConfig,
-) -> tuple[tf.distribute.Strategy, TrainConfig, TrainConfig | None, DatasetInfo, InitSource | None]:
+@dataclasses.dataclass(frozen=True)
+class _Resolved:
+    """What `_resolve` found: the run's plan, before anything is built or written."""
+
+    strategy: tf.distribute.Strategy
+    config: TrainConfig  # the config to run
+    recorded: TrainConfig | None  # the config.json of model_dir, if any
+    info: DatasetInfo
+    init_source: InitSource | None
+    learning_rate: dict  # `learning_rate_plan`
+
+
+def _resolve(config: TrainConfig) -> _Resolved:
     """Resolves what the run needs before anything is built or written.
 
     The strategy (first: MultiWorkerMirroredStrategy must configure collectives before TF runs
-    anything), the seed (drawn once and agreed by every worker, or the run's recorded one), the
-    dataset (described once), the init_checkpoint (it exists and fits the network); logs the plan.
-    Returns (strategy, the config to run, the recorded config or None, dataset, init source).
+    anything), with `mode=eval` the data the run was trained on (`_with_recorded_data`), the
+    seed (drawn once and agreed by every worker, or the run's recorded one), the dataset
+    (described once), the init_checkpoint (it exists and fits the network), the learning rate;
+    logs the plan.
     """
     from keras_bninception import data
 
@@ -228,6 +249,8 @@ def _resolve(
         runtime.worker_timeout_seconds,
     )
     recorded = _recorded_config(config.model_dir)
+    if config.mode == "eval" and recorded is not None:
+        config = _with_recorded_data(config, recorded)
     if runtime.seed is None:
         # One seed for every worker (their data shards must come from one shuffle), recorded
         # in config.json and metrics.json; a resumed run keeps the recorded one.
@@ -277,7 +300,53 @@ def _resolve(
     warning = small_batch_norm_warning(config, replicas)
     if warning:
         logging.warning(warning)
-    return strategy, config, recorded, info, init_source
+    return _Resolved(strategy, config, recorded, info, init_source, plan)
+
+
+# What `mode=eval` takes from the run it evaluates when left at its default: the data the run was
+# trained on and the images it held out. (A data_dir given is used: the data may have moved.)
+_EVAL_TAKES = ("dataset", "data_dir", "image_size", "validation_split")
+
+
+def _with_recorded_data(config: TrainConfig, recorded: TrainConfig) -> TrainConfig:
+    """`config` (mode=eval) with the run's recorded data options where it leaves the defaults.
+
+    Evaluating a run means evaluating it on what it held out, at its input size: as a resumed
+    run does, `--mode=eval --model_dir=<run>` takes the dataset, data_dir, image_size and
+    validation_split of its config.json. A value given that differs (other than data_dir), or a
+    seed other than the one that chose the held-out images, is refused.
+
+    Raises:
+        TrainingError: listing each conflicting option (flag, given and recorded values).
+    """
+    defaults, taken, conflicts = DataConfig(), {}, []
+    for field in _EVAL_TAKES:
+        given, then = getattr(config.data, field), getattr(recorded.data, field)
+        if given == then:
+            continue
+        if given == getattr(defaults, field):
+            taken[field] = then
+        elif field != "data_dir":
+            conflicts.append(f"--{field}={given!r} (the run has {then!r})")
+    seed, recorded_seed = config.runtime.seed, recorded.runtime.seed
+    if recorded.data.validation_split and seed is not None and seed != recorded_seed:
+        conflicts.append(
+            f"--seed={seed!r} (the run has {recorded_seed!r}: it chose the held-out images)"
+        )
+    if conflicts:
+        raise TrainingError(
+            f"--model_dir={config.model_dir} holds a run trained on other data; --mode=eval would "
+            f"not evaluate it as trained: {'; '.join(conflicts)}. Leave these flags out (the "
+            f"run's {CONFIG_FILE} gives them), or evaluate its weights on other data with "
+            f"--init_checkpoint={config.model_dir} and another --model_dir."
+        )
+    if taken:
+        logging.info(
+            "mode=eval: the run's %s (its %s).",
+            ", ".join(f"--{field}={value!r}" for field, value in taken.items()),
+            CONFIG_FILE,
+        )
+    return config.replace(**taken)
 
 
 def _train_steps(config: TrainConfig, info: DatasetInfo) -> int:
@@ -443,8 +512,12 @@ def build_trainer(
     config: TrainConfig,
     info: DatasetInfo,
     strategy: tf.distribute.Strategy | None = None,
+    learning_rate: dict | None = None,
 ) -> tuple[Trainer, TrainDatasetFn, EvalDatasetFn]:
     """The `Trainer` of `config` on `info` (the dataset as `data.get_info` resolved it, once).
+
+    `learning_rate` is the run's `learning_rate_plan(config, info.num_train_examples)`, as
+    `run()` resolved it (None: computed here).
 
     Returns the trainer (model and optimizer built in `strategy`'s scope, the default strategy
     when None, under the dtype policy of `config.runtime.mixed_precision`; nothing restored yet)
@@ -481,7 +554,9 @@ def build_trainer(
     def eval_dataset(context: tf.distribute.InputContext) -> tf.data.Dataset:
         return _dataset(context, info.eval_split, training=False)
 
-    plan = learning_rate_plan(config, info.num_train_examples)
+    plan = learning_rate
+    if plan is None:
+        plan = learning_rate_plan(config, info.num_train_examples)
 
     def optimizer_fn() -> keras.optimizers.Optimizer:
         schedule = learning_rate_schedule(
