@@ -222,7 +222,7 @@ def _in_xla_computation() -> bool:
 
 def _compile_ahead(path, x, w, gamma, epsilon, relu, renorm) -> None:
     """Compiles BN's kernels for x's shape in the background while a step's graph is traced."""
-    if tf.executing_eagerly() or _TRACING.depth or _in_xla_computation():
+    if tf.executing_eagerly() or _in_xla_computation():
         return
     if not all(t.shape.is_fully_defined() for t in (x, gamma, *([] if w is None else [w]))):
         return
