@@ -21,6 +21,7 @@ import pytest
 from keras_bninception.export import litert, sources
 from keras_bninception.training import experiment
 from keras_bninception.training.config import TrainConfig
+from trainers import demo
 
 pytestmark = pytest.mark.slow
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,17 +32,9 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("digits")
     model_dir = str(root / "run")
     config = TrainConfig().replace(
-        dataset="digits",
-        image_size=h.IMAGE_SIZE,
+        **{**demo.RECIPE, "image_size": h.IMAGE_SIZE},  # the digits demo's recipe, smaller
         depth_multiplier=0.35,
-        batch_size=64,
         epochs=4,
-        optimizer="momentum",
-        learning_rate=0.045,
-        learning_rate_decay_factor=0.85,
-        num_epochs_per_decay=1,
-        weight_decay=1e-4,
-        bn_momentum=0.9,
         seed=0,
         deterministic=True,
         checkpoint_every=10000,
