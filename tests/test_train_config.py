@@ -216,5 +216,6 @@ def test_small_batch_norm_batches_warn():
     assert small_batch_norm_warning(config, replicas=2) is None  # 16 per replica
     assert small_batch_norm_warning(config.replace(sync_batch_norm=True), replicas=8) is None
     assert small_batch_norm_warning(config.replace(batch_norm=False), replicas=8) is None
+    assert small_batch_norm_warning(config.replace(mode="eval"), replicas=8) is None  # moving
     one = small_batch_norm_warning(config.replace(batch_size=8), replicas=1)
     assert one.endswith("noisy; use a larger --batch_size.")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -189,12 +190,11 @@ def test_image_folder_bfloat16(tmp_path, monkeypatch):
     tf.train.Checkpoint(model=model).restore(
         tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints"))
     ).assert_existing_objects_matched()
-    # --mode=eval evaluates the run on what it held out: the data options left at their defaults
-    # are the run's (config.json); one that conflicts is refused. The learning-rate plan is
-    # resolved once per run and passed on.
-    evaluate = config.replace(
-        mode="eval", dataset="digits", data_dir=None, image_size=224, validation_split=0.0
-    )
+    # --mode=eval with only the run's directory evaluates the network as the run built it, on
+    # what it held out: the options left at their defaults are the run's (config.json: depth,
+    # BN momentum, bfloat16, batch, data, held-out split), so its evaluation is the run's own. The
+    # learning-rate plan is resolved once per run and passed on.
+    evaluate = TrainConfig(mode="eval", model_dir=config.model_dir)
     plans = []
     real_plan = experiment.learning_rate_plan
     monkeypatch.setattr(
@@ -204,7 +204,15 @@ def test_image_folder_bfloat16(tmp_path, monkeypatch):
     assert len(plans) == 1
     assert evaluated["split"] == "validation" and evaluated["num_examples"] == 6
     assert evaluated["top_1_accuracy"] == results["eval"]["top_1_accuracy"]
+    assert evaluated["loss"] == pytest.approx(results["eval"]["loss"], rel=1e-6)
+    # Training-only options given are used, not refused (the optimizer is not restored).
+    other = run(evaluate.replace(optimizer="adam", bn_momentum=0.5, sync_batch_norm=True))["eval"]
+    assert other["top_1_accuracy"] == evaluated["top_1_accuracy"]
+    # An option that would evaluate another network or on other data is refused, listed with
+    # the run's value, before anything is written.
+    written = _files(config.model_dir)
     for wrong, given in (
+        (dict(depth_multiplier=0.5), r"--depth_multiplier=0\.5 \(the run has 0\.25\)"),
         (dict(validation_split=0.2), r"--validation_split=0\.2 \(the run has 0\.4\)"),
         (dict(seed=seed ^ 1), rf"--seed={seed ^ 1} \(the run has {seed}: it chose the held-out"),
     ):
@@ -212,6 +220,11 @@ def test_image_folder_bfloat16(tmp_path, monkeypatch):
             TrainingError, match=rf"--mode=eval would not evaluate it as trained: {given}"
         ):
             run(evaluate.replace(**wrong))
+    assert _files(config.model_dir) == written
+
+
+def _files(directory: str) -> dict:
+    return {p: p.read_bytes() for p in sorted(Path(directory).rglob("*")) if p.is_file()}
 
 
 def test_evaluation_on_the_training_split_is_not_called_held_out(tmp_path, capsys):

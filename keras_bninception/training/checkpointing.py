@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 
 import tensorflow as tf
 from absl import logging
@@ -55,6 +56,7 @@ class CheckpointHandler:
     ):
         self.directory = os.path.join(model_dir, subdir)
         self._chief = chief
+        self._objects = objects
         self.checkpoint = tf.train.Checkpoint(**objects)
         if chief:
             self._write_dir = self.directory
@@ -93,17 +95,21 @@ class CheckpointHandler:
     def _state_file(self) -> str:
         return os.path.join(self.directory, "checkpoint")
 
-    def restore(self) -> str | None:
+    def restore(self, only: Sequence[str] | None = None) -> str | None:
         """Restores the newest intact checkpoint of `model_dir`, if any; returns its path.
 
-        Every object passed to the constructor must already have its variables (build the model
-        and the optimizer first) so that the restore is immediate, not deferred. A damaged
+        Every object passed to the constructor (or named in `only`: these alone are restored, the
+        checkpoint's others are left unread) must already have its variables (build the model and
+        the optimizer first) so that the restore is immediate, not deferred. A damaged
         checkpoint (missing, truncated or corrupt file) is skipped with a warning naming the file.
 
         Raises:
             TrainingError: checkpoints exist but none is intact, or the newest intact one does not
                 match the model / optimizer.
         """
+        checkpoint = self.checkpoint
+        if only is not None:
+            checkpoint = tf.train.Checkpoint(**{name: self._objects[name] for name in only})
         damaged = []
         for path in self.candidates():
             damage = checkpoint_damage(path)
@@ -112,7 +118,10 @@ class CheckpointHandler:
                 damaged.append(f"{os.path.basename(path)}: {damage}")
                 continue
             try:
-                self.checkpoint.restore(path).assert_existing_objects_matched()
+                status = checkpoint.restore(path)
+                if only is not None:
+                    status.expect_partial()  # the checkpoint's other objects: not wanted
+                status.assert_existing_objects_matched()
             except (AssertionError, ValueError, tf.errors.OpError) as e:
                 raise TrainingError(
                     f"The checkpoint {path} does not match this model / optimizer "

@@ -3,14 +3,15 @@
 `run(config)` is what `python -m trainers.train` and `make demo` call. It
 
 1. resolves: validates the configuration, creates the strategy, with `mode=eval` on a run takes
-   the data options its `config.json` records (the dataset, image size and held-out split it
-   was trained on), seeds / makes deterministic what was asked, describes the dataset
-   (`keras_bninception.data.get_info`), resolves the init_checkpoint, logs the configuration
-   and the learning rate (linear scaling rule, warm-up; resolved once, passed on); builds
-   BN-Inception and the optimizer inside the strategy scope under the Keras mixed-precision
-   policy (`mixed_bfloat16` / `mixed_float16`),
-2. restores the newest checkpoint of `model_dir` (so rerunning the same command resumes), or,
-   when there is none, initializes the model from `init_checkpoint` (fine-tuning),
+   the options its `config.json` records (its network, precision and recipe, the dataset, image
+   size and held-out split it was trained on), seeds / makes deterministic what was asked,
+   describes the dataset (`keras_bninception.data.get_info`), resolves the init_checkpoint,
+   logs the configuration and the learning rate (linear scaling rule, warm-up; resolved once,
+   passed on); builds BN-Inception and the optimizer inside the strategy scope under the Keras
+   mixed-precision policy (`mixed_bfloat16` / `mixed_float16`),
+2. restores the newest checkpoint of `model_dir` (so rerunning the same command resumes; with
+   `mode=eval` its model and step only: evaluation needs no optimizer), or, when there is
+   none, initializes the model from `init_checkpoint` (fine-tuning),
 3. trains (`mode=train|train_and_eval`), evaluating every `eval_every` steps if asked,
 4. evaluates top-1 / top-5 (`mode=eval|train_and_eval`),
 5. reports: writes `model_dir/metrics.json` (chief only) and returns the same dictionary.
@@ -37,7 +38,7 @@ from absl import logging
 
 from keras_bninception.training import init_checkpoint
 from keras_bninception.training.checkpointing import BestCheckpoint
-from keras_bninception.training.config import MAX_SEED, DataConfig, TrainConfig, flag_fields
+from keras_bninception.training.config import MAX_SEED, TrainConfig, flag_fields
 from keras_bninception.training.errors import Interrupted, TrainingError
 from keras_bninception.training.init_checkpoint import InitSource
 from keras_bninception.training.optimizer import (
@@ -234,10 +235,10 @@ def _resolve(config: TrainConfig) -> _Resolved:
     """Resolves what the run needs before anything is built or written.
 
     The strategy (first: MultiWorkerMirroredStrategy must configure collectives before TF runs
-    anything), with `mode=eval` the data the run was trained on (`_with_recorded_data`), the
-    seed (drawn once and agreed by every worker, or the run's recorded one), the dataset
-    (described once), the init_checkpoint (it exists and fits the network), the learning rate;
-    logs the plan.
+    anything), with `mode=eval` the network and data of the run it evaluates
+    (`_with_recorded_run`), the seed (drawn once and agreed by every worker, or the run's
+    recorded one), the dataset (described once), the init_checkpoint (it exists and fits the
+    network), the learning rate; logs the plan.
     """
     from keras_bninception import data
 
@@ -250,7 +251,7 @@ def _resolve(config: TrainConfig) -> _Resolved:
     )
     recorded = _recorded_config(config.model_dir)
     if config.mode == "eval" and recorded is not None:
-        config = _with_recorded_data(config, recorded)
+        config = _with_recorded_run(config, recorded)
     if runtime.seed is None:
         # One seed for every worker (their data shards must come from one shuffle), recorded
         # in config.json and metrics.json; a resumed run keeps the recorded one.
@@ -303,31 +304,71 @@ def _resolve(config: TrainConfig) -> _Resolved:
     return _Resolved(strategy, config, recorded, info, init_source, plan)
 
 
-# What `mode=eval` takes from the run it evaluates when left at its default: the data the run was
-# trained on and the images it held out. (A data_dir given is used: the data may have moved.)
-_EVAL_TAKES = ("dataset", "data_dir", "image_size", "validation_split")
+# What `mode=eval` takes from the run it evaluates (its config.json) where left at the default:
+# by section, every field (None) or those named. The network, the data it was trained and held out
+# on, the precision, and the rest of its recipe (optimizer, schedule, batch: the results then
+# describe the run, and the evaluation reads the images the run's own evaluation read). Not taken:
+# how this process runs (distribution, devices, determinism, logging, checkpointing, eval_every)
+# and what a new run would start from (init_checkpoint, its exclusions and trainable scopes).
+_EVAL_TAKES = {
+    "model": None,
+    "data": None,
+    "trainer": (
+        "batch_size",
+        "train_steps",
+        "epochs",
+        "eval_steps",
+        "weight_decay",
+        "label_smoothing",
+    ),
+    "optimizer": None,
+    "init": ("background_class",),
+    "runtime": ("mixed_precision",),
+}
+# Of these, the flags whose given value, if it differs, is refused: it would evaluate another
+# network (its variables, its classifier, its computation; a dropout layer exists only with a
+# rate, and the checkpoint's structure follows it) or on other data. Any other value given is used:
+# where the data is now, the evaluation's batch and precision, and the training-only options (BN
+# momentum and synchronization, the optimizer, the schedule), which evaluation does not read.
+_EVAL_REFUSES = frozenset(
+    {
+        "dataset",
+        "image_size",
+        "validation_split",
+        "depth_multiplier",
+        "batch_norm",
+        "activation",
+        "bn_epsilon",
+        "dropout_rate",
+        "slim_compatible",
+        "background_class",
+    }
+)
 
 
-def _with_recorded_data(config: TrainConfig, recorded: TrainConfig) -> TrainConfig:
-    """`config` (mode=eval) with the run's recorded data options where it leaves the defaults.
+def _with_recorded_run(config: TrainConfig, recorded: TrainConfig) -> TrainConfig:
+    """`config` (mode=eval) with the run's recorded options where it leaves the defaults.
 
-    Evaluating a run means evaluating it on what it held out, at its input size: as a resumed
-    run does, `--mode=eval --model_dir=<run>` takes the dataset, data_dir, image_size and
-    validation_split of its config.json. A value given that differs (other than data_dir), or a
-    seed other than the one that chose the held-out images, is refused.
+    Evaluating a run means evaluating the network it trained, on what it held out, at its input
+    size: as a resumed run does, `--mode=eval --model_dir=<run>` takes the options of
+    `_EVAL_TAKES` from its config.json. A value given that differs for one of `_EVAL_REFUSES`,
+    or a seed other than the one that chose the held-out images, is refused.
 
     Raises:
         TrainingError: listing each conflicting option (flag, given and recorded values).
     """
-    defaults, taken, conflicts = DataConfig(), {}, []
-    for field in _EVAL_TAKES:
-        given, then = getattr(config.data, field), getattr(recorded.data, field)
+    defaults, taken, conflicts = TrainConfig(), {}, []
+    for flag, (section, field) in flag_fields().items():
+        fields = _EVAL_TAKES.get(section, ())
+        if fields is not None and field not in fields:
+            continue
+        given, then = (getattr(getattr(c, section), field) for c in (config, recorded))
         if given == then:
             continue
-        if given == getattr(defaults, field):
-            taken[field] = then
-        elif field != "data_dir":
-            conflicts.append(f"--{field}={given!r} (the run has {then!r})")
+        if given == getattr(getattr(defaults, section), field):
+            taken[flag] = then
+        elif flag in _EVAL_REFUSES:
+            conflicts.append(f"--{flag}={given!r} (the run has {then!r})")
     seed, recorded_seed = config.runtime.seed, recorded.runtime.seed
     if recorded.data.validation_split and seed is not None and seed != recorded_seed:
         conflicts.append(
@@ -335,18 +376,18 @@ def _with_recorded_data(config: TrainConfig, recorded: TrainConfig) -> TrainConf
         )
     if conflicts:
         raise TrainingError(
-            f"--model_dir={config.model_dir} holds a run trained on other data; --mode=eval would "
-            f"not evaluate it as trained: {'; '.join(conflicts)}. Leave these flags out (the "
-            f"run's {CONFIG_FILE} gives them), or evaluate its weights on other data with "
-            f"--init_checkpoint={config.model_dir} and another --model_dir."
+            f"--model_dir={config.model_dir} holds a run of another network or data; --mode=eval "
+            f"would not evaluate it as trained: {'; '.join(conflicts)}. Leave these flags out "
+            f"(the run's {CONFIG_FILE} gives them), or evaluate its weights with other options as "
+            f"a new run: --init_checkpoint={config.model_dir} and another --model_dir."
         )
     if taken:
         logging.info(
             "mode=eval: the run's %s (its %s).",
-            ", ".join(f"--{field}={value!r}" for field, value in taken.items()),
+            ", ".join(f"--{flag}={value!r}" for flag, value in taken.items()),
             CONFIG_FILE,
         )
-    return config.replace(**taken)
+    return config.replace(**taken).validate()
 
 
 def _train_steps(config: TrainConfig, info: DatasetInfo) -> int:
@@ -361,10 +402,15 @@ def _restore(
     recorded: TrainConfig | None,
     init_source: InitSource | None,
 ) -> str | None:
-    """Restores the newest checkpoint (resume), or initializes a new run from init_checkpoint."""
-    restored = trainer.restore()
+    """Restores the newest checkpoint (resume), or initializes a new run from init_checkpoint.
+
+    `mode=eval` restores the model and the step only (the optimizer given may be another) and
+    was checked against the run by `_with_recorded_run`; a resumed run by `_check_resume_matches`.
+    """
+    evaluating = config.mode == "eval"
+    restored = trainer.restore(model_only=evaluating)
     _check_workers_agree_on_step(strategy, int(trainer.step.numpy()), config.model_dir)
-    if restored is not None and recorded is not None:
+    if restored is not None and recorded is not None and not evaluating:
         _check_resume_matches(recorded, config)
     if restored is None and init_source is not None:
         initialize_from(trainer.model, config, init_source)
@@ -490,10 +536,11 @@ MIN_BATCH_NORM_IMAGES = 16
 def small_batch_norm_warning(config: TrainConfig, replicas: int) -> str | None:
     """A warning when each BN layer normalizes over fewer than 16 images, else None.
 
-    Unsynchronized BN normalizes over each replica's share of the global batch.
+    Unsynchronized BN normalizes over each replica's share of the global batch. Evaluation
+    (`mode=eval`) normalizes with the moving statistics: no warning.
     """
     m = config.model
-    if not m.batch_norm or m.synchronized or config.init.freeze_batch_norm:
+    if not m.batch_norm or m.synchronized or config.init.freeze_batch_norm or config.mode == "eval":
         return None
     per_replica = config.trainer.batch_size // max(replicas, 1)
     if per_replica >= MIN_BATCH_NORM_IMAGES:
@@ -619,9 +666,7 @@ def _check_resume_matches(recorded: TrainConfig, config: TrainConfig) -> None:
         if section is None or section not in _RESUME_KEEPS:
             continue
         keeps = _RESUME_KEEPS[section]
-        if (keeps is not None and field not in keeps) or (
-            config.mode == "eval" and section != "model"
-        ):
+        if keeps is not None and field not in keeps:
             continue
         then = getattr(getattr(recorded, section), field)
         now = getattr(getattr(config, section), field)

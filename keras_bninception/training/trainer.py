@@ -211,13 +211,17 @@ class Trainer:
             [tf.reduce_all(tf.math.is_finite(v)) for v in self.model.trainable_variables]
         )
 
-    def restore(self) -> str | None:
+    def restore(self, model_only: bool = False) -> str | None:
         """Restores the newest checkpoint of `model_dir`, if any; returns its path.
+
+        Args:
+            model_only: restore the model and the step only, not the optimizer (to evaluate:
+                the optimizer is not used, and may be another than the one trained).
 
         Raises:
             TrainingError: the checkpoint does not match the model / optimizer.
         """
-        path = self.checkpoints.restore()
+        path = self.checkpoints.restore(("model", "step") if model_only else None)
         if path:
             logging.info("Restored checkpoint %s (step %d).", path, int(self.step.numpy()))
         return path
