@@ -219,3 +219,31 @@ def test_small_batch_norm_batches_warn():
     assert small_batch_norm_warning(config.replace(mode="eval"), replicas=8) is None  # moving
     one = small_batch_norm_warning(config.replace(batch_size=8), replicas=1)
     assert one.endswith("noisy; use a larger --batch_size.")
+
+
+def test_eval_takes_the_recorded_run_but_not_how_it_ran():
+    from keras_bninception.training.experiment import _with_recorded_run
+
+    recorded = apply_recipe(TrainConfig(model_dir="m"), "inception").replace(
+        depth_multiplier=0.5,
+        batch_size=64,
+        mixed_precision="float16",
+        background_class=True,
+        distribution_strategy="mirrored",
+        eval_every=5,
+        init_checkpoint="imagenet",
+        log_every=7,
+    )
+    given = TrainConfig(mode="eval", model_dir="m").replace(optimizer="adam", bn_momentum=0.5)
+    evaluated = _with_recorded_run(given, recorded)
+    # The network, precision and recipe left at their defaults are the run's ...
+    assert evaluated.model == dataclasses.replace(recorded.model, momentum=0.5)
+    assert (evaluated.runtime.mixed_precision, evaluated.init.background_class) == ("float16", True)
+    assert evaluated.optimizer == dataclasses.replace(recorded.optimizer, name="adam")
+    assert evaluated.trainer.batch_size == 64 and evaluated.mode == "eval"
+    # ... how it ran, and what it started from, are this process's.
+    assert (
+        evaluated.runtime.distribution_strategy == "default"
+        and evaluated.init.init_checkpoint is None
+    )
+    assert (evaluated.trainer.eval_every, evaluated.trainer.log_every) == (0, 100)
