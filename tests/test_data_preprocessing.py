@@ -35,6 +35,21 @@ def test_eval_central_crop_geometry():
     np.testing.assert_allclose(out[..., 2], 0.0, atol=1e-3)
 
 
+def test_eval_crop_window_is_tf_image_central_crop():
+    # The evaluation crop computes tf.image.central_crop's window itself (fewer ops per image):
+    # the same window for every height and width, fraction, and static or unknown shape.
+    unknown = tf.function(
+        lambda image, fraction: preprocessing._central_crop(image, fraction),
+        input_signature=[tf.TensorSpec([None, None, 1], tf.int32), tf.TensorSpec([], tf.float64)],
+    )
+    for fraction in (0.875, 0.5, 0.3, 0.999):
+        for h, w in [(1, 1), (7, 9), (8, 8), (75, 101), (224, 299), (375, 500), (333, 1)]:
+            image = tf.reshape(tf.range(h * w), [h, w, 1])
+            expected = tf.image.central_crop(image, fraction).numpy()
+            np.testing.assert_array_equal(preprocessing._central_crop(image, fraction), expected)
+            np.testing.assert_array_equal(unknown(image, fraction), expected)
+
+
 def test_eval_maps_black_and_white_to_minus_one_and_one():
     image = np.zeros([50, 60, 3], np.uint8)
     image[:, 30:] = 255

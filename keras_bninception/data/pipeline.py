@@ -59,6 +59,8 @@ _PNG = b"\x89PNG\r\n\x1a\n"
 _GIF = b"GIF8"
 _BMP = b"BM"
 _JPEG_END, _PNG_END, _GIF_END = b"\xff\xd9", b"IEND\xaeB`\x82", b";"
+_HEADERS = (b"\xff\xd8\xff", _PNG, _GIF, _BMP)  # how each format's files begin
+_ENDINGS = (_JPEG_END, _PNG_END, _GIF_END)  # ... and end (a file cut short does not)
 
 
 def get_info(
@@ -158,8 +160,9 @@ def _record_stream(data: sources.RecordSplit, plan: _Plan) -> tf.data.Dataset:
 
     Throughput: the files are read by a parallel interleave (`_read_segments`); the next block is
     gathered in the background while the current one is served (`prefetch(1)` of blocks), so only
-    the first block of a pipeline is waited for, as a shuffle buffer is filled once; records are
-    parsed and decoded in parallel (`_decoded`, with `data.parse`).
+    the first block of a pipeline is waited for, as a shuffle buffer is filled once; the stream is
+    read ahead of, and its records parsed and decoded in, a parallel map (`_decoded`, with
+    `data.parse`).
     """
     shards = data.shards(plan.num_pipelines, plan.pipeline_id)
     files = tf.constant([name for name, _, _ in shards])
@@ -209,27 +212,31 @@ def _record_stream(data: sources.RecordSplit, plan: _Plan) -> tf.data.Dataset:
     return tf.data.Dataset.zip(tf.data.Dataset.counter(plan.start), epochs.flat_map(epoch_records))
 
 
+def _signatures(contents: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(whether the file begins as a JPEG, PNG, GIF or BMP does; whether it ends as a JPEG, PNG
+    or GIF does), from one cut of the seven places and one comparison: two checks on every element
+    for a handful of ops (each op of a tf.data function costs microseconds)."""
+    ends = tf.maximum(tf.strings.length(contents) - [len(e) for e in _ENDINGS], 0)
+    ends.set_shape([len(_ENDINGS)])  # contents is one file (read files may have no static shape)
+    places = tf.concat([tf.zeros([len(_HEADERS)], tf.int32), ends], 0)
+    pieces = tf.strings.substr(contents, places, [len(h) for h in _HEADERS + _ENDINGS])
+    found = tf.equal(pieces, _HEADERS + _ENDINGS)
+    return tf.reduce_any(found[: len(_HEADERS)]), tf.reduce_any(found[len(_HEADERS) :])
+
+
 def _header_ok(contents: tf.Tensor) -> tf.Tensor:
-    head = tf.strings.substr(contents, 0, 8)
-    return tf.reduce_any(
-        tf.stack(
-            [
-                tf.io.is_jpeg(contents),
-                tf.equal(head, _PNG),
-                tf.equal(tf.strings.substr(head, 0, 4), _GIF),
-                tf.equal(tf.strings.substr(head, 0, 2), _BMP),
-            ]
-        )
-    )
+    return _signatures(contents)[0]
 
 
-def _checked(contents: tf.Tensor, filename: tf.Tensor) -> tf.Tensor:
-    """`contents`, once its header says JPEG/PNG/GIF/BMP; otherwise an error naming the file.
+def _checked(contents: tf.Tensor, filename: tf.Tensor, header_ok: tf.Tensor | None = None):
+    """`contents`, once its header says JPEG/PNG/GIF/BMP (`header_ok`, else read here);
+    otherwise an error naming the file.
 
     A cheap check on every element; the in-memory splits of image folders were also fully decoded
     by PIL when they were read, which catches truncated files too.
     """
-    assertion = tf.debugging.Assert(_header_ok(contents), [CORRUPT_FILE_ASSERTION, filename])
+    ok = _header_ok(contents) if header_ok is None else header_ok
+    assertion = tf.debugging.Assert(ok, [CORRUPT_FILE_ASSERTION, filename])
     with tf.control_dependencies([assertion]):
         return tf.identity(contents)
 
@@ -252,20 +259,6 @@ def _skip(problem: str, filename: str) -> None:
         logging.warning("Skipping %s (skip_corrupt_images).", problem)
 
 
-def _looks_complete(contents: tf.Tensor) -> tf.Tensor:
-    """Whether the file ends as a whole JPEG (EOI marker), PNG (IEND chunk) or GIF does."""
-    length = tf.strings.length(contents)
-    return tf.reduce_any(
-        tf.stack(
-            [
-                tf.equal(tf.strings.substr(contents, tf.maximum(length - 2, 0), 2), _JPEG_END),
-                tf.equal(tf.strings.substr(contents, tf.maximum(length - 8, 0), 8), _PNG_END),
-                tf.equal(tf.strings.substr(contents, tf.maximum(length - 1, 0), 1), _GIF_END),
-            ]
-        )
-    )
-
-
 @functools.cache
 def _stand_in_png() -> bytes:
     """A valid 8x8 PNG, decoded in place of a file that does not decode (then filtered out or
@@ -277,15 +270,16 @@ def _stand_in_png() -> bytes:
     return buffer.getvalue()
 
 
-def _try_decode(decode_fn, contents: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def _try_decode(decode_fn, contents: tf.Tensor, complete: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """(decode_fn(contents), True), or (an image to discard, False) when TensorFlow cannot
     decode the data.
 
     A file whose header is an image's can still be cut short (an interrupted copy or download) or
-    carry extra bytes after its end. A file that ends as an image ends is taken as decodable; any
-    other is first decoded inside a one-element dataset with `ignore_errors`, where a decoding
-    failure becomes `False` (so that the caller can name the file) instead of an error. (That
-    costs about a millisecond, so it is kept for these files.) The decoding that is kept runs
+    carry extra bytes after its end. A file that ends as an image ends (`complete`, from
+    `_signatures`) is taken as decodable; any other is first decoded inside a one-element dataset
+    with `ignore_errors`, where a decoding failure becomes `False` (so that the caller can name
+    the file) instead of an error. (That costs about a millisecond, so it is kept for these
+    files.) The decoding that is kept runs
     outside the branch, on a stand-in image (preprocessed to the output size like any other) when
     the file does not decode: a branch around the decoding itself measured slower on one core
     (`benchmarks/data_pipeline.py --tfrecords`).
@@ -302,7 +296,7 @@ def _try_decode(decode_fn, contents: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             .get_single_element()
         )
 
-    ok = tf.cond(_looks_complete(contents), lambda: tf.constant(True), attempt)
+    ok = tf.cond(complete, lambda: tf.constant(True), attempt)
     return decode_fn(tf.where(ok, contents, tf.constant(_stand_in_png()))), ok
 
 
@@ -558,7 +552,12 @@ def _decoded(ds: tf.data.Dataset, plan: _Plan, parse=None) -> tf.data.Dataset:
     parallelism changes nothing; one map, not two: one hand-over between threads per element); a
     file that is not an image stops the iteration with an error naming it, or, with
     `skip_corrupt_images`, is left out and counted.
+
+    The stream is read ahead in a thread of its own (`prefetch`): its stages run one element at a
+    time, and in the map's own thread they would wait on each other, element by element (see
+    `docs/data_pipeline.md`).
     """
+    ds = ds.prefetch(tf.data.AUTOTUNE)
     if plan.skip_corrupt_images:
         if parse is not None:  # the filter needs the parsed header and name
             ds = ds.map(lambda i, record: (i, parse(record)), num_parallel_calls=tf.data.AUTOTUNE)
@@ -568,9 +567,11 @@ def _decoded(ds: tf.data.Dataset, plan: _Plan, parse=None) -> tf.data.Dataset:
     def decode(local_index, element):
         contents, label, filename = element if parse is None else parse(element)
         _, key_seed = plan.element_seeds(local_index)
+        header_ok, complete = _signatures(contents)
         image, decoded = _try_decode(
             lambda c: plan.decode_and_preprocess(c, key_seed),
-            _checked(contents, filename),
+            _checked(contents, filename, header_ok),
+            complete,
         )
         if plan.skip_corrupt_images:
             return image, label, decoded, filename

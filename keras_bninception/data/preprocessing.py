@@ -61,6 +61,15 @@ def _resize(image: tf.Tensor, image_size: int) -> tf.Tensor:
     return tf.image.resize(image, [image_size, image_size], method="bilinear")
 
 
+def _central_crop(image: tf.Tensor, fraction: float) -> tf.Tensor:
+    """`tf.image.central_crop(image, fraction)` of a [H, W, C] image: the same window (the same
+    float64 arithmetic), both sides at once, in a few ops instead of two dozen."""
+    size = tf.shape(image)[:2]
+    sides = tf.cast(size, tf.float64)
+    begin = tf.cast((sides - sides * fraction) / 2, tf.int32)
+    return tf.slice(image, tf.concat([begin, [0]], 0), tf.concat([size - 2 * begin, [-1]], 0))
+
+
 def _to_signed(image: tf.Tensor) -> tf.Tensor:
     """Maps [0, 1] to [-1, 1] (tf_slim: `(image - 0.5) * 2`)."""
     return tf.clip_by_value((image - 0.5) * 2.0, -1.0, 1.0)
@@ -157,7 +166,7 @@ def preprocess_for_eval(
         if config.upsample_first:
             image = _resize(image, image_size)
         if config.central_fraction < 1.0:
-            image = tf.image.central_crop(image, central_fraction=config.central_fraction)
+            image = _central_crop(image, config.central_fraction)
         image = _to_signed(_resize(image, image_size))
     else:
         # uint8: cropped and resized as integers (the resize gives float32 in [0, 255]), then
@@ -166,7 +175,7 @@ def preprocess_for_eval(
         # combination, so the resized values stay in [0, 255], and x / 127.5 - 1 maps 0 and 255
         # exactly to -1 and 1, monotonically.
         if config.central_fraction < 1.0:
-            image = tf.image.central_crop(image, central_fraction=config.central_fraction)
+            image = _central_crop(image, config.central_fraction)
         image = _resize(image, image_size) / 127.5 - 1.0
     image.set_shape([image_size, image_size, 3])
     return image
