@@ -44,17 +44,14 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 
     The repository first on PYTHONPATH, TensorFlow's C++ INFO/WARNING logs off, no TF_CONFIG
     inherited (a child is a single-machine run unless `extra` gives it one), no GPU (hidden as in
-    this process, conftest.py), and XLA's compiled kernels shared through `_xla_cache_dir` (or the
-    persistent cache this process was given, e.g. the one tools/bazel_test.sh gives every test).
+    this process, conftest.py), and XLA's compiled kernels shared through `_xla_cache_dir`.
     """
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     env["CUDA_VISIBLE_DEVICES"] = "-1"
     env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    if "--tf_xla_persistent_cache_directory" not in env.get("TF_XLA_FLAGS", ""):
-        # (Under tools/bazel_test.sh every test process already has the run's shared cache.)
-        cache = f"--tf_xla_persistent_cache_directory={_xla_cache_dir()}"
-        env["TF_XLA_FLAGS"] = f"{env.get('TF_XLA_FLAGS', '')} {cache}".strip()
+    cache = f"--tf_xla_persistent_cache_directory={_xla_cache_dir()}"
+    env["TF_XLA_FLAGS"] = f"{env.get('TF_XLA_FLAGS', '')} {cache}".strip()
     env.update(extra)
     return env
 

@@ -4,7 +4,6 @@
 #
 #   tools/bazel_test.sh /absolute/path/to/.venv/bin/python [more `bazel test` flags...]
 #   BAZEL_TARGETS="//:test_flops //:test_infra" tools/bazel_test.sh ...   (some targets only)
-#   BAZEL_XLA_CACHE=/path/to/dir tools/bazel_test.sh ...   (keep XLA's compiled kernels there)
 #
 # `make bazel-test` (part of `make test`) calls it. If `bazel` is missing it installs Debian's
 # Bazel 4.2 (needs root or sudo). Without internet, Bazel's few downloads are replaced by the local
@@ -53,23 +52,6 @@ venv_bin=$(dirname "$python")
 # results are reused only while the installed packages are the same.
 venv_hash=$("$python" -m pip freeze --all --exclude-editable | sha256sum | cut -c1-16)
 
-# XLA's compiled kernels (BN's, one set per layer shape and dtype) shared by every test of this
-# run and by their children: the same small networks recur in most test files, and loading a
-# kernel costs far less than compiling it (tests/test_strategy.py: 73 CPU-s, 54 with the kernels
-# in the cache). XLA writes each entry to a temporary file and renames it, and checks the HLO of
-# what it loads: concurrent tests can share the directory. The default one is emptied first, so
-# each run compiles everything once as on a fresh machine, and has one fixed path per checkout, so
-# the tests' environment stays the same and Bazel still reuses cached results.
-# BAZEL_XLA_CACHE=dir uses (and keeps) that directory instead.
-if [[ -n "${BAZEL_XLA_CACHE:-}" ]]; then
-  xla_cache=$BAZEL_XLA_CACHE
-else
-  checkout_hash=$(printf %s "$root" | sha256sum | cut -c1-12)
-  xla_cache=${TMPDIR:-/tmp}/keras_bninception_xla_cache_$checkout_hash
-  rm -rf "$xla_cache"
-fi
-xla_cache=$(mkdir -p "$xla_cache" && cd "$xla_cache" && pwd)  # absolute: the tests run elsewhere
-
 # .bazelrc has the other flags; the ones that matter most are repeated here.
 status=0
 "${bazel[@]}" test ${BAZEL_TARGETS:-//...} \
@@ -77,8 +59,6 @@ status=0
   --python_path="$python" \
   --test_env=PATH="$venv_bin:/usr/local/bin:/usr/bin:/bin" \
   --test_env=PYTHON_PACKAGES_SHA256="$venv_hash" \
-  --test_env=TF_XLA_FLAGS="--tf_xla_persistent_cache_directory=$xla_cache" \
-  --sandbox_writable_path="$xla_cache" \
   --test_output=errors \
   --local_test_jobs=2 \
   "$@" || status=$?
