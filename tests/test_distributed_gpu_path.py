@@ -114,54 +114,54 @@ def _count_all_reduced_elements(monkeypatch) -> list[int]:
     return reduced
 
 
+# Every factor in some mode, one trace each: (mixed precision, synchronized BN, jit_compile, loss
+# tolerance, weight-update tolerance). XLA over a whole replica step on CPUs needs unsynchronized BN
+# (see `Trainer`). The CPU path differs from the GPU's only where BN is per replica (synchronized BN
+# takes the single-reduce kernels on every device), so there each mode is compared with the CPU
+# path's step in the same mode; the synchronized mode checks the step's graph, its all-reduces and
+# a finite loss. BN per replica normalizes over 4 values in the last modules (1x1 maps), where the
+# two formulations' rounding differences grow: measured 2e-5 and 0.7 % on the losses in float32,
+# updates within 0.2 % of their size. One test per mode (each traces its own networks, nothing is
+# shared between them), so that BUILD can spread them over shards.
+MODES = {
+    "float32_per_replica": (None, False, False, (1e-4, 2e-2), 1e-2),
+    "bfloat16_per_replica_xla": ("bfloat16", False, True, (2e-2, 1e-1), None),
+    "float16_sync": ("float16", True, False, None, None),
+}
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("mode", list(MODES))
 def test_accelerator_path_matches_cpu_path_and_holds_only_gpu_ops(
-    mirrored_cpus, tmp_path, monkeypatch
+    mirrored_cpus, tmp_path, monkeypatch, mode
 ):
-    # Every factor in some mode, one trace each: (mixed precision, synchronized BN, jit_compile,
-    # loss tolerance, weight-update tolerance). XLA over a whole replica step on CPUs needs
-    # unsynchronized BN (see `Trainer`). The CPU path differs from the GPU's only where BN is
-    # per replica (synchronized BN takes the single-reduce kernels on every device), so there
-    # each mode is compared with the CPU path's step in the same mode; the synchronized mode
-    # checks the step's graph, its all-reduces and a finite loss.
-    # BN per replica normalizes over 4 values in the last modules (1x1 maps), where the two
-    # formulations' rounding differences grow: measured 2e-5 and 0.7 % on the losses in float32,
-    # updates within 0.2 % of their size.
-    modes = [
-        (None, False, False, (1e-4, 2e-2), 1e-2),
-        ("bfloat16", False, True, (2e-2, 1e-1), None),
-        ("float16", True, False, None, None),
-    ]
+    precision, sync, jit, loss_rtol, weight_atol = MODES[mode]
     reduced = _count_all_reduced_elements(monkeypatch)
     replicas = mirrored_cpus.num_replicas_in_sync
+    config = _config(
+        tmp_path, mode, sync_batch_norm=sync, mixed_precision=precision, jit_compile=jit
+    )
     initial = None
-    for precision, sync, jit, loss_rtol, weight_atol in modes:
-        name = f"{precision or 'float32'}_{'sync' if sync else 'per_replica'}{'_xla' * jit}"
-        config = _config(
-            tmp_path, name, sync_batch_norm=sync, mixed_precision=precision, jit_compile=jit
+    if loss_rtol is not None:
+        cpu = _train(
+            mirrored_cpus, config.replace(model_dir=f"{config.model_dir}_cpu"), force_cpu_bn_path
         )
-        if loss_rtol is not None:
-            cpu = _train(
-                mirrored_cpus,
-                config.replace(model_dir=f"{config.model_dir}_cpu"),
-                force_cpu_bn_path,
-            )
-            # Not vacuous: the CPU path's step holds CPU-only kernels (XLA loops).
-            assert non_accelerator_ops(cpu["graph"]), f"{name}: no CPU-only kernel on the CPU path"
-            initial = cpu["initial"]
-        reduced.clear()
-        result = _train(mirrored_cpus, config, force_accelerator_bn_path, initial)
-        assert non_accelerator_ops(result["graph"]) == [], name
-        assert np.all(np.isfinite(result["losses"])), name
-        if loss_rtol is not None:
-            _assert_same_steps(cpu, result, loss_rtol, weight_atol)
-        if precision == "float16":
-            # Each replica (its step traced once) all-reduces the gradients once, in the
-            # optimizer, loss scaling included (before: twice); the rest are BN's per-feature
-            # sums and the skip-the-step flag.
-            largest = sorted(reduced)[-replicas - 1 :]
-            assert largest[1:] == [result["parameters"]] * replicas, reduced
-            assert largest[0] < result["parameters"] / 100, reduced
+        # Not vacuous: the CPU path's step holds CPU-only kernels (XLA loops).
+        assert non_accelerator_ops(cpu["graph"]), f"{mode}: no CPU-only kernel on the CPU path"
+        initial = cpu["initial"]
+    reduced.clear()
+    result = _train(mirrored_cpus, config, force_accelerator_bn_path, initial)
+    assert non_accelerator_ops(result["graph"]) == [], mode
+    assert np.all(np.isfinite(result["losses"])), mode
+    if loss_rtol is not None:
+        _assert_same_steps(cpu, result, loss_rtol, weight_atol)
+    if precision == "float16":
+        # Each replica (its step traced once) all-reduces the gradients once, in the optimizer,
+        # loss scaling included (before: twice); the rest are BN's per-feature sums and the
+        # skip-the-step flag.
+        largest = sorted(reduced)[-replicas - 1 :]
+        assert largest[1:] == [result["parameters"]] * replicas, reduced
+        assert largest[0] < result["parameters"] / 100, reduced
 
 
 def test_jit_compile_refuses_synchronized_bn_over_cpu_replicas(mirrored_cpus, tmp_path):

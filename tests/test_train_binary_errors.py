@@ -2,7 +2,9 @@
 
 Small BN-Inception (depth multiplier 0.25, 32x32 digits) so that each process takes seconds. One
 two-worker run per module (`two_workers`); the tests that need a run directory with checkpoints
-start from a copy of it. Crash safety: test_train_binary.py.
+start from a copy of it. Refusals that come before any training step run the binary's own flag
+parsing and `main` in this process (`_train_in_process`): each child would spend its seconds
+importing TensorFlow to print one line. Crash safety: test_train_binary.py.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from helpers import (
     error_lines,
     free_ports,
     run_train,
-    start_train,
     subprocess_env,
     train_command,
     weights_digest,
@@ -97,6 +98,23 @@ def _workers(
     return results
 
 
+def _train_in_process(args: list[str], capsys) -> tuple[int, str, str]:
+    """`python -m trainers.train ARGS` in this process, as `app.run` does it (`parse_flags`, then
+    `main`) up to its `sys.exit`: (exit status, stdout, stderr). Any other exception (a traceback
+    in a child) fails the test."""
+    from trainers import train
+
+    capsys.readouterr()
+    train.FLAGS.unparse_flags()
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            train.main(train.parse_flags(["trainers.train", *args]))
+    finally:
+        train.FLAGS.unparse_flags()
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
 @pytest.fixture(scope="module")
 def two_workers(tmp_path_factory) -> tuple[str, list[tuple[int, str, str]]]:
     """(model_dir, [(status, stdout, stderr)] per worker) of a two-worker training run."""
@@ -163,7 +181,7 @@ def _image_folder(root, corrupt: bool) -> str:
 
 
 @pytest.mark.slow
-def test_bad_input_one_line_nonzero_exit_checkpoint_intact(two_workers, tmp_path):
+def test_bad_input_one_line_nonzero_exit_checkpoint_intact(two_workers, tmp_path, capsys):
     run_dir, _ = two_workers
     model_dir = str(tmp_path / "run")
     shutil.copytree(run_dir, model_dir)
@@ -224,11 +242,9 @@ def test_bad_input_one_line_nonzero_exit_checkpoint_intact(two_workers, tmp_path
         ),
         "malformed flag": ([*small, "--mode=predict"], 2, r"^error: flag --mode=predict: "),
     }
-    processes = {name: start_train(args) for name, (args, _, _) in cases.items()}
-    for name, process in processes.items():
-        out, err = process.communicate(timeout=TRAIN_TIMEOUT)
-        _, status, pattern = cases[name]
-        assert process.returncode == status, (name, err[-2000:])
+    for name, (args, status, pattern) in cases.items():
+        returncode, out, err = _train_in_process(args, capsys)
+        assert returncode == status, (name, err[-2000:])
         lines = error_lines(err)
         assert len(lines) == 1, (name, err[-2000:])
         assert re.search(pattern, lines[0]), (name, lines[0])
