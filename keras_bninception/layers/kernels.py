@@ -13,8 +13,9 @@ compiled by XLA (`compiled`) into few launches, in one of two ways:
   shared by `_PARTS` calls that TensorFlow runs side by side, and the elementwise kernel that
   follows merges their sums (Chan's pairwise update for σ²_B, exact in the deviations). The
   forward reads x twice, the backward ∂ℓ/∂y and x twice, with no temporary; bfloat16 blocks are
-  read as their 16-bit patterns and widened in the loop (`_bits`). Masked or synchronized BN
-  takes the accelerator's steps.
+  read as their 16-bit patterns and widened in the loop (`_bits`). Masked or synchronized BN,
+  and tensors of less than a block of rows for each part (they fit in cache whole), take the
+  accelerator's steps.
 
 Which runs is chosen when a function is traced, per device: the device BN's ops are placed on (the
 device scope, e.g. a `tf.distribute` replica's; else x's device; else TensorFlow's default, the
@@ -171,8 +172,16 @@ def _backward(dy, x, w, *statistics_and_relu):
 
 
 def _blocked(path, x, w) -> bool:
-    """Whether BN on x runs the "cpu" path's blocked reductions (unmasked, on the [m, C] view)."""
-    return path == CPU and w is None and x.shape.rank == 2
+    """Whether BN on x runs the "cpu" path's blocked reductions: unmasked, on the [m, C] view,
+    and at least one full block of rows for each of the `_PARTS` calls. With fewer rows the
+    loops would have little or nothing to do, and x is reduced whole anyway: the single reduces
+    do it in two kernels instead of four, each quicker to compile."""
+    if path != CPU or w is not None or x.shape.rank != 2:
+        return False
+    m, channels = x.shape
+    return (
+        m is None or channels is None or m >= _PARTS * max(_MIN_ROWS, _BLOCK_ELEMENTS // channels)
+    )
 
 
 def forward(path, x, w, gamma, beta, epsilon, relu: bool, renorm=None, sum_replicas=None):
@@ -234,19 +243,24 @@ def _compile_ahead(path, x, w, gamma, epsilon, relu, renorm) -> None:
     device = x.device
     key = (path, specs, gamma.dtype, float(epsilon), relu, clipping, device)
 
-    def passes(x, w, ones):
-        renorm = None if clipping is None else bn.Renorm(ones, ones, *clipping)
-        y, s = _forward_pass(path, x, w, ones, ones, epsilon, relu, renorm)
-        return _backward_pass(path, y, x, w, s, relu)
-
     def compile_now():
         with tf.device(device):
             x, w = (None if spec is None else tf.zeros(spec.shape, spec.dtype) for spec in specs)
+            # A partial, not a closure: TensorFlow counts traces per function code and warns of
+            # "excessive retracing" when one code is traced again and again, as a closure's is.
+            passes = functools.partial(_passes, path, epsilon, relu, clipping)
             tf.function(passes, autograph=False)(x, w, tf.ones(gamma.shape, gamma.dtype))
 
     with _AHEAD_LOCK:
         if key not in _AHEAD_SEEN:
             _AHEAD_SEEN[key] = _AHEAD.submit(compile_now)
+
+
+def _passes(path, epsilon, relu, clipping, x, w, ones):
+    """BN's forward and backward passes on `path` with γ = β = 1 (a renorm's r and d too)."""
+    renorm = None if clipping is None else bn.Renorm(ones, ones, *clipping)
+    y, s = _forward_pass(path, x, w, ones, ones, epsilon, relu, renorm)
+    return _backward_pass(path, y, x, w, s, relu)
 
 
 def wait_for_compilations() -> None:
