@@ -233,6 +233,7 @@ def test_transfer_beats_scratch(tmp_path):
             init_checkpoint=str(pretrained),
             init_exclude="Logits",
             trainable_scopes="Mixed_5b,Mixed_5c,Logits",
+            freeze_batch_norm=True,
             **target,
         )
     )
@@ -240,6 +241,8 @@ def test_transfer_beats_scratch(tmp_path):
     fine, base = finetuned["eval"]["top_1_accuracy"], scratch["eval"]["top_1_accuracy"]
     print(f"digits 5-9 after {FINETUNE_STEPS} steps: fine-tuned {fine:.4f}, scratch {base:.4f}")
     assert finetuned["eval"]["num_examples"] == scratch["eval"]["num_examples"] > 150
-    # Deterministic: 0.350 vs 0.167 in two runs side by side. Without it, runs had given 0.383,
-    # 0.333 and 0.367 against 0.200-0.206, and one CI run 0.233 against 0.200.
+    # The fine-tuned network's BN layers are frozen, as fine-tuning is done (README): with BN
+    # updating on 30 steps of the new digits, results swung with rounding (deterministic runs
+    # gave 0.344 and 0.233 against 0.200 when the BN kernels of small tensors changed). Frozen:
+    # 0.306 against 0.200 (seed 5), 0.272 against 0.194 (seed 2).
     assert fine > base + 0.05
