@@ -1,9 +1,10 @@
 """Forward + backward of the project's BatchNormalization against Keras' layer and TF's kernel.
 
     python benchmarks/bn_layer.py [--repeats 15] [--batch 32] [--dtypes float32 bfloat16] [--memory]
-        [--kernels cpu|accelerator]
+        [--kernels cpu|accelerator] [--all_shapes]
 
-On the BN-Inception activation shapes, training mode, one process: three implementations run
+On four BN-Inception activation shapes (`--all_shapes`: all 21 input shapes of its 69 BN layers
+at 224×224), training mode, one process: three implementations run
 interleaved (Keras, fused kernel, ours, Keras, ...) so machine noise hits all alike, and the median
 of `--repeats` runs is reported. Each run is a `tf.function` returning y = BN(x) and the gradients
 of ⟨y, dy⟩ with respect to x, γ and β for a fixed random dy, as in a network:
@@ -66,6 +67,21 @@ from benchmarks.machine import cpu_description  # noqa: E402
 from keras_bninception.layers import BatchNormalization, kernels  # noqa: E402
 
 SHAPES = [(56, 56, 192), (28, 28, 256), (14, 14, 576), (7, 7, 1024)]
+
+
+def network_shapes() -> list[tuple[int, int, int]]:
+    """Each input shape (H, W, C) of BN-Inception's BN layers at 224×224, once, biggest first."""
+    from keras_bninception import BNInception
+
+    model = BNInception(weights=None)
+    shapes = {
+        tuple(layer.input.shape[1:])
+        for layer in model.layers
+        if isinstance(layer, BatchNormalization)
+    }
+    return sorted(shapes, key=lambda hwc: (-np.prod(hwc), hwc))
+
+
 LAYERS = ("keras", "fused", "ours")  # the BN implementations (one memory column each)
 # "ours, accelerator kernels": ours with `kernels="accelerator"`, what a GPU runs.
 ACCELERATOR = "ours, accelerator kernels"
@@ -225,6 +241,9 @@ def main() -> None:
     parser.add_argument(
         "--kernels", choices=kernels.PATHS, help="ours' path (default: the device's)"
     )
+    parser.add_argument(
+        "--all_shapes", action="store_true", help="every BN input shape of BN-Inception at 224"
+    )
     parser.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -264,8 +283,9 @@ def main() -> None:
 
 
 def _table(args: argparse.Namespace) -> None:
+    shapes = network_shapes() if args.all_shapes else SHAPES
     for dtype in args.dtypes:
-        for hwc in SHAPES:
+        for hwc in shapes:
             shape = (args.batch, *hwc)
             x, dy = _inputs(shape, dtype)
             steps = {}
