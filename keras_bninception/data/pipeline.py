@@ -228,7 +228,9 @@ def _header_ok(contents: tf.Tensor) -> tf.Tensor:
     return _signatures(contents)[0]
 
 
-def _checked(contents: tf.Tensor, filename: tf.Tensor, header_ok: tf.Tensor | None = None):
+def _checked(
+    contents: tf.Tensor, filename: tf.Tensor, header_ok: tf.Tensor | None = None
+) -> tf.Tensor:
     """`contents`, once its header says JPEG/PNG/GIF/BMP (`header_ok`, else read here);
     otherwise an error naming the file.
 
@@ -279,10 +281,9 @@ def _try_decode(decode_fn, contents: tf.Tensor, complete: tf.Tensor) -> tuple[tf
     `_signatures`) is taken as decodable; any other is first decoded inside a one-element dataset
     with `ignore_errors`, where a decoding failure becomes `False` (so that the caller can name
     the file) instead of an error. (That costs about a millisecond, so it is kept for these
-    files.) The decoding that is kept runs
-    outside the branch, on a stand-in image (preprocessed to the output size like any other) when
-    the file does not decode: a branch around the decoding itself measured slower on one core
-    (`benchmarks/data_pipeline.py --tfrecords`).
+    files.) The decoding that is kept runs outside the branch, on a stand-in image (preprocessed
+    to the output size like any other) when the file does not decode: a branch around the
+    decoding itself measured slower on one core (`benchmarks/data_pipeline.py --tfrecords`).
     """
 
     def attempt():
