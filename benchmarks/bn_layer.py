@@ -4,10 +4,11 @@
         [--kernels cpu|accelerator] [--all_shapes]
 
 On four BN-Inception activation shapes (`--all_shapes`: all 21 input shapes of its 69 BN layers
-at 224×224), training mode, one process: three implementations run
-interleaved (Keras, fused kernel, ours, Keras, ...) so machine noise hits all alike, and the median
-of `--repeats` runs is reported. Each run is a `tf.function` returning y = BN(x) and the gradients
-of ⟨y, dy⟩ with respect to x, γ and β for a fixed random dy, as in a network:
+at 224×224), training mode, one process: the implementations run in turn (Keras, fused kernel,
+ours, ..., then the same in reverse order) so machine noise, and the state one leaves the caches
+in, hit all alike, and the median of `--repeats` runs is reported. Each run is a `tf.function`
+returning y = BN(x) and the gradients of ⟨y, dy⟩ with respect to x, γ and β for a fixed random
+dy, as in a network:
 - y is returned, as if the next layer read it. The gradients do not need y, and TensorFlow would
   otherwise prune whatever of the forward only y needs (it did in this script's earlier versions,
   for Keras' layer and ours, not for the fused kernel, whose one op writes y and the statistics
@@ -28,7 +29,10 @@ of ⟨y, dy⟩ with respect to x, γ and β for a fixed random dy, as in a netwo
 
 "ours, accelerator kernels" is ours constructed with `kernels="accelerator"`: what a GPU runs
 (single reduces, one XLA launch a pass), here on the CPU, interleaved with the others: "ours vs
-ours, accelerator kernels" is what the CPU's blocked reductions gain over it.
+ours, accelerator kernels" is what the CPU's path gains over it. "ours, blocked at any size" is
+ours on the CPU's path traced with the blocked reductions for every shape (on the default path
+tensors under `kernels._BLOCKED_MIN_VALUES` values take the single reduces): "ours vs ours,
+blocked at any size" is what that choice gains or loses on a shape.
 
 "fused vs keras" is the anchor's own speed-up over Keras' layer: how far a hand-written BN can
 get on the machine with TensorFlow's C++ kernels as the bar.
@@ -85,32 +89,45 @@ def network_shapes() -> list[tuple[int, int, int]]:
 LAYERS = ("keras", "fused", "ours")  # the BN implementations (one memory column each)
 # "ours, accelerator kernels": ours with `kernels="accelerator"`, what a GPU runs.
 ACCELERATOR = "ours, accelerator kernels"
-NAMES = (*LAYERS, ACCELERATOR, "y = 2x")
+# "ours, blocked at any size": ours on the CPU's path, traced with the blocked reductions for any
+# tensor of a block of rows per part (`kernels._BLOCKED_MIN_VALUES` = 0), what smaller shapes skip.
+BLOCKED = "ours, blocked at any size"
+NAMES = (*LAYERS, ACCELERATOR, BLOCKED, "y = 2x")
 EPSILON = 1e-3
 
 
 class FusedKernelBN(keras.layers.Layer):
-    """BN in training mode through TensorFlow's fused C++ kernels (forward and gradient)."""
+    """BN in training mode through TensorFlow's fused C++ kernels (forward and gradient), the
+    moving statistics updated as tf_keras' `fused=True` did: the forward op averages them in
+    (`exponential_avg_factor` = 1 − momentum), then they are assigned."""
+
+    def __init__(self, momentum: float = 0.99, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.momentum = momentum
 
     def build(self, input_shape) -> None:
         channels = input_shape[-1]
         self.gamma = self.add_weight(shape=(channels,), initializer="ones", name="gamma")
         self.beta = self.add_weight(shape=(channels,), initializer="zeros", name="beta")
+        moving = dict(shape=(channels,), trainable=False, autocast=False)
+        self.moving_mean = self.add_weight(initializer="zeros", name="moving_mean", **moving)
+        self.moving_variance = self.add_weight(initializer="ones", name="moving_variance", **moving)
 
     def call(self, x):
         @tf.custom_gradient
-        def fused(x, gamma, beta):
-            y, _, _, r1, r2, r3 = tf.raw_ops.FusedBatchNormV3(
+        def fused(x, gamma, beta, moving_mean, moving_variance):
+            y, mean, variance, r1, r2, r3 = tf.raw_ops.FusedBatchNormV3(
                 x=x,
                 scale=gamma,
                 offset=beta,
-                mean=tf.zeros([0]),
-                variance=tf.zeros([0]),
+                mean=moving_mean,
+                variance=moving_variance,
                 epsilon=EPSILON,
+                exponential_avg_factor=1.0 - self.momentum,
                 is_training=True,
             )
 
-            def backward(dy):
+            def backward(dy, *_):
                 dx, dgamma, dbeta = tf.raw_ops.FusedBatchNormGradV3(
                     y_backprop=dy,
                     x=x,
@@ -121,11 +138,20 @@ class FusedKernelBN(keras.layers.Layer):
                     epsilon=EPSILON,
                     is_training=True,
                 )[:3]
-                return dx, dgamma, dbeta
+                return dx, dgamma, dbeta, None, None
 
-            return y, backward
+            return (y, mean, variance), backward
 
-        return fused(x, tf.cast(self.gamma, "float32"), tf.cast(self.beta, "float32"))
+        y, mean, variance = fused(
+            x,
+            tf.cast(self.gamma, "float32"),
+            tf.cast(self.beta, "float32"),
+            tf.convert_to_tensor(self.moving_mean),
+            tf.convert_to_tensor(self.moving_variance),
+        )
+        self.moving_mean.assign(mean)
+        self.moving_variance.assign(variance)
+        return y
 
 
 class TwoPasses(keras.layers.Layer):
@@ -148,6 +174,8 @@ def _layer(name: str, dtype: str, path: str | None = None) -> keras.layers.Layer
         return TwoPasses(dtype=policy)
     if name == ACCELERATOR:
         return BatchNormalization(epsilon=EPSILON, dtype=policy, kernels=kernels.ACCELERATOR)
+    if name == BLOCKED:
+        return BatchNormalization(epsilon=EPSILON, dtype=policy, kernels=kernels.CPU)
     return BatchNormalization(epsilon=EPSILON, dtype=policy, kernels=path)
 
 
@@ -274,6 +302,8 @@ def main() -> None:
         "ours in passes",
         "ours, accelerator kernels ms",
         "ours vs ours, accelerator kernels",
+        "ours, blocked at any size ms",
+        "ours vs ours, blocked at any size",
     ]
     if args.memory:
         header += ["keras MB", "fused MB", "ours MB"]
@@ -293,12 +323,20 @@ def _table(args: argparse.Namespace) -> None:
                 layer = _layer(name, dtype, args.kernels)
                 layer.build(shape)
                 steps[name] = _step_fn(layer, dy)
-                for _ in range(2):  # trace, compile, warm up
-                    _run(steps[name], x)
+                threshold = kernels._BLOCKED_MIN_VALUES
+                kernels._BLOCKED_MIN_VALUES = 0 if name == BLOCKED else threshold
+                try:
+                    for _ in range(2):  # trace, compile, warm up
+                        _run(steps[name], x)
+                    kernels.wait_for_compilations()
+                finally:
+                    kernels._BLOCKED_MIN_VALUES = threshold
             times = {name: [] for name in NAMES}
             cpu_times = {name: [] for name in NAMES}
-            for _ in range(args.repeats):
-                for name in NAMES:
+            for repeat in range(args.repeats):
+                # In turn, the order reversed every other round: no layer always runs after
+                # the same one (the one before leaves the caches and threads in its state).
+                for name in NAMES if repeat % 2 == 0 else NAMES[::-1]:
                     t0, cpu0 = time.perf_counter(), time.process_time()
                     _run(steps[name], x)
                     times[name].append(time.perf_counter() - t0)
@@ -320,6 +358,8 @@ def _table(args: argparse.Namespace) -> None:
                 f"{ms['ours'] / (ms['y = 2x'] / 2):.1f}",
                 f"{ms[ACCELERATOR]:.1f}",
                 f"{ms[ACCELERATOR] / ms['ours']:.2f}×",
+                f"{ms[BLOCKED]:.1f}",
+                f"{ms[BLOCKED] / ms['ours']:.2f}×",
             ]
             if args.memory:
                 row += [f"{_memory(name, shape, dtype, args.kernels):.0f}" for name in LAYERS]

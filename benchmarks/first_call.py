@@ -3,10 +3,10 @@
     python benchmarks/first_call.py [--sizes 224x32] [--paths keras loop] [--repeats 3]
         [--mixed_precision bfloat16]
 
-The first training call traces the step, compiles what XLA compiles (ours: BN's kernels, four a
-layer shape) and runs the step(s). Within one process a network would find what an earlier one
-left (XLA's compilation cache, TensorFlow's start-up), so here every call runs in a process of
-its own: `train_step.py`'s models, data and paths (loop: one `Trainer.train` call of
+The first training call traces the step, compiles what XLA compiles (ours: BN's kernels, two
+or four a layer shape) and runs the step(s). Within one process a network would find what an
+earlier one left (XLA's compilation cache, TensorFlow's start-up), so here every call runs in a
+process of its own: `train_step.py`'s models, data and paths (loop: one `Trainer.train` call of
 `--loop_steps` steps; keras: one `train_on_batch`), the networks in turn, `--repeats` rounds:
 
 - fused kernel: TensorFlow's fused C++ BN kernels (the anchor);
@@ -14,6 +14,9 @@ its own: `train_step.py`'s models, data and paths (loop: one `Trainer.train` cal
   background thread, while the step is traced);
 - ours, compiled in the step: the same with the compile-ahead switched off in that process, so
   each kernel compiles when the first step reaches it (what the ahead saves);
+- ours, blocked at any size: the same with the CPU's blocked reductions for every tensor of a
+  block of rows per part, not only from `kernels._BLOCKED_MIN_VALUES` values on (what that
+  threshold saves: four kernels a layer shape instead of two);
 - keras BN: `keras.layers.BatchNormalization`.
 
 Each process also reports what XLA's own log says (`TF_CPP_VMODULE=device_compiler=2`): how many
@@ -35,7 +38,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-NETWORKS = ("fused kernel", "ours", "ours, compiled in the step", "keras BN")
+NETWORKS = (
+    "fused kernel",
+    "ours",
+    "ours, compiled in the step",
+    "ours, blocked at any size",
+    "keras BN",
+)
 _COMPILED = re.compile(r"Compilation of XLA executable time: .*?\((\d+) us\)")
 
 
@@ -45,6 +54,9 @@ def _child(path: str, network: str, size: int, batch: int, policy: str, loop_ste
 
     if network == "ours, compiled in the step":
         kernels._compile_ahead = lambda *args: None  # this process only
+        network = "ours"
+    elif network == "ours, blocked at any size":
+        kernels._BLOCKED_MIN_VALUES = 0  # this process only
         network = "ours"
     with tempfile.TemporaryDirectory() as model_dir:
         step = _step_fn(path, network, size, batch, policy, model_dir, loop_steps)

@@ -17,7 +17,11 @@ for their normalization (`BNInception(norm_layer=...)`):
   network before the unit);
 - keras BN: `keras.layers.BatchNormalization`, then ReLU;
 - ours, accelerator kernels: ours built inside `kernels.use("accelerator")`, what a GPU runs (single
-  reduces, one XLA launch a pass), here on the CPU; only if named in `--networks`.
+  reduces, one XLA launch a pass), here on the CPU; only if named in `--networks`;
+- ours, blocked at any size: ours with the CPU's blocked reductions for every BN tensor of a block
+  of rows per part, not only from `kernels._BLOCKED_MIN_VALUES` values on (its calls, and the
+  compilations its first call hands to the background, run with that constant at 0); only if
+  named in `--networks`.
 
 Each trains with SGD + momentum through one of two paths:
 
@@ -82,7 +86,8 @@ from keras_bninception.training import Trainer  # noqa: E402
 from keras_bninception.training.config import TrainerConfig  # noqa: E402
 
 CLASSES = 10
-NETWORKS = ("no BN", "fused kernel", "ours", "ours, BN then ReLU", "keras BN", ACCELERATOR)
+BLOCKED = "ours, blocked at any size"
+NETWORKS = ("no BN", "fused kernel", "ours", "ours, BN then ReLU", "keras BN", ACCELERATOR, BLOCKED)
 DEFAULT_NETWORKS = NETWORKS[:5]
 # The counting allocator is deterministic: one process of a few steps gives the tensor peak.
 TENSOR_PEAK_STEPS = 3
@@ -93,7 +98,7 @@ class _FusedKernelLayer(FusedKernelBN):
     """`FusedKernelBN` taking the BN constructor arguments the network passes its norm layer."""
 
     def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, scale=True, synchronized=False, **kw):
-        super().__init__(**kw)
+        super().__init__(momentum=momentum, **kw)
 
 
 def _bn_then_relu(**kwargs) -> keras.layers.Layer:
@@ -138,7 +143,20 @@ def _step_fn(
 ):
     """A callable running training steps of `network` through `path` (loop: `loop_steps`);
     it returns their time in seconds."""
-    return _path_step_fn(path, network, size, batch, policy, model_dir, loop_steps)
+    if network != BLOCKED:
+        return _path_step_fn(path, network, size, batch, policy, model_dir, loop_steps)
+    step = _path_step_fn(path, "ours", size, batch, policy, model_dir, loop_steps)
+
+    def blocked_at_any_size() -> float:
+        threshold, kernels._BLOCKED_MIN_VALUES = kernels._BLOCKED_MIN_VALUES, 0
+        try:
+            seconds = step()
+            kernels.wait_for_compilations()  # the background's, with the same threshold
+            return seconds
+        finally:
+            kernels._BLOCKED_MIN_VALUES = threshold
+
+    return blocked_at_any_size
 
 
 def _path_step_fn(path, network, size, batch, policy, model_dir, loop_steps):

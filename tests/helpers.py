@@ -4,6 +4,7 @@ as for `tf_slim_reference`), never as `tests.helpers`."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import os
 import re
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from unittest import mock
 
 import numpy as np
 
@@ -127,11 +129,15 @@ def force_accelerator_bn_path():
     return kernels.use(kernels.ACCELERATOR)
 
 
+@contextlib.contextmanager
 def force_cpu_bn_path():
-    """A scope in which BN takes a CPU's kernels (blocked reductions), on any device."""
+    """A scope in which BN takes a CPU's kernels, on any device, with the blocked reductions for
+    every tensor of a block of rows per part (by default only from 2**21 values, which the tests'
+    small networks never reach)."""
     from keras_bninception.layers import kernels
 
-    return kernels.use(kernels.CPU)
+    with kernels.use(kernels.CPU), mock.patch.object(kernels, "_BLOCKED_MIN_VALUES", 0):
+        yield
 
 
 def non_accelerator_ops(graph_def) -> list[str]:

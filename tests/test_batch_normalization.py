@@ -16,6 +16,14 @@ from keras_bninception.layers import BatchNormalization, batch_norm, kernels
 
 # (input shape, feature axis): dense, channels-last conv, channels-first conv.
 LAYOUTS = [((16, 5), -1), ((4, 6, 5, 3), -1), ((4, 3, 6, 5), 1)]
+BLOCKED_MIN_VALUES = kernels._BLOCKED_MIN_VALUES  # the library's, before the fixture below
+
+
+@pytest.fixture(autouse=True)
+def _blocked_at_test_sizes(monkeypatch):
+    # On the "cpu" path the blocked reductions take only tensors of 2**21 values and more; these
+    # tests' tensors are small, so here they take them from one block of rows per part on.
+    monkeypatch.setattr(kernels, "_BLOCKED_MIN_VALUES", 0)
 
 
 def _random(shape, *, mean=0.0, std=1.0, seed=0, dtype="float32"):
@@ -541,6 +549,7 @@ import sys
 import tensorflow as tf
 from keras_bninception.layers import BatchNormalization, kernels
 
+kernels._BLOCKED_MIN_VALUES = 0  # the blocked reductions for these small tensors too
 layers = [BatchNormalization(activation="relu") for _ in range(2)]
 
 
@@ -592,7 +601,7 @@ def test_compiling_ahead_for_many_shapes_warns_of_no_retracing(caplog):
     assert not [r for r in caplog.records if "retracing" in r.getMessage()]
 
 
-def _traced_step_graph(path, relu=False, shape=(2, 16, 32, 64)):
+def _traced_step_graph(path, relu=False, shape=(2, 16, 32, 64), dtype=tf.float32):
     """The graph_def of a traced training step: BN on `shape` (by default two blocks of rows for
     the "cpu" path) on `path`, then ∂y/∂x."""
 
@@ -605,7 +614,7 @@ def _traced_step_graph(path, relu=False, shape=(2, 16, 32, 64)):
             )[0]
         return tape.gradient(y, x)
 
-    return step.get_concrete_function(tf.TensorSpec(shape)).graph.as_graph_def()
+    return step.get_concrete_function(tf.TensorSpec(shape, dtype)).graph.as_graph_def()
 
 
 def test_blocked_reductions_add_few_ops_to_a_traced_step():
@@ -663,6 +672,23 @@ def test_accelerator_kernels_hold_no_loop_and_cpu_kernels_do():
     assert not loops & ops(kernels.ACCELERATOR)
     assert loops & ops(kernels.CPU)
     assert not loops & ops(kernels.CPU, shape=(2, 16, 31, 64))  # 992 rows
+
+
+def test_cpu_path_blocks_only_tensors_beyond_the_caches(monkeypatch):
+    # By default the loops run for float32 tensors of 2**21 values and more (they outgrow the
+    # caches); a smaller one takes the single reduces, two kernels to compile instead of four.
+    # bfloat16 takes the loops at any size: the single reduces would widen it whole first.
+    monkeypatch.setattr(kernels, "_BLOCKED_MIN_VALUES", BLOCKED_MIN_VALUES)
+    assert BLOCKED_MIN_VALUES == 2**21
+
+    def loops(shape, dtype=tf.float32):
+        graph = _traced_step_graph(kernels.CPU, shape=shape, dtype=dtype)
+        ops = {n.op for f in graph.library.function for n in f.node_def}
+        return bool({"While", "StatelessWhile"} & ops)
+
+    assert loops((32, 32, 32, 64))  # 2**21 values
+    assert not loops((32, 32, 31, 64))
+    assert loops((2, 16, 32, 64), tf.bfloat16)  # two blocks of rows
 
 
 def test_blocked_bfloat16_blocks_are_read_exactly():
