@@ -14,8 +14,8 @@ compiled by XLA (`compiled`) into few launches, in one of two ways:
   follows merges their sums (Chan's pairwise update for σ²_B, exact in the deviations). The
   forward reads x twice, the backward ∂ℓ/∂y and x twice, with no temporary; bfloat16 blocks are
   read as their 16-bit patterns and widened in the loop (`_bits`). Masked or synchronized BN,
-  and float32 tensors of less than `_BLOCKED_MIN_VALUES` values (they stay in the caches), take
-  the accelerator's steps.
+  and tensors of less than `_BLOCKED_MIN_VALUES` values (they stay in the caches) unless they
+  are bfloat16, take the accelerator's steps.
 
 Which runs is chosen when a function is traced, per device: the device BN's ops are placed on (the
 device scope, e.g. a `tf.distribute` replica's; else x's device; else TensorFlow's default, the
@@ -174,7 +174,7 @@ def _backward(dy, x, w, *statistics_and_relu):
 def _blocked(path, x, w) -> bool:
     """Whether BN on x runs the "cpu" path's blocked reductions: unmasked, on the [m, C] view,
     one full block of rows for each of the `_PARTS` calls, and at least `_BLOCKED_MIN_VALUES`
-    values unless x is bfloat16. A smaller float tensor stays in the caches, so the full-size
+    values unless x is bfloat16. A smaller tensor stays in the caches, so the full-size
     temporaries of the single reduces cost it little, and they run in two kernels instead of
     four, each quicker to compile; but they widen a bfloat16 x to float32 whole first."""
     if path != CPU or w is not None or x.shape.rank != 2:
@@ -283,9 +283,9 @@ _BLOCK_ELEMENTS = 32768
 # ... and of at least _MIN_ROWS rows: XLA's CPU backend sums more than 32 rows as a tree of 32-row
 # windows, vectorized across the features; 32 rows or fewer, a scalar loop per feature.
 _MIN_ROWS = 33
-# float32 tensors of fewer values take the single reduces. BN-Inception at 224×224 × 32, whose
-# BN inputs of 2**21 values and more are its 5 largest of 21 shapes, then compiles 52 kernels
-# instead of 84, and its whole step was 1.5–2 % faster in float32 (`python
+# Tensors of fewer values take the single reduces, unless bfloat16. BN-Inception at 224×224 × 32,
+# whose BN inputs of 2**21 values and more are its 5 largest of 21 shapes, then compiles 52
+# kernels instead of 84, and its whole step was 1.5–2 % faster in float32 (`python
 # benchmarks/train_step.py --networks "fused kernel" ours "ours, blocked at any size" ...`, a
 # 2-core Xeon); under mixed bfloat16 the loops at any size were 2–3.5 % faster.
 _BLOCKED_MIN_VALUES = 2**21  # 8 MiB of float32
