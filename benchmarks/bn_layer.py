@@ -52,6 +52,7 @@ matmul throughput (2048² `tf.matmul`) are printed with the table, to compare ma
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -59,6 +60,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -94,6 +96,19 @@ ACCELERATOR = "ours, accelerator kernels"
 BLOCKED = "ours, blocked at any size"
 NAMES = (*LAYERS, ACCELERATOR, BLOCKED, "y = 2x")
 EPSILON = 1e-3
+
+
+@contextlib.contextmanager
+def blocked_at_any_size() -> Iterator[None]:
+    """Inside, ours traces the CPU's blocked reductions for every tensor of a block of rows per
+    part (`kernels._BLOCKED_MIN_VALUES` at 0); on the way out it waits for the compilations the
+    tracing handed to the background, which read the same constant."""
+    threshold, kernels._BLOCKED_MIN_VALUES = kernels._BLOCKED_MIN_VALUES, 0
+    try:
+        yield
+        kernels.wait_for_compilations()
+    finally:
+        kernels._BLOCKED_MIN_VALUES = threshold
 
 
 class FusedKernelBN(keras.layers.Layer):
@@ -323,14 +338,9 @@ def _table(args: argparse.Namespace) -> None:
                 layer = _layer(name, dtype, args.kernels)
                 layer.build(shape)
                 steps[name] = _step_fn(layer, dy)
-                threshold = kernels._BLOCKED_MIN_VALUES
-                kernels._BLOCKED_MIN_VALUES = 0 if name == BLOCKED else threshold
-                try:
+                with blocked_at_any_size() if name == BLOCKED else contextlib.nullcontext():
                     for _ in range(2):  # trace, compile, warm up
                         _run(steps[name], x)
-                    kernels.wait_for_compilations()
-                finally:
-                    kernels._BLOCKED_MIN_VALUES = threshold
             times = {name: [] for name in NAMES}
             cpu_times = {name: [] for name in NAMES}
             for repeat in range(args.repeats):

@@ -78,7 +78,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from benchmarks.bn_layer import ACCELERATOR, FusedKernelBN, copy_bandwidth, matmul_flops  # noqa: E402
+from benchmarks.bn_layer import (  # noqa: E402
+    ACCELERATOR,
+    BLOCKED,
+    FusedKernelBN,
+    blocked_at_any_size,
+    copy_bandwidth,
+    matmul_flops,
+)
 from benchmarks.machine import cpu_description  # noqa: E402
 from keras_bninception import BNInception  # noqa: E402
 from keras_bninception.layers import BatchNormalization, kernels  # noqa: E402
@@ -86,7 +93,6 @@ from keras_bninception.training import Trainer  # noqa: E402
 from keras_bninception.training.config import TrainerConfig  # noqa: E402
 
 CLASSES = 10
-BLOCKED = "ours, blocked at any size"
 NETWORKS = ("no BN", "fused kernel", "ours", "ours, BN then ReLU", "keras BN", ACCELERATOR, BLOCKED)
 DEFAULT_NETWORKS = NETWORKS[:5]
 # The counting allocator is deterministic: one process of a few steps gives the tensor peak.
@@ -147,16 +153,11 @@ def _step_fn(
         return _path_step_fn(path, network, size, batch, policy, model_dir, loop_steps)
     step = _path_step_fn(path, "ours", size, batch, policy, model_dir, loop_steps)
 
-    def blocked_at_any_size() -> float:
-        threshold, kernels._BLOCKED_MIN_VALUES = kernels._BLOCKED_MIN_VALUES, 0
-        try:
-            seconds = step()
-            kernels.wait_for_compilations()  # the background's, with the same threshold
-            return seconds
-        finally:
-            kernels._BLOCKED_MIN_VALUES = threshold
+    def blocked_step() -> float:
+        with blocked_at_any_size():
+            return step()
 
-    return blocked_at_any_size
+    return blocked_step
 
 
 def _path_step_fn(path, network, size, batch, policy, model_dir, loop_steps):
