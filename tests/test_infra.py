@@ -67,12 +67,15 @@ _BAZEL_VARIABLES = (
 )
 
 
-def _run_pytest_shim(test_file: str, cwd: str, **bazel_env: str) -> subprocess.CompletedProcess:
-    """Runs tools/pytest_main.py (Bazel's py_test main) on ``test_file`` outside Bazel."""
+def _run_pytest_shim(
+    test_files: str | list[str], cwd: str, **bazel_env: str
+) -> subprocess.CompletedProcess:
+    """Runs tools/pytest_main.py (Bazel's py_test main) on ``test_files`` outside Bazel."""
     env = {k: v for k, v in os.environ.items() if k not in _BAZEL_VARIABLES} | bazel_env
     shim = os.path.join(REPO_ROOT, "tools", "pytest_main.py")
+    files = [test_files] if isinstance(test_files, str) else test_files
     return subprocess.run(
-        [sys.executable, shim, test_file], cwd=cwd, env=env, capture_output=True, text=True
+        [sys.executable, shim, *files], cwd=cwd, env=env, capture_output=True, text=True
     )
 
 
@@ -89,6 +92,19 @@ def test_pytest_shim_returns_pytest_exit_code(tmp_path) -> None:
     result = _run_pytest_shim("test_two.py", str(tmp_path))
     assert result.returncode == 1, result.stdout + result.stderr
     assert "1 failed, 1 passed" in result.stdout
+
+
+def test_pytest_shim_runs_a_group_of_files_in_one_process(tmp_path) -> None:
+    """A `GROUPS` target of BUILD: its files' tests all run, and any failure fails the target."""
+    (tmp_path / "test_a.py").write_text("def test_a():\n    pass\n")
+    (tmp_path / "test_b.py").write_text("def test_b1():\n    pass\n\n\ndef test_b2():\n    pass\n")
+    (tmp_path / "test_c.py").write_text("def test_c():\n    assert 1 == 2\n")
+    result = _run_pytest_shim(["test_a.py", "test_b.py"], str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 passed" in result.stdout
+    result = _run_pytest_shim(["test_a.py", "test_c.py", "test_b.py"], str(tmp_path))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "1 failed, 3 passed" in result.stdout
 
 
 def test_pytest_shim_maps_bazel_environment_to_pytest_flags() -> None:

@@ -1,6 +1,8 @@
-"""Run one pytest file as a Bazel ``py_test``: ``pytest_main.py tests/test_x.py [pytest args]``.
+"""Run pytest files as a Bazel ``py_test``: ``pytest_main.py tests/test_x.py [...] [pytest args]``.
 
-Bazel runs the test from its runfiles tree; pytest finds ``tests/conftest.py`` and its
+A target runs one test file, or a group of short files in one process (``GROUPS`` in ``BUILD``:
+each file's process start-up, mostly importing TensorFlow, would otherwise cost more than its
+tests). Bazel runs the test from its runfiles tree; pytest finds ``tests/conftest.py`` and its
 configuration (``pyproject.toml``) there, both declared in ``BUILD``. The process exits with
 pytest's exit code, so anything but "all collected tests passed" fails the Bazel test -- including
 exit code 5 (no tests collected). ``bazel test --test_filter=EXPR`` is passed to pytest as
@@ -25,9 +27,9 @@ import pytest
 
 
 def pytest_args(argv: list[str], environ: dict[str, str]) -> list[str]:
-    """Returns pytest's command line for the test file and extra arguments in ``argv``."""
+    """Returns pytest's command line for the test files and extra arguments in ``argv``."""
     if not argv:
-        raise SystemExit("usage: pytest_main.py TEST_FILE [PYTEST_ARGS...]")
+        raise SystemExit("usage: pytest_main.py TEST_FILE... [PYTEST_ARGS...]")
     # The runfiles tree is read-only (and thrown away): no .pytest_cache.
     args = ["-p", "no:cacheprovider", "-ra", *argv]
     test_filter = environ.get("TESTBRIDGE_TEST_ONLY")
