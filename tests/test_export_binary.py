@@ -35,7 +35,9 @@ def keras_file(tmp_path_factory):
 def test_tf_slim_checkpoint_bare_export_skips_int8_and_says_how(tmp_path):
     # No --formats and no calibration images: every format but int8, and one line on how to
     # get int8 (this export failed before for want of calibration images).
-    reference = tf_slim_reference.build_checkpoint_subprocess(
+    # Built in this process (tf_slim_reference.py: the same arrays as in a child, which would
+    # spend its first seconds importing TensorFlow).
+    reference = tf_slim_reference.build_checkpoint(
         tmp_path / "slim", image_size=64, batch_size=3, depth_multiplier=0.25, seed=2
     )
     out = tmp_path / "out"
