@@ -2,9 +2,10 @@
 
 Small BN-Inception (depth multiplier 0.25, 32x32 digits) so that each process takes seconds. One
 two-worker run per module (`two_workers`); the tests that need a run directory with checkpoints
-start from a copy of it. Refusals that come before any training step run the binary's own flag
-parsing and `main` in this process (`_train_in_process`): each child would spend its seconds
-importing TensorFlow to print one line. Crash safety: test_train_binary.py.
+start from a copy of it. Refusals that come before any training step, and the resumed run whose
+loss becomes NaN, run the binary's own flag parsing and `main` in this process
+(`_train_in_process`): each child would spend its seconds importing TensorFlow first. Crash
+safety: test_train_binary.py.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from helpers import (
     TRAIN_TIMEOUT,
     error_lines,
     free_ports,
-    run_train,
     subprocess_env,
     train_command,
     weights_digest,
@@ -253,9 +253,12 @@ def test_bad_input_one_line_nonzero_exit_checkpoint_intact(two_workers, tmp_path
     assert _tree_hash(os.path.join(model_dir, "checkpoints")) == before
 
     # A loss that becomes NaN: stop at once, say at which step, keep the last good checkpoint.
-    diverging = run_train([*small, "--learning_rate=1e38", "--checkpoint_every=4", "--log_every=1"])
-    assert diverging.returncode == 1
-    (line,) = error_lines(diverging.stderr)
+    # (In this process too: the run, not the process, is what is checked.)
+    returncode, _, err = _train_in_process(
+        [*small, "--learning_rate=1e38", "--checkpoint_every=4", "--log_every=1"], capsys
+    )
+    assert returncode == 1, err[-2000:]
+    (line,) = error_lines(err)
     step = int(re.search(r"NaN or infinite at step (\d+)", line).group(1))
     assert STEPS < step <= 40
     assert f"the last good checkpoint {model_dir}/checkpoints/ckpt-" in line
