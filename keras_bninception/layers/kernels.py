@@ -15,7 +15,10 @@ compiled by XLA (`compiled`) into few launches, in one of two ways:
   forward reads x twice, the backward ∂ℓ/∂y and x twice, with no temporary; bfloat16 blocks are
   read as their 16-bit patterns and widened in the loop (`_bits`). Masked or synchronized BN,
   and tensors of less than `_BLOCKED_MIN_VALUES` values (they stay in the caches) unless they
-  are bfloat16, take the accelerator's steps.
+  are bfloat16, take the accelerator's steps. Either way a sum's input ends in no product where
+  it can (squared deviations through max(·, 0); with ReLU, ∂ℓ/∂y_i · x̂_i under its mask): XLA's
+  CPU backend compiles the sum of a product as a tree of windowed sums, three kernels more to
+  compile than the one library call (YNNPACK) any other sum is.
 
 Which runs is chosen when a function is traced, per device: the device BN's ops are placed on (the
 device scope, e.g. a `tf.distribute` replica's; else x's device; else TensorFlow's default, the
@@ -160,9 +163,9 @@ def _renorm(mean, stddev, clipping) -> bn.Renorm | None:
 
 
 def _cpu_sum_squared_deviations(x, w, mean):
-    """Σ w_i (x_i − μ_B)² as XLA's CPU backend compiles it fastest. max(·, 0) keeps each square as
-    it is; a sum whose input does not end in a product is one call of XLA's library reduction
-    (YNNPACK) instead of a tree of windowed sums: three kernels fewer to compile."""
+    """Σ w_i (x_i − μ_B)², each square through max(·, 0), which keeps it as it is: the sum's
+    input then ends in no product, and XLA's CPU backend compiles it as one call of its library
+    reduction (YNNPACK) instead of a tree of windowed sums."""
     return tf.reduce_sum(tf.maximum(bn.squared_deviations(x, w, mean), 0.0), bn.axes(x))
 
 
