@@ -106,12 +106,17 @@ def sum_and_count(x, w, dtype):
     return tf.reduce_sum(x * w, axes(x)), tf.reduce_sum(w, axes(x))
 
 
-def sum_squared_deviations(x, w, mean):
-    """Σ w_i (x_i − μ_B)² (line 2, before the division)."""
+def squared_deviations(x, w, mean):
+    """w_i (x_i − μ_B)², each value's term of line 2."""
     deviation = tf.cast(x, mean.dtype) - feature(mean, x)
     if w is not None:
         deviation = deviation * tf.cast(w, mean.dtype)
-    return tf.reduce_sum(tf.square(deviation), axes(x))
+    return tf.square(deviation)
+
+
+def sum_squared_deviations(x, w, mean):
+    """Σ w_i (x_i − μ_B)² (line 2, before the division)."""
+    return tf.reduce_sum(squared_deviations(x, w, mean), axes(x))
 
 
 def x_hat(x, mean, inv_std):
@@ -132,20 +137,29 @@ def normalize(x, mean, inv_std, scale, offset, relu):
     return tf.cast(tf.nn.relu(y) if relu else y, x.dtype)
 
 
+def relu_kept(x, mean, inv_std, scale, offset, rounding=None):
+    """z_i > 0, ReLU's mask: its sign from x, rounded to `rounding` or x's dtype as the forward
+    rounded z."""
+    return tf.cast(pre_activation(x, mean, inv_std, scale, offset), rounding or x.dtype) > 0
+
+
 def relu_grad(dy, x, mean, inv_std, scale, offset, relu, rounding=None):
-    """∂ℓ/∂y: ∂ℓ/∂z_i where z_i > 0 (its sign from x, rounded to `rounding` or x's dtype as the
-    forward rounded z), else 0; ∂ℓ/∂y itself without ReLU. In μ_B's dtype."""
+    """∂ℓ/∂y: ∂ℓ/∂z_i where z_i > 0, else 0 (`relu_kept`); ∂ℓ/∂y itself without ReLU. In μ_B's
+    dtype."""
     dy = tf.cast(dy, mean.dtype)
     if not relu:
         return dy
-    z = tf.cast(pre_activation(x, mean, inv_std, scale, offset), rounding or x.dtype)
-    return tf.where(z > 0, dy, tf.zeros_like(dy))
+    return tf.where(relu_kept(x, mean, inv_std, scale, offset, rounding), dy, tf.zeros_like(dy))
 
 
 def grad_sums(dy, x, mean, inv_std, scale, offset, relu):
-    """∂ℓ/∂β = Σ ∂ℓ/∂y_i and Σ ∂ℓ/∂y_i · x̂_i (∂ℓ/∂γ without renorm)."""
-    dy = relu_grad(dy, x, mean, inv_std, scale, offset, relu)
-    return tf.reduce_sum(dy, axes(x)), tf.reduce_sum(dy * x_hat(x, mean, inv_std), axes(x))
+    """∂ℓ/∂β = Σ ∂ℓ/∂y_i and Σ ∂ℓ/∂y_i · x̂_i (∂ℓ/∂γ without renorm); with ReLU, over z_i > 0."""
+    dy = tf.cast(dy, mean.dtype)
+    terms = (dy, dy * x_hat(x, mean, inv_std))
+    if relu:
+        kept = relu_kept(x, mean, inv_std, scale, offset)
+        terms = tuple(tf.where(kept, t, tf.zeros_like(t)) for t in terms)
+    return tuple(tf.reduce_sum(t, axes(x)) for t in terms)
 
 
 def grad_input(dy, x, w, mean, inv_std, scale, offset, relu, dbeta, dgamma, count):
