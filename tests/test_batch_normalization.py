@@ -692,20 +692,20 @@ def test_cpu_path_blocks_only_tensors_beyond_the_caches(monkeypatch):
     assert loops((2, 16, 32, 64), tf.bfloat16)  # two blocks of rows
 
 
-def test_cpu_kernels_sum_without_windowed_trees():
+def test_relu_backward_sums_compile_without_windowed_trees():
     # XLA's CPU backend compiles a sum whose input ends in a product as a tree of windowed sums
-    # (three more kernels to compile), any other sum as one library call. On the CPU path, BN +
-    # ReLU's sums take the second form, single reduces and loops alike (squared deviations
-    # through max(·, 0), ∂ℓ/∂y·x̂ through ReLU's mask); the accelerator's forward keeps a tree.
+    # (three kernels more to compile), any other sum as one library call. With ReLU the
+    # backward sums ∂ℓ/∂y·x̂ under ReLU's mask (a select), so its kernels add no tree to the
+    # forward's (Σ (x − μ_B)² keeps one), single reduces and loops alike.
     x = _random([8, 16, 16, 64], mean=1.0, std=2.0, seed=52)
     dy = _random([8, 16, 16, 64], seed=53)
     ones, zeros = tf.ones([64]), tf.zeros([64])
 
-    def windowed_sums(path, blocked):
+    def windowed_sums(blocked, backward):
         def passes(x, dy):
-            with kernels.use(path):
+            with kernels.use(kernels.CPU):
                 y, *_ = batch_norm.batch_norm_train(x, ones, zeros, axis=3, epsilon=1e-3, relu=True)
-            return tf.gradients(y, x, dy)
+            return tf.gradients(y, x, dy) if backward else y
 
         threshold = 0 if blocked else BLOCKED_MIN_VALUES
         with mock.patch.object(kernels, "_BLOCKED_MIN_VALUES", threshold):
@@ -713,9 +713,10 @@ def test_cpu_kernels_sum_without_windowed_trees():
             hlo = compiled.experimental_get_compiler_ir(x, dy)(stage="optimized_hlo")
         return hlo.count("reduce-window(")
 
-    assert windowed_sums(kernels.ACCELERATOR, blocked=False) > 0
-    assert windowed_sums(kernels.CPU, blocked=False) == 0
-    assert windowed_sums(kernels.CPU, blocked=True) == 0
+    for blocked in (False, True):
+        forward = windowed_sums(blocked, backward=False)
+        assert forward > 0
+        assert windowed_sums(blocked, backward=True) == forward
 
 
 def test_blocked_bfloat16_blocks_are_read_exactly():

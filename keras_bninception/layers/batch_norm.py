@@ -106,17 +106,12 @@ def sum_and_count(x, w, dtype):
     return tf.reduce_sum(x * w, axes(x)), tf.reduce_sum(w, axes(x))
 
 
-def squared_deviations(x, w, mean):
-    """w_i (x_i − μ_B)², each value's term of line 2."""
+def sum_squared_deviations(x, w, mean):
+    """Σ w_i (x_i − μ_B)² (line 2, before the division)."""
     deviation = tf.cast(x, mean.dtype) - feature(mean, x)
     if w is not None:
         deviation = deviation * tf.cast(w, mean.dtype)
-    return tf.square(deviation)
-
-
-def sum_squared_deviations(x, w, mean):
-    """Σ w_i (x_i − μ_B)² (line 2, before the division)."""
-    return tf.reduce_sum(squared_deviations(x, w, mean), axes(x))
+    return tf.reduce_sum(tf.square(deviation), axes(x))
 
 
 def x_hat(x, mean, inv_std):

@@ -15,10 +15,7 @@ compiled by XLA (`compiled`) into few launches, in one of two ways:
   forward reads x twice, the backward ∂ℓ/∂y and x twice, with no temporary; bfloat16 blocks are
   read as their 16-bit patterns and widened in the loop (`_bits`). Masked or synchronized BN,
   and tensors of less than `_BLOCKED_MIN_VALUES` values (they stay in the caches) unless they
-  are bfloat16, take the accelerator's steps. Either way a sum's input ends in no product where
-  it can (squared deviations through max(·, 0); with ReLU, ∂ℓ/∂y_i · x̂_i under its mask): XLA's
-  CPU backend compiles the sum of a product as a tree of windowed sums, three kernels more to
-  compile than the one library call (YNNPACK) any other sum is.
+  are bfloat16, take the accelerator's steps.
 
 Which runs is chosen when a function is traced, per device: the device BN's ops are placed on (the
 device scope, e.g. a `tf.distribute` replica's; else x's device; else TensorFlow's default, the
@@ -162,25 +159,10 @@ def _renorm(mean, stddev, clipping) -> bn.Renorm | None:
     return None if clipping is None else bn.Renorm(mean, stddev, *clipping)
 
 
-def _cpu_sum_squared_deviations(x, w, mean):
-    """Σ w_i (x_i − μ_B)², each square through max(·, 0), which keeps it as it is: the sum's
-    input then ends in no product, and XLA's CPU backend compiles it as one call of its library
-    reduction (YNNPACK) instead of a tree of windowed sums."""
-    return tf.reduce_sum(tf.maximum(bn.squared_deviations(x, w, mean), 0.0), bn.axes(x))
-
-
-# The single-reduce steps each path compiles (the CPU: for the tensors that skip the loops).
-_SINGLE_REDUCE_STEPS = {
-    ACCELERATOR: bn.REFERENCE,
-    CPU: bn.REFERENCE._replace(sum_squared_deviations=_cpu_sum_squared_deviations),
-}
-
-
 @compiled
-def _forward(path, x, w, gamma, beta, epsilon, relu, renorm_mean, renorm_stddev, clipping):
+def _forward(x, w, gamma, beta, epsilon, relu, renorm_mean, renorm_stddev, clipping):
     renorm = _renorm(renorm_mean, renorm_stddev, clipping)
-    steps = _SINGLE_REDUCE_STEPS[path]
-    return bn.forward(x, w, gamma, beta, epsilon, relu, renorm, steps=steps)
+    return bn.forward(x, w, gamma, beta, epsilon, relu, renorm)
 
 
 @compiled
@@ -216,7 +198,7 @@ def forward(path, x, w, gamma, beta, epsilon, relu: bool, renorm=None, sum_repli
 def _forward_pass(path, x, w, gamma, beta, epsilon, relu, renorm):
     if _blocked(path, x, w):
         return _forward_blocked(x, gamma, beta, epsilon, relu, *_renorm_args(renorm))
-    return _forward(path, x, w, gamma, beta, epsilon, relu, *_renorm_args(renorm))
+    return _forward(x, w, gamma, beta, epsilon, relu, *_renorm_args(renorm))
 
 
 def backward(path, dy, x, w, s: bn.Statistics, relu: bool, sum_replicas=None):
@@ -374,12 +356,10 @@ def _shift(x: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
 
 
 def _block_moments(block: tf.Tensor) -> tuple:
-    """(n, Σ, Σ squared deviations from the mean) of a block's rows: two passes over it (the
-    squares through max(·, 0), as in `_cpu_sum_squared_deviations`)."""
+    """(n, Σ, Σ squared deviations from the mean) of a block's rows: two passes over it."""
     n = tf.cast(tf.shape(block)[0], block.dtype)
     total = tf.reduce_sum(block, 0)
-    squares = tf.square(block - total / tf.maximum(n, 1))
-    return n, total, tf.reduce_sum(tf.maximum(squares, 0.0), 0)
+    return n, total, tf.reduce_sum(tf.square(block - total / tf.maximum(n, 1)), 0)
 
 
 @compiled
