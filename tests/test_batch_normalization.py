@@ -695,8 +695,8 @@ def test_cpu_path_blocks_only_tensors_beyond_the_caches(monkeypatch):
 def test_relu_backward_sums_compile_without_windowed_trees():
     # XLA's CPU backend compiles a sum whose input ends in a product as a tree of windowed sums
     # (three kernels more to compile), any other sum as one library call. With ReLU the
-    # backward sums ∂ℓ/∂y·x̂ under ReLU's mask (a select), so its kernels add no tree to the
-    # forward's (Σ (x − μ_B)² keeps one), single reduces and loops alike.
+    # single-reduce backward sums ∂ℓ/∂y·x̂ under ReLU's mask (a select), so its kernel adds no
+    # tree to the forward's (Σ (x − μ_B)² keeps one). The CPU's loops keep theirs.
     x = _random([8, 16, 16, 64], mean=1.0, std=2.0, seed=52)
     dy = _random([8, 16, 16, 64], seed=53)
     ones, zeros = tf.ones([64]), tf.zeros([64])
@@ -713,10 +713,10 @@ def test_relu_backward_sums_compile_without_windowed_trees():
             hlo = compiled.experimental_get_compiler_ir(x, dy)(stage="optimized_hlo")
         return hlo.count("reduce-window(")
 
-    for blocked in (False, True):
-        forward = windowed_sums(blocked, backward=False)
-        assert forward > 0
-        assert windowed_sums(blocked, backward=True) == forward
+    forward = windowed_sums(blocked=False, backward=False)
+    assert forward > 0
+    assert windowed_sums(blocked=False, backward=True) == forward
+    assert windowed_sums(blocked=True, backward=True) > windowed_sums(blocked=True, backward=False)
 
 
 def test_blocked_bfloat16_blocks_are_read_exactly():

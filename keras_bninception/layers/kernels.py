@@ -398,13 +398,9 @@ def _forward_blocked(x, gamma, beta, epsilon, relu, renorm_mean, renorm_stddev, 
 
 
 def _block_grad_sums(dy, x, mean, inv_std, scale, offset, relu, x_dtype) -> tuple:
-    """Σ ∂ℓ/∂y_i and Σ ∂ℓ/∂y_i · (x_i − μ_B) over a block; with ReLU, over z_i > 0 (its mask
-    rounded to `x_dtype`), as `bn.grad_sums`."""
-    terms = (dy, dy * (x - mean))
-    if relu:
-        kept = bn.relu_kept(x, mean, inv_std, scale, offset, x_dtype)
-        terms = tuple(tf.where(kept, t, tf.zeros_like(t)) for t in terms)
-    return tuple(tf.reduce_sum(t, 0) for t in terms)
+    """Σ ∂ℓ/∂y_i and Σ ∂ℓ/∂y_i · (x_i − μ_B) over a block (ReLU's mask rounded to `x_dtype`)."""
+    dy = bn.relu_grad(dy, x, mean, inv_std, scale, offset, relu, x_dtype)
+    return tf.reduce_sum(dy, 0), tf.reduce_sum(dy * (x - mean), 0)
 
 
 @compiled
