@@ -285,9 +285,9 @@ _BLOCK_ELEMENTS = 32768
 _MIN_ROWS = 33
 # Tensors of fewer values take the single reduces, unless bfloat16. BN-Inception at 224×224 × 32,
 # whose BN inputs of 2**21 values and more are its 5 largest of 21 shapes, then compiles 52
-# kernels instead of 84, and its whole step was 1.5–2 % faster in float32 (`python
-# benchmarks/train_step.py --networks "fused kernel" ours "ours, blocked at any size" ...`, a
-# 2-core Xeon); under mixed bfloat16 the loops at any size were 2–3.5 % faster.
+# kernels instead of 84, and its whole step was 0.99–1.02× (one run) and 1.5–2 % faster (another)
+# in float32 (`python benchmarks/train_step.py --networks "fused kernel" ours "ours, blocked at
+# any size" ...`, a 2-core Xeon); under mixed bfloat16 the loops at any size were 2–3.5 % faster.
 _BLOCKED_MIN_VALUES = 2**21  # 8 MiB of float32
 # The full blocks are reduced in _PARTS parts, each a call of its own (given the whole x, XLA
 # slices its blocks in place); the m mod rows rows left (the rest) are reduced by the elementwise
